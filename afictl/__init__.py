@@ -1,0 +1,3 @@
+"""afictl: train, profile and analyse Attentive Feature Integration networks (AFI-Nets)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""Registry listing with parameter counts (``afictl models``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .registry import create_model, get_model_info, list_models
+
+__all__ = ["ModelRow", "catalog"]
+
+
+@dataclass
+class ModelRow:
+    name: str
+    family: str
+    input_size: int
+    home_dataset: str
+    num_classes: int
+    params: int
+    baseline: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def catalog(include: str | list[str] = "*") -> list[ModelRow]:
+    """One row per registered model; parameters counted on the meta device (no allocation)."""
+    rows = []
+    for name in list_models(include):
+        info = get_model_info(name)
+        with torch.device("meta"):
+            model = create_model(name)
+        params = sum(p.numel() for p in model.parameters())
+        rows.append(
+            ModelRow(name, info.family, info.input_size, info.home_dataset, info.num_classes, params, info.baseline)
+        )
+    return rows

@@ -1,0 +1,123 @@
+"""The model registry: one name -> one builder plus the metadata every command needs.
+
+Like torchvision's and timm's registries: a decorator that refuses duplicate names, a
+``list_models`` with wildcards, and ``create_model(name, **kwargs)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = [
+    "ModelInfo",
+    "UnknownModelError",
+    "counterpart",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "register_model",
+]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the tools know about a registered name without building the model."""
+
+    name: str
+    family: str
+    input_size: int
+    home_dataset: str  # "cifar100" for 32-pixel models, "imagenet" for 224-pixel ones
+    num_classes: int
+    baseline: str | None  # the baseline of an AFI model; None for baselines
+    builder: Callable[..., nn.Module]
+
+    @property
+    def is_afi(self) -> bool:
+        return self.baseline is not None
+
+
+class UnknownModelError(KeyError):
+    """An unregistered model name; the message names the closest registered ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
+        return str(self.args[0])
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    *,
+    family: str,
+    input_size: int,
+    baseline: str | None = None,
+    name: str | None = None,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a builder under its function name (or ``name``)."""
+    if input_size not in (32, 224):
+        raise ValueError("input_size must be 32 (CIFAR) or 224 (ImageNet)")
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is already registered")
+        cifar = input_size == 32
+        _REGISTRY[key] = ModelInfo(
+            name=key,
+            family=family,
+            input_size=input_size,
+            home_dataset="cifar100" if cifar else "imagenet",
+            num_classes=100 if cifar else 1000,
+            baseline=baseline,
+            builder=fn,
+        )
+        return fn
+
+    return wrap
+
+
+def list_models(include: str | list[str] = "*", exclude: str | list[str] | None = None) -> list[str]:
+    """Registered names matching any ``include`` pattern and no ``exclude`` pattern, sorted."""
+    inc = [include] if isinstance(include, str) else include
+    exc = [exclude] if isinstance(exclude, str) else (exclude or [])
+    names = [n for n in _REGISTRY if any(fnmatch.fnmatch(n, p) for p in inc)]
+    names = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in exc)]
+    return sorted(names, key=_natural_key)
+
+
+def _natural_key(name: str) -> tuple:
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """Metadata of a registered name; :class:`UnknownModelError` with suggestions otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `afictl models`"
+        raise UnknownModelError(f"unknown architecture {name!r}{hint}") from None
+
+
+def counterpart(name: str) -> str | None:
+    """The baseline of an AFI model, or the AFI model built on a baseline (first by name)."""
+    info = get_model_info(name)
+    if info.baseline:
+        return info.baseline
+    afi = [n for n, i in _REGISTRY.items() if i.baseline == name]
+    return sorted(afi, key=len)[0] if afi else None
+
+
+def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """Build a registered model; ``num_classes`` defaults to its home dataset's."""
+    info = get_model_info(name)
+    model = info.builder(num_classes=num_classes or info.num_classes, **kwargs)
+    model.arch = name  # type: ignore[assignment]
+    return model

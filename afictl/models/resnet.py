@@ -1,0 +1,315 @@
+"""ResNet and AFI-ResNet, CIFAR (Table 1, Eq. 3-4) and ImageNet (bottleneck) variants.
+
+An AFI model is the ResNet builder with ``afi=True``; docs/ARCHITECTURE.md explains the wiring:
+in a stage of n blocks, block 1 keeps its full width and exposes the first half of its first
+convolution's activation as X(1); block i >= 2 halves its first convolution to X(i), takes
+R(i) = AFI(X(1..i-1)) (R(2) = X(1): one input needs no weighing) and feeds [X(i), R(i)] to its
+next convolution (Eq. 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import AFIModule, FeaturePool
+from ._base import Backbone, Stage, parse_afi_stages
+from .registry import register_model
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+class _AFIBlockMixin:
+    """The AFI part of a block, shared by the basic and the bottleneck block.
+
+    ``afi_index`` is the block's 1-based position i in an AFI stage (None outside one).
+    """
+
+    afi_index: int | None
+    afi: AFIModule | None
+    seed_stride: int
+
+    def _init_afi(self, afi_index: int | None, channels: int, reduction: int, stride: int) -> None:
+        self.afi_index = afi_index
+        self.seed_stride = stride
+        self.afi = (
+            AFIModule(channels, afi_index - 1, reduction)
+            if afi_index is not None and afi_index >= 3
+            else None
+        )
+
+    def _integrate(self, x1: Tensor, pool: FeaturePool | None, half: int) -> Tensor:
+        """Given the first convolution's activation, return the next convolution's input."""
+        if self.afi_index is None or pool is None:
+            return self.afi_out(x1)
+        if self.afi_index == 1:
+            # Block 1 has no AFI input, keeps its full width, and seeds the pool with X(1).
+            seed = x1[:, :half]
+            if self.seed_stride > 1:  # bottleneck: the stride comes after this activation
+                seed = F.avg_pool2d(seed, self.seed_stride)
+            pool.add(seed)
+            return self.afi_out(x1)
+        r = pool.features[0] if self.afi is None else self.afi.forward_pool(pool)
+        r = self.afi_out(r)
+        pool.add(x1)
+        return torch.cat([x1, r], dim=1)
+
+
+class BasicBlock(_AFIBlockMixin, nn.Module):
+    """Eq. 3 (baseline) and Eq. 4 (AFI block, ``afi_index >= 2``)."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        afi_index: int | None = None,
+        reduction: int = 4,
+        groups: int = 1,
+        base_width: int = 64,
+    ) -> None:
+        super().__init__()
+        halved = afi_index is not None and afi_index >= 2
+        first = planes // 2 if halved else planes
+        self.conv1 = conv3x3(inplanes, first, stride)
+        self.bn1 = nn.BatchNorm2d(first)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.afi_out = nn.Identity()
+        self.half = planes // 2
+        self._init_afi(afi_index, planes // 2, reduction, stride=1)  # stride is in conv1
+
+    def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self._integrate(out, pool, self.half)
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(_AFIBlockMixin, nn.Module):
+    """torchvision's ResNet v1.5 bottleneck; in an AFI block the first 1x1 outputs half its width."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        afi_index: int | None = None,
+        reduction: int = 4,
+        groups: int = 1,
+        base_width: int = 64,
+    ) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        halved = afi_index is not None and afi_index >= 2
+        first = width // 2 if halved else width
+        self.conv1 = conv1x1(inplanes, first)
+        self.bn1 = nn.BatchNorm2d(first)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.afi_out = nn.Identity()
+        self.half = width // 2
+        self._init_afi(afi_index, width // 2, reduction, stride=stride)
+
+    def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self._integrate(out, pool, self.half)
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(Backbone):
+    """ResNet / AFI-ResNet. ``cifar=True`` gives the 3-stage, 16-32-64 network of Table 1."""
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        *,
+        cifar: bool = False,
+        afi: bool = False,
+        afi_stages: Sequence[int] | str | None = None,
+        r: int = 4,
+        groups: int = 1,
+        width_per_group: int = 64,
+    ) -> None:
+        super().__init__()
+        self.afi = afi
+        self.afi_stages = parse_afi_stages(afi_stages, len(layers)) if afi else ()
+        self.reduction = r
+        self.groups = groups
+        self.base_width = width_per_group
+        widths = [16, 32, 64] if cifar else [64, 128, 256, 512]
+        if len(layers) != len(widths):
+            raise ValueError(f"{'CIFAR' if cifar else 'ImageNet'} ResNets have {len(widths)} stages")
+        self.inplanes = widths[0]
+        self.cifar = cifar
+        if cifar:
+            self.conv1 = conv3x3(3, self.inplanes)
+        else:
+            self.conv1 = nn.Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(3, stride=2, padding=1)
+        self.stage_attrs = []
+        for i, (w, n) in enumerate(zip(widths, layers, strict=True), start=1):
+            stage = self._make_stage(block, w, n, stride=1 if i == 1 else 2, afi=i in self.afi_stages)
+            setattr(self, f"layer{i}", stage)
+            self.stage_attrs.append(f"layer{i}")
+        self.num_features = widths[-1] * block.expansion
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes)
+        self._init_weights()
+
+    def _make_stage(self, block, planes: int, blocks: int, stride: int, afi: bool) -> Stage:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        kw = dict(reduction=self.reduction, groups=self.groups, base_width=self.base_width)
+        layers = [
+            block(self.inplanes, planes, stride, downsample, afi_index=1 if afi else None, **kw)
+        ]
+        self.inplanes = planes * block.expansion
+        for i in range(2, blocks + 1):
+            layers.append(block(self.inplanes, planes, afi_index=i if afi else None, **kw))
+        return Stage(*layers)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+
+def _cifar(depth: int, afi: bool, **kwargs) -> ResNet:
+    n = (depth - 2) // 6
+    return ResNet(BasicBlock, [n, n, n], cifar=True, afi=afi, **kwargs)
+
+
+_IMAGENET_LAYERS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+def _imagenet(depth: int, afi: bool, **kwargs) -> ResNet:
+    return ResNet(Bottleneck, _IMAGENET_LAYERS[depth], afi=afi, **kwargs)
+
+
+# --- builders -------------------------------------------------------------------------------
+# CIFAR: ResNet-(6N+2) with projection shortcuts, N = 3, 5, 7, 9, 18 (Table 1, Table 4).
+
+
+@register_model(family="resnet", input_size=32)
+def resnet20(**kwargs) -> ResNet:
+    return _cifar(20, False, **kwargs)
+
+
+@register_model(family="resnet", input_size=32, baseline="resnet20")
+def afi_resnet20(**kwargs) -> ResNet:
+    return _cifar(20, True, **kwargs)
+
+
+@register_model(family="resnet", input_size=32)
+def resnet32(**kwargs) -> ResNet:
+    return _cifar(32, False, **kwargs)
+
+
+@register_model(family="resnet", input_size=32, baseline="resnet32")
+def afi_resnet32(**kwargs) -> ResNet:
+    return _cifar(32, True, **kwargs)
+
+
+@register_model(family="resnet", input_size=32)
+def resnet44(**kwargs) -> ResNet:
+    return _cifar(44, False, **kwargs)
+
+
+@register_model(family="resnet", input_size=32, baseline="resnet44")
+def afi_resnet44(**kwargs) -> ResNet:
+    return _cifar(44, True, **kwargs)
+
+
+@register_model(family="resnet", input_size=32)
+def resnet56(**kwargs) -> ResNet:
+    return _cifar(56, False, **kwargs)
+
+
+@register_model(family="resnet", input_size=32, baseline="resnet56")
+def afi_resnet56(**kwargs) -> ResNet:
+    return _cifar(56, True, **kwargs)
+
+
+@register_model(family="resnet", input_size=32)
+def resnet110(**kwargs) -> ResNet:
+    return _cifar(110, False, **kwargs)
+
+
+@register_model(family="resnet", input_size=32, baseline="resnet110")
+def afi_resnet110(**kwargs) -> ResNet:
+    return _cifar(110, True, **kwargs)
+
+
+# ImageNet: torchvision's ResNet-50/101/152 (v1.5) and their AFI versions (Table 5).
+
+
+@register_model(family="resnet", input_size=224)
+def resnet50(**kwargs) -> ResNet:
+    return _imagenet(50, False, **kwargs)
+
+
+@register_model(family="resnet", input_size=224, baseline="resnet50")
+def afi_resnet50(**kwargs) -> ResNet:
+    return _imagenet(50, True, **kwargs)
+
+
+@register_model(family="resnet", input_size=224)
+def resnet101(**kwargs) -> ResNet:
+    return _imagenet(101, False, **kwargs)
+
+
+@register_model(family="resnet", input_size=224, baseline="resnet101")
+def afi_resnet101(**kwargs) -> ResNet:
+    return _imagenet(101, True, **kwargs)
+
+
+@register_model(family="resnet", input_size=224)
+def resnet152(**kwargs) -> ResNet:
+    return _imagenet(152, False, **kwargs)
+
+
+@register_model(family="resnet", input_size=224, baseline="resnet152")
+def afi_resnet152(**kwargs) -> ResNet:
+    return _imagenet(152, True, **kwargs)

@@ -1,0 +1,229 @@
+"""Parameter and FLOP counts in the paper's convention (Tables 2, 4, 5; Eq. 10).
+
+The paper counts with thop: multiply-accumulates (MACs) of one forward pass, times the batch
+size (batch 32). thop cannot see functional operations, so the AFI module gets its own rule:
+
+- ``flops``: thop with the AFI module's scoring counted as in Eq. 10 (2 * inputs * C * C/r MACs
+  per image) - the paper's convention;
+- ``flops_with_aggregation``: the same plus the weighted sum R = sum_j S~_j X(j)
+  (inputs * C * H * W MACs per image), which Eq. 10 leaves out;
+- ``flops_exact``: ``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device at the
+  real batch size, which counts a MAC as two FLOPs and skips normalisation and element-wise ops.
+
+thop counts are linear in the batch, so one image is profiled and scaled; a test checks the
+result against a real batch-32 count.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from thop import profile
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..layers import AFIModule
+from ..models import create_model, get_model_info
+
+__all__ = [
+    "FlopReport",
+    "StageReport",
+    "count_flops",
+    "count_params",
+    "flop_counter_count",
+    "flops_report",
+    "meta_model",
+    "stage_report",
+    "thop_count",
+]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class _AFICounts:
+    scoring: float = 0.0
+    aggregation: float = 0.0
+
+
+def _afi_rule(counts: _AFICounts):
+    def rule(m: AFIModule, inputs, output: torch.Tensor) -> None:
+        b = output.shape[0]
+        hidden = m.fc1.out_features
+        scoring = b * m.num_inputs * 2 * m.channels * hidden  # Eq. 10, per module
+        aggregation = output.numel() * m.num_inputs
+        m.total_ops += torch.tensor([float(scoring)], dtype=torch.float64)
+        counts.scoring += scoring
+        counts.aggregation += aggregation
+
+    return rule
+
+
+@dataclass
+class ThopCount:
+    macs: float  # paper convention, for the batch that was profiled
+    afi_scoring: float
+    afi_aggregation: float
+    layers: dict
+
+
+def thop_count(model: nn.Module, input_size: int, batch_size: int = 1, *, copy_model: bool = True) -> ThopCount:
+    """thop MACs of ``model`` at ``batch_size``.
+
+    thop leaves ``total_ops``/``total_params`` buffers in what it profiles, so it gets a copy
+    unless the caller passes a throwaway model (``copy_model=False``). Works on ``meta`` models.
+    """
+    target = copy.deepcopy(model) if copy_model else model
+    target.eval()
+    device = next(target.parameters()).device
+    counts = _AFICounts()
+    x = torch.empty(batch_size, 3, input_size, input_size, device=device).normal_()
+    macs, _params, layers = profile(
+        target, inputs=(x,), custom_ops={AFIModule: _afi_rule(counts)}, verbose=False,
+        ret_layer_info=True,
+    )
+    return ThopCount(float(macs), counts.scoring, counts.aggregation, layers)
+
+
+def flop_counter_count(model: nn.Module, input_size: int, batch_size: int) -> int:
+    """FlopCounterMode's FLOPs (2 per MAC) of one forward pass of ``model``."""
+    device = next(model.parameters()).device
+    x = torch.empty(batch_size, 3, input_size, input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(x)
+    return int(counter.get_total_flops())
+
+
+def meta_model(arch: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """A registered model on the ``meta`` device: shapes only, built in milliseconds."""
+    with torch.device("meta"):
+        return create_model(arch, num_classes=num_classes, **kwargs)
+
+
+@dataclass
+class FlopReport:
+    """One row of ``afictl flops``."""
+
+    arch: str
+    num_classes: int
+    batch_size: int
+    input_size: int
+    params: int
+    flops: float
+    flops_with_aggregation: float
+    afi_scoring_flops: float
+    afi_aggregation_flops: float
+    flops_exact: int
+    baseline: str | None = None
+    baseline_params: int | None = None
+    baseline_flops: float | None = None
+    params_delta_pct: float | None = None
+    flops_delta_pct: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_flops(
+    arch: str,
+    *,
+    batch_size: int = 32,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+    exact: bool = True,
+    **model_kwargs,
+) -> FlopReport:
+    """Parameters and FLOPs of one registered model (no baseline comparison)."""
+    info = get_model_info(arch)
+    size = input_size or info.input_size
+    classes = num_classes or info.num_classes
+    model = meta_model(arch, classes, **model_kwargs)
+    params = count_params(model)
+    exact_flops = flop_counter_count(model, size, batch_size) if exact else 0
+    c = thop_count(model, size, batch_size=1, copy_model=False)
+    return FlopReport(
+        arch=arch,
+        num_classes=classes,
+        batch_size=batch_size,
+        input_size=size,
+        params=params,
+        flops=c.macs * batch_size,
+        flops_with_aggregation=(c.macs + c.afi_aggregation) * batch_size,
+        afi_scoring_flops=c.afi_scoring * batch_size,
+        afi_aggregation_flops=c.afi_aggregation * batch_size,
+        flops_exact=exact_flops,
+    )
+
+
+def _pct(value: float, ref: float) -> float:
+    return round(100.0 * (value - ref) / ref, 2)
+
+
+def flops_report(
+    archs: list[str],
+    *,
+    batch_size: int = 32,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+    exact: bool = True,
+    **model_kwargs,
+) -> list[FlopReport]:
+    """Rows for ``archs``; each AFI model is compared with its baseline (counted once)."""
+    cache: dict[str, FlopReport] = {}
+
+    def get(name: str, kwargs: dict) -> FlopReport:
+        key = name + repr(sorted(kwargs.items()))
+        if key not in cache:
+            cache[key] = count_flops(
+                name, batch_size=batch_size, input_size=input_size, num_classes=num_classes,
+                exact=exact, **kwargs,
+            )
+        return cache[key]
+
+    rows = []
+    for arch in archs:
+        info = get_model_info(arch)
+        row = copy.copy(get(arch, model_kwargs if info.is_afi else {}))
+        if info.baseline:
+            base = get(info.baseline, {})
+            row.baseline = info.baseline
+            row.baseline_params = base.params
+            row.baseline_flops = base.flops
+            row.params_delta_pct = _pct(row.params, base.params)
+            row.flops_delta_pct = _pct(row.flops, base.flops)
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class StageReport:
+    """Per-stage parameters and FLOPs (paper Table 2)."""
+
+    arch: str
+    stage: str
+    params: int
+    flops: float
+    batch_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stage_report(
+    arch: str, *, batch_size: int = 32, input_size: int | None = None, num_classes: int | None = None,
+    **model_kwargs,
+) -> list[StageReport]:
+    info = get_model_info(arch)
+    model = meta_model(arch, num_classes or info.num_classes, **model_kwargs)
+    params = {attr: count_params(getattr(model, attr)) for attr in model.stage_attrs}
+    c = thop_count(model, input_size or info.input_size, copy_model=False)
+    rows = []
+    for name, attr in zip(model.stage_names, model.stage_attrs, strict=True):
+        ops = c.layers[attr][0]
+        rows.append(StageReport(arch, name, params[attr], ops * batch_size, batch_size))
+    return rows

@@ -1,0 +1,94 @@
+"""The AFI module against a plain, obviously-correct reference of Eq. 1-2."""
+
+import pytest
+import torch
+
+from afictl.layers import AFIModule, FeaturePool, record_attention, weighted_sum
+from afictl.models import create_model
+
+
+def reference_afi(features, w1, w2):
+    """Eq. 2 written out literally: loops over inputs, channels and positions."""
+    n = len(features)
+    b, c, h, w = features[0].shape
+    out = torch.zeros_like(features[0])
+    for bi in range(b):
+        s = torch.stack([w2 @ torch.relu(w1 @ features[i][bi].mean(dim=(1, 2))) for i in range(n)])
+        s_tilde = torch.exp(s) / torch.exp(s).sum(dim=0, keepdim=True)  # softmax over the N inputs
+        for k in range(c):
+            for j in range(n):
+                out[bi, k] += s_tilde[j, k] * features[j][bi, k]
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_forward_and_backward_match_reference(n):
+    torch.manual_seed(n)
+    module = AFIModule(channels=8, num_inputs=n, reduction=4).double()
+    feats = [torch.randn(2, 8, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(n)]
+    ref_feats = [f.detach().clone().requires_grad_(True) for f in feats]
+    w1 = module.fc1.weight.detach().clone().requires_grad_(True)
+    w2 = module.fc2.weight.detach().clone().requires_grad_(True)
+
+    out = module(feats)
+    ref = reference_afi(ref_feats, w1, w2)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    for f, rf in zip(feats, ref_feats, strict=True):
+        torch.testing.assert_close(f.grad, rf.grad, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(module.fc1.weight.grad, w1.grad, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(module.fc2.weight.grad, w2.grad, rtol=1e-9, atol=1e-11)
+
+
+def test_weighted_sum_gradcheck():
+    feats = [torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    weights = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w, *f: weighted_sum(f, w), (weights, *feats))
+
+
+def test_pool_squeezes_each_feature_once(monkeypatch):
+    import afictl.layers.afi as afi
+
+    calls = []
+    original = afi.squeeze
+    monkeypatch.setattr(afi, "squeeze", lambda x: calls.append(1) or original(x))
+    pool = FeaturePool()
+    for _ in range(4):
+        pool.add(torch.randn(1, 4, 3, 3))
+    mod = AFIModule(4, 3)
+    mod.forward_pool(pool)
+    AFIModule(4, 4).forward_pool(pool)
+    assert len(calls) == 4  # once per feature, not once per consumer
+
+
+def test_softmax_weights_sum_to_one_per_channel():
+    model = create_model("afi_resnet20").eval()
+    with record_attention(model) as rec, torch.no_grad():
+        model(torch.randn(3, 3, 32, 32))
+    assert len(rec) == 3 * 1  # blocks 3..n of each 3-block stage have an AFI module
+    for name, calls in rec.items():
+        (s,) = calls
+        n = model.get_submodule(name).num_inputs
+        assert s.shape[1] == n and s.shape[0] == 3
+        torch.testing.assert_close(s.sum(dim=1), torch.ones(s.shape[0], s.shape[2]))
+        assert (s >= 0).all()
+    # hooks are gone afterwards
+    assert all(not m.attention._forward_hooks for m in model.afi_modules().values())
+
+
+def test_module_rejects_single_input():
+    with pytest.raises(ValueError):
+        AFIModule(8, 1)
+
+
+def test_every_afi_parameter_gets_a_gradient():
+    model = create_model("afi_resnet32", num_classes=7)
+    out = model(torch.randn(8, 3, 32, 32))
+    torch.nn.functional.cross_entropy(out, torch.arange(8) % 7).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # a scoring hidden unit can be dead (ReLU) for one batch; the module as a whole may not
+    for name, m in model.afi_modules().items():
+        assert m.fc2.weight.grad.abs().sum() > 0 or m.fc1.weight.grad.abs().sum() > 0, name

@@ -1,0 +1,95 @@
+"""`afictl models` and `afictl flops` through the real entry point."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from afictl.cli.app import main
+from afictl.paper import TABLES
+
+
+def run(capsys, *args):
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_models_json(capsys):
+    code, out, _ = run(capsys, "models", "--format", "json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["afi_resnet32"]["baseline"] == "resnet32"
+    assert rows["resnet32"]["baseline"] is None
+    assert rows["resnet32"]["params"] == 472_756
+    assert rows["resnet50"]["input_size"] == 224 and rows["resnet50"]["family"] == "resnet"
+
+
+def test_flops_json_is_json_only(capsys):
+    code, out, err = run(capsys, "flops", "--arch", "afi_resnet50", "--format", "json")
+    assert code == 0
+    (row,) = json.loads(out)
+    for key in ("arch", "num_classes", "batch_size", "input_size", "params", "flops", "flops_exact",
+                "baseline", "baseline_params", "baseline_flops", "params_delta_pct", "flops_delta_pct"):
+        assert key in row
+    assert row["baseline"] == "resnet50" and row["batch_size"] == 32 and row["num_classes"] == 1000
+    assert row["params_delta_pct"] < 0 and row["flops_delta_pct"] < 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "markdown", "table"])
+def test_flops_other_formats_and_output(capsys, tmp_path, fmt):
+    out_file = tmp_path / f"flops.{fmt}"
+    code, out, err = run(capsys, "flops", "--arch", "afi_resnet20", "--format", fmt, "--output", str(out_file))
+    assert code == 0 and out == ""
+    text = out_file.read_text()
+    assert "afi_resnet20" in text and "resnet20" in text
+
+
+def test_unknown_arch_is_one_line_exit_2(capsys):
+    code, out, err = run(capsys, "flops", "--arch", "afi_resnt50")
+    assert code == 2
+    assert err.count("\n") == 1 and "afi_resnet50" in err and "Traceback" not in err
+
+
+def test_bad_option_is_one_line_exit_2(capsys):
+    code, _, err = run(capsys, "flops", "--batch-size", "zero")
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_afi_stages_option(capsys):
+    code, out, _ = run(capsys, "flops", "--arch", "afi_resnet32", "--afi-stages", "1", "--format", "json")
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["params"] > 377_556  # fewer halved blocks than the full AFI-ResNet-32
+    code, _, err = run(capsys, "flops", "--arch", "afi_resnet32", "--afi-stages", "7")
+    assert code == 2 and "out of range" in err
+
+
+def test_per_stage_table2(capsys):
+    code, out, _ = run(capsys, "flops", "--table", "2", "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 6 and {r["stage"] for r in rows} == {"conv1", "conv2", "conv3"}
+    assert all(abs(r["params_diff_pct"]) < 0.5 and abs(r["flops_diff_pct"]) < 2 for r in rows)
+
+
+def test_bare_flops_prints_tables_4_and_5(capsys):
+    code, out, _ = run(capsys, "flops", "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["arch"] for r in rows] == [p.arch for t in (4, 5) for p in TABLES[t]]
+    resnets = [r for r in rows if "resnet" in r["arch"] and "resnext" not in r["arch"]]
+    assert all(r["params"] is not None and abs(r["flops_diff_pct"]) < 2 for r in resnets)
+
+
+def test_console_script_and_module_entry_points():
+    proc = subprocess.run([sys.executable, "-m", "afictl", "models", "afi_resnet20", "-f", "csv"],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines()[1].startswith("afi_resnet20,resnet,32")
+    proc = subprocess.run([sys.executable, "-m", "afictl", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "flops" in proc.stdout
