@@ -132,9 +132,22 @@ def test_afi_wiring_follows_eq4():
     """Block i of a stage: conv1 halved for i >= 2, AFI(i) with i-1 inputs for i >= 3."""
     model = meta_model("afi_resnet32")  # 5 blocks per stage
     blocks = model.blocks("conv1")
-    assert blocks[0].conv1.out_channels == 16 and blocks[0].afi is None
-    assert blocks[1].conv1.out_channels == 8 and blocks[1].afi is None  # R(2) = X(1)
+    assert blocks[0].conv1.out_channels == 16 and blocks[0].join.afi is None
+    assert blocks[1].conv1.out_channels == 8 and blocks[1].join.afi is None  # R(2) = X(1)
     for i, block in enumerate(blocks[2:], start=3):
         assert block.conv1.out_channels == 8
-        assert block.afi.num_inputs == i - 1
+        assert block.join.afi.num_inputs == i - 1
         assert block.conv2.in_channels == 16  # [X(i), R(i)]
+
+
+def test_probes_carry_r_in_afi_blocks_and_activation_in_baseline():
+    afi, base = create_model("afi_resnet20").eval(), create_model("resnet20").eval()
+    seen = {}
+    for tag, model in (("afi", afi), ("base", base)):
+        for i, probe in enumerate(model.probes("conv2")):
+            probe.register_forward_hook(lambda m, i_, o, k=(tag, i): seen.__setitem__(k, o.shape))
+        with torch.no_grad():
+            model(torch.randn(1, 3, 32, 32))
+    assert seen[("base", 0)] == seen[("base", 2)] == (1, 32, 16, 16)
+    assert seen[("afi", 0)] == (1, 32, 16, 16)  # block 1: full-width activation
+    assert seen[("afi", 1)] == seen[("afi", 2)] == (1, 16, 16, 16)  # R(2), R(3): half width

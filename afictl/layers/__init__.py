@@ -8,8 +8,17 @@ from contextlib import contextmanager
 from torch import Tensor, nn
 
 from .afi import AFIModule, FeaturePool, squeeze, weighted_sum
+from .afi_join import AFIJoin, first_conv_width
 
-__all__ = ["AFIModule", "FeaturePool", "record_attention", "squeeze", "weighted_sum"]
+__all__ = [
+    "AFIJoin",
+    "AFIModule",
+    "FeaturePool",
+    "first_conv_width",
+    "record_attention",
+    "squeeze",
+    "weighted_sum",
+]
 
 
 @contextmanager

@@ -5,9 +5,10 @@
 - stages by the paper's names: ``conv1..conv3`` on CIFAR models (Table 1), ``conv1..conv4`` on
   ImageNet models (``conv1`` is the first residual stage, Figures 2 and 6); ``layerK`` and
   ``stageK`` are accepted as aliases;
-- ``blocks(stage)`` lists a stage's building blocks; every block has an identity ``afi_out``
-  through which the AFI output R(i) passes (the tensor at the same position in a baseline
-  block: the activation of its first convolution), so analyses hook one place.
+- ``blocks(stage)`` lists a stage's building blocks; every block has an ``AFIJoin`` named
+  ``join`` whose identity ``afi_out`` carries the AFI output R(i) (in a baseline block, the
+  activation of its first convolution, the tensor at the same position): ``probes(stage)``
+  lists them, the one hook point of the analyses.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class Backbone(nn.Module):
 
     def blocks(self, stage: str) -> list[nn.Module]:
         return list(self.get_stage(stage).children())
+
+    def probes(self, stage: str) -> list[nn.Module]:
+        """The ``afi_out`` identity of every block of a stage (R(i), or its baseline position)."""
+        return [b.join.afi_out for b in self.blocks(stage)]
 
     def afi_modules(self) -> dict[str, AFIModule]:
         return {n: m for n, m in self.named_modules() if isinstance(m, AFIModule)}

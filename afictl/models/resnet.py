@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import AFIModule, FeaturePool
+from ..layers import AFIJoin, FeaturePool, first_conv_width
 from ._base import Backbone, Stage, parse_afi_stages
 from .registry import register_model
 
@@ -30,43 +28,7 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
-class _AFIBlockMixin:
-    """The AFI part of a block, shared by the basic and the bottleneck block.
-
-    ``afi_index`` is the block's 1-based position i in an AFI stage (None outside one).
-    """
-
-    afi_index: int | None
-    afi: AFIModule | None
-    seed_stride: int
-
-    def _init_afi(self, afi_index: int | None, channels: int, reduction: int, stride: int) -> None:
-        self.afi_index = afi_index
-        self.seed_stride = stride
-        self.afi = (
-            AFIModule(channels, afi_index - 1, reduction)
-            if afi_index is not None and afi_index >= 3
-            else None
-        )
-
-    def _integrate(self, x1: Tensor, pool: FeaturePool | None, half: int) -> Tensor:
-        """Given the first convolution's activation, return the next convolution's input."""
-        if self.afi_index is None or pool is None:
-            return self.afi_out(x1)
-        if self.afi_index == 1:
-            # Block 1 has no AFI input, keeps its full width, and seeds the pool with X(1).
-            seed = x1[:, :half]
-            if self.seed_stride > 1:  # bottleneck: the stride comes after this activation
-                seed = F.avg_pool2d(seed, self.seed_stride)
-            pool.add(seed)
-            return self.afi_out(x1)
-        r = pool.features[0] if self.afi is None else self.afi.forward_pool(pool)
-        r = self.afi_out(r)
-        pool.add(x1)
-        return torch.cat([x1, r], dim=1)
-
-
-class BasicBlock(_AFIBlockMixin, nn.Module):
+class BasicBlock(nn.Module):
     """Eq. 3 (baseline) and Eq. 4 (AFI block, ``afi_index >= 2``)."""
 
     expansion = 1
@@ -83,27 +45,24 @@ class BasicBlock(_AFIBlockMixin, nn.Module):
         base_width: int = 64,
     ) -> None:
         super().__init__()
-        halved = afi_index is not None and afi_index >= 2
-        first = planes // 2 if halved else planes
+        first = first_conv_width(planes, afi_index)
         self.conv1 = conv3x3(inplanes, first, stride)
         self.bn1 = nn.BatchNorm2d(first)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self.afi_out = nn.Identity()
-        self.half = planes // 2
-        self._init_afi(afi_index, planes // 2, reduction, stride=1)  # stride is in conv1
+        self.join = AFIJoin(planes, afi_index, reduction)  # the stride is in conv1, before X
 
     def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self._integrate(out, pool, self.half)
+        out = self.join(out, pool)
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
 
-class Bottleneck(_AFIBlockMixin, nn.Module):
+class Bottleneck(nn.Module):
     """torchvision's ResNet v1.5 bottleneck; in an AFI block the first 1x1 outputs half its width."""
 
     expansion = 4
@@ -121,8 +80,7 @@ class Bottleneck(_AFIBlockMixin, nn.Module):
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
-        halved = afi_index is not None and afi_index >= 2
-        first = width // 2 if halved else width
+        first = first_conv_width(width, afi_index)
         self.conv1 = conv1x1(inplanes, first)
         self.bn1 = nn.BatchNorm2d(first)
         self.conv2 = conv3x3(width, width, stride, groups)
@@ -131,14 +89,12 @@ class Bottleneck(_AFIBlockMixin, nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.afi_out = nn.Identity()
-        self.half = width // 2
-        self._init_afi(afi_index, width // 2, reduction, stride=stride)
+        self.join = AFIJoin(width, afi_index, reduction, seed_stride=stride)  # stride is in conv2
 
     def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self._integrate(out, pool, self.half)
+        out = self.join(out, pool)
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
