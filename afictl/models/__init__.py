@@ -4,7 +4,7 @@ Importing this package imports every family module, whose builders register them
 """
 
 from . import resnet  # noqa: F401  (registers the ResNet family)
-from ._base import Backbone, StageError
+from ._base import Backbone, Stage, StageError
 from .registry import (
     ModelInfo,
     UnknownModelError,
@@ -18,6 +18,7 @@ from .registry import (
 __all__ = [
     "Backbone",
     "ModelInfo",
+    "Stage",
     "StageError",
     "UnknownModelError",
     "counterpart",

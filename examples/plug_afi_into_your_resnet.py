@@ -1,0 +1,58 @@
+"""Plug the AFI module into your own residual network in a few lines.
+
+Each block halves its first convolution to X(i), asks its `AFIJoin` for the input of the
+next convolution ([X(i), R(i)], Eq. 4), and the stage shares one `FeaturePool` per forward
+(`afictl.models.Stage` does that for you). Run: python examples/plug_afi_into_your_resnet.py
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from afictl.layers import AFIJoin, first_conv_width, record_attention
+from afictl.models import Stage
+
+
+class MyBlock(nn.Module):
+    """A plain residual block (two 3x3 convs) made AFI-aware by `index`."""
+
+    def __init__(self, channels: int, index: int | None) -> None:
+        super().__init__()
+        first = first_conv_width(channels, index)  # halved for blocks 2..n of an AFI stage
+        self.conv1 = nn.Sequential(nn.Conv2d(channels, first, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(first), nn.ReLU())
+        self.join = AFIJoin(channels, index, reduction=4)  # X(i) -> [X(i), R(i)]
+        self.conv2 = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor, pool=None) -> torch.Tensor:
+        return torch.relu(x + self.conv2(self.join(self.conv1(x), pool)))
+
+
+def my_network(num_blocks: int = 4, channels: int = 16, num_classes: int = 10, afi: bool = True) -> nn.Module:
+    blocks = [MyBlock(channels, i if afi else None) for i in range(1, num_blocks + 1)]
+    return nn.Sequential(
+        nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
+        Stage(*blocks),  # one FeaturePool per forward pass
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes),
+    )
+
+
+def main() -> dict[str, torch.Tensor]:
+    net = my_network()
+    x = torch.randn(2, 3, 32, 32)
+    with record_attention(net) as attention:
+        logits = net(x)
+    logits.sum().backward()
+    print("logits", tuple(logits.shape))
+    for name, (s,) in attention.items():
+        print(f"{name}: S~ of shape {tuple(s.shape)} (batch, inputs, channels); sums to 1 over inputs")
+    base = sum(p.numel() for p in my_network(afi=False).parameters())
+    ours = sum(p.numel() for p in net.parameters())
+    print(f"parameters: baseline {base:,}, AFI {ours:,}")
+    return {name: s for name, (s,) in attention.items()}
+
+
+if __name__ == "__main__":
+    main()
