@@ -19,6 +19,7 @@ and, when written by ``afictl train``: optimizer, scheduler, scaler, rng, metric
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # unpickling refused, truncated file, not a torch file at all
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable afictl checkpoint ({reason[:160]})") from None
+    except pickle.UnpicklingError:  # weights_only refused an object that could run code
+        raise CheckpointError(
+            f"{path} is not a safe checkpoint: it holds Python objects beyond tensors and plain "
+            "types, and was refused without running them"
+        ) from None
+    except Exception as exc:  # truncated file, not a torch file at all
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: truncated or not a torch file)") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an afictl checkpoint")
     data["path"] = str(path)

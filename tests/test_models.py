@@ -151,3 +151,17 @@ def test_probes_carry_r_in_afi_blocks_and_activation_in_baseline():
     assert seen[("base", 0)] == seen[("base", 2)] == (1, 32, 16, 16)
     assert seen[("afi", 0)] == (1, 32, 16, 16)  # block 1: full-width activation
     assert seen[("afi", 1)] == seen[("afi", 2)] == (1, 16, 16, 16)  # R(2), R(3): half width
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_classifier_surface(name):
+    model = meta_model(name, num_classes=11)
+    head = model.get_classifier()
+    assert isinstance(head, torch.nn.Linear) and head.out_features == 11
+    with torch.device("meta"):
+        model.reset_classifier(3)
+    assert model.get_classifier().out_features == 3
+    info = get_model_info(name)
+    x = torch.empty(1, 3, info.input_size, info.input_size, device="meta")
+    assert model(x).shape == (1, 3)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, model.num_features)

@@ -9,8 +9,17 @@ import typer
 
 from ..errors import UserError
 from ..models import StageError, UnknownModelError
+from .bench import bench_cli
+from .eval import eval_cli
+from .features import features_cli
 from .flops import flops_cli
+from .gradcam import gradcam_cli
+from .memory import memory_cli
 from .models import models_cli
+from .report import report_cli
+from .selectivity import selectivity_cli
+from .train import train_cli
+from .transfer import transfer_cli
 
 app = typer.Typer(
     name="afictl",
@@ -18,11 +27,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("models")(models_cli)
+app.command("train")(train_cli)
+app.command("eval")(eval_cli)
 app.command("flops")(flops_cli)
+app.command("memory")(memory_cli)
+app.command("bench")(bench_cli)
+app.command("gradcam")(gradcam_cli)
+app.command("selectivity")(selectivity_cli)
+app.command("features")(features_cli)
+app.command("report")(report_cli)
+app.command("transfer")(transfer_cli)
 
 #: Exceptions that mean "the user asked for something impossible", not "afictl has a bug".
 USER_ERRORS = (UserError, UnknownModelError, StageError, FileNotFoundError)

@@ -11,6 +11,12 @@ returns the input of the block's next convolution:
 
 The tensor that takes R's place passes through the identity ``afi_out`` (in a baseline block
 and in block 1: the activation), the one hook point of the analyses.
+
+Blocks that own their next convolution can call :meth:`AFIJoin.fused` instead (ResNet and
+ResNeXt do): it takes the pre-activation, writes ReLU(h) = X(i) straight into the stage buffer
+and returns the next convolution's output, without ever storing [X(i), R(i)] as a tensor of its
+own. :meth:`AFIJoin.fuses` says when that path applies: an AFI block >= 2 on the fast
+aggregation, with no hooks on the modules it bypasses (so analyses always see the plain path).
 """
 
 from __future__ import annotations
@@ -18,15 +24,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
-from .afi import AFIModule, FeaturePool
+from .afi import AFIModule, FeaturePool, plain_batch_norm
 
-__all__ = ["AFIJoin", "first_conv_width"]
+__all__ = ["AFIJoin", "first_conv_width", "has_hooks"]
 
 
 def first_conv_width(full: int, index: int | None) -> int:
     """Output channels of a block's first convolution: halved in AFI blocks 2..n."""
     return full // 2 if index is not None and index >= 2 else full
+
+
+def has_hooks(*modules: nn.Module) -> bool:
+    """Whether any module (or every module, globally) has forward or backward hooks."""
+    if (_module._global_forward_hooks or _module._global_forward_pre_hooks
+            or _module._global_backward_hooks or _module._global_backward_pre_hooks):
+        return True
+    for m in modules:  # a plain loop: this runs once per block and forward
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return True
+    return False
 
 
 class AFIJoin(nn.Module):
@@ -39,13 +57,19 @@ class AFIJoin(nn.Module):
         reduction: r of the scoring function.
         seed_stride: spatial stride between the first activation and the stage resolution
             (block 1 of a bottleneck stage whose stride sits in a later convolution).
+        memory_efficient: in :meth:`fused`, keep no [X(i), R(i)] for backward and recompute
+            it there from the stage buffer (one more weighted sum per block).
     """
 
-    def __init__(self, width: int, index: int | None = None, reduction: int = 4, seed_stride: int = 1) -> None:
+    def __init__(
+        self, width: int, index: int | None = None, reduction: int = 4, seed_stride: int = 1,
+        *, memory_efficient: bool = False,
+    ) -> None:
         super().__init__()
         self.width = width
         self.index = index
         self.seed_stride = seed_stride
+        self.memory_efficient = memory_efficient
         self.afi = AFIModule(width // 2, index - 1, reduction) if index is not None and index >= 3 else None
         self.afi_out = nn.Identity()
 
@@ -54,15 +78,47 @@ class AFIJoin(nn.Module):
             return self.afi_out(x1)
         half = self.width // 2
         if self.index == 1:
+            pool.recompute = self.memory_efficient
             seed = x1[:, :half]
             if self.seed_stride > 1:
                 seed = F.avg_pool2d(seed, self.seed_stride)
             pool.add(seed)
             return self.afi_out(x1)
-        r = pool.features[0] if self.afi is None else self.afi.forward_pool(pool)
+        n = self.index - 1
+        if pool.fast:
+            r = pool.integrate(self._weights(pool), n)
+        else:
+            r = pool.features[0] if self.afi is None else self.afi.forward_pool(pool)
         r = self.afi_out(r)
         pool.add(x1)
         return torch.cat([x1, r], dim=1)
 
+    def fuses(self, pool: FeaturePool | None, *bypassed: nn.Module) -> bool:
+        """Whether :meth:`fused` applies: AFI block >= 2, fast pool, nothing hooked.
+
+        ``bypassed``: the block's modules that the fused path does not call as modules (its
+        next convolution, the ReLU of X(i), ...); a hook on any of them selects the plain path.
+        """
+        return (
+            self.index is not None and self.index >= 2 and pool is not None and pool.fast
+            and not has_hooks(self, self.afi_out, *bypassed)
+        )
+
+    def fused(self, h: Tensor, pool: FeaturePool, conv: nn.Conv2d, bn: nn.Module | None = None) -> Tensor:
+        """conv([X(i), R(i)]) with X(i) = ReLU(h), or ReLU(bn(h)) when ``bn`` is given, in one
+        step (see the module docstring). Memory-efficient blocks pass their BN so that X(i)
+        need not be kept for backward (it is rebuilt from BN's input)."""
+        if bn is None:
+            pool.add_relu(h)
+        elif self.memory_efficient and plain_batch_norm(bn) and not has_hooks(bn):
+            pool.add_bn_relu(h, bn)
+        else:
+            pool.add_relu(bn(h))
+        return pool.integrate_conv(self._weights(pool), conv, memory_efficient=self.memory_efficient)
+
+    def _weights(self, pool: FeaturePool) -> Tensor | None:
+        return None if self.afi is None else self.afi.weights(pool.squeezed[: self.afi.num_inputs])
+
     def extra_repr(self) -> str:
-        return f"width={self.width}, index={self.index}, seed_stride={self.seed_stride}"
+        extra = ", memory_efficient=True" if self.memory_efficient else ""
+        return f"width={self.width}, index={self.index}, seed_stride={self.seed_stride}{extra}"

@@ -35,7 +35,8 @@ class Stage(nn.Sequential):
     """
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        pool = FeaturePool()
+        # capacity: the fast aggregation keeps the stage's features in one buffer (layers/afi.py)
+        pool = FeaturePool(capacity=len(self))
         for block in self:
             x = block(x, pool)
         return x
@@ -115,6 +116,10 @@ class Backbone(nn.Module):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = x.mean(dim=(2, 3))
         return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> nn.Module:
+        """The final classifier (families with another attribute name override this)."""
+        return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised classifier for ``num_classes`` classes."""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..layers import AFIJoin, FeaturePool, first_conv_width
+from ..layers.narrow_conv import conv_narrow
 from ._base import Backbone, Stage, parse_afi_stages
 from .registry import register_model
 
@@ -43,6 +44,7 @@ class BasicBlock(nn.Module):
         reduction: int = 4,
         groups: int = 1,
         base_width: int = 64,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         first = first_conv_width(planes, afi_index)
@@ -52,13 +54,19 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self.join = AFIJoin(planes, afi_index, reduction)  # the stride is in conv1, before X
+        # the stride is in conv1, before X
+        self.join = AFIJoin(planes, afi_index, reduction, memory_efficient=memory_efficient)
 
     def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.join(out, pool)
-        out = self.bn2(self.conv2(out))
+        if self.join.fuses(pool, self.conv1, self.relu, self.conv2):
+            # X(i) = ReLU(bn1(conv1(x))) goes straight into the stage buffer, conv2 reads
+            # [X(i), R(i)] from it (layers/afi_join.py); same numbers as the plain path below.
+            out = self.join.fused(conv_narrow(self.conv1, x), pool, self.conv2, bn=self.bn1)
+        else:
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.conv2(self.join(out, pool))
+        out = self.bn2(out)
         return self.relu(out + identity)
 
 
@@ -77,6 +85,7 @@ class Bottleneck(nn.Module):
         reduction: int = 4,
         groups: int = 1,
         base_width: int = 64,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
@@ -89,13 +98,17 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.join = AFIJoin(width, afi_index, reduction, seed_stride=stride)  # stride is in conv2
+        # the stride is in conv2
+        self.join = AFIJoin(width, afi_index, reduction, seed_stride=stride, memory_efficient=memory_efficient)
 
     def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.join(out, pool)
-        out = self.relu(self.bn2(self.conv2(out)))
+        if self.join.fuses(pool, self.conv1, self.relu, self.conv2):
+            out = self.join.fused(conv_narrow(self.conv1, x), pool, self.conv2, bn=self.bn1)
+        else:
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.conv2(self.join(out, pool))
+        out = self.relu(self.bn2(out))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
 
@@ -115,20 +128,26 @@ class ResNet(Backbone):
         r: int = 4,
         groups: int = 1,
         width_per_group: int = 64,
+        widths: Sequence[int] | None = None,
+        stem_kernel: int = 3,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         self.afi = afi
+        # AFI blocks recompute [X(i), R(i)] in backward instead of storing it (Table 6, [38]).
+        self.memory_efficient = memory_efficient
         self.afi_stages = parse_afi_stages(afi_stages, len(layers)) if afi else ()
         self.reduction = r
         self.groups = groups
         self.base_width = width_per_group
-        widths = [16, 32, 64] if cifar else [64, 128, 256, 512]
+        # widths / stem_kernel: other CIFAR bottleneck networks (ResNeXt-29: 64-128-256, 1x1 stem).
+        widths = list(widths) if widths else ([16, 32, 64] if cifar else [64, 128, 256, 512])
         if len(layers) != len(widths):
-            raise ValueError(f"{'CIFAR' if cifar else 'ImageNet'} ResNets have {len(widths)} stages")
+            raise ValueError(f"{len(widths)} stage widths for {len(layers)} stages")
         self.inplanes = widths[0]
         self.cifar = cifar
         if cifar:
-            self.conv1 = conv3x3(3, self.inplanes)
+            self.conv1 = nn.Conv2d(3, self.inplanes, stem_kernel, padding=stem_kernel // 2, bias=False)
         else:
             self.conv1 = nn.Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
@@ -151,7 +170,8 @@ class ResNet(Backbone):
                 conv1x1(self.inplanes, planes * block.expansion, stride),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        kw = dict(reduction=self.reduction, groups=self.groups, base_width=self.base_width)
+        kw = dict(reduction=self.reduction, groups=self.groups, base_width=self.base_width,
+                  memory_efficient=self.memory_efficient)
         layers = [
             block(self.inplanes, planes, stride, downsample, afi_index=1 if afi else None, **kw)
         ]

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers import AFIModule
+from ..layers.afi import aggregation
 from ..models import create_model, get_model_info
 
 __all__ = [
@@ -82,10 +83,11 @@ def thop_count(model: nn.Module, input_size: int, batch_size: int = 1, *, copy_m
     device = next(target.parameters()).device
     counts = _AFICounts()
     x = torch.empty(batch_size, 3, input_size, input_size, device=device).normal_()
-    macs, _params, layers = profile(
-        target, inputs=(x,), custom_ops={AFIModule: _afi_rule(counts)}, verbose=False,
-        ret_layer_info=True,
-    )
+    with aggregation("reference"):  # thop's AFIModule rule hooks the module's own forward
+        macs, _params, layers = profile(
+            target, inputs=(x,), custom_ops={AFIModule: _afi_rule(counts)}, verbose=False,
+            ret_layer_info=True,
+        )
     return ThopCount(float(macs), counts.scoring, counts.aggregation, layers)
 
 
@@ -94,7 +96,9 @@ def flop_counter_count(model: nn.Module, input_size: int, batch_size: int) -> in
     device = next(model.parameters()).device
     x = torch.empty(batch_size, 3, input_size, input_size, device=device)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    # The reference aggregation: counts describe the math, not the fast path's kernels (its
+    # weighted sums are batched matmuls, which FlopCounterMode would count).
+    with torch.no_grad(), aggregation("reference"), counter:
         model.eval()(x)
     return int(counter.get_total_flops())
 

@@ -8,7 +8,7 @@ device, for every model of Tables 4 and 5.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 
 import pandas as pd
 
@@ -33,7 +33,7 @@ def _delta(value, ref):
     return None if value is None or ref is None else round(value - ref, 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _counts(arch: str) -> tuple[int | None, float | None]:
     from ..profiling.flops import count_flops
 

@@ -1,0 +1,235 @@
+"""Class selectivity index per channel (Morcos et al. 2018; paper section 4.2, Figure 6).
+
+For every channel of the measured tensor: the spatially averaged post-ReLU activity, averaged per
+class over the evaluation set (class-conditional means mu_k), then
+
+    index = (mu_max - mu_rest) / (mu_max + mu_rest),   mu_rest = mean of the other classes' mu_k
+
+which lies in [0, 1]: 0 for a channel whose mean activity is the same for every class, 1 for one
+that fires for a single class only. A channel whose class means are all zero never fires: it has
+no selectivity (0/0); it is flagged ``dead``, given index 0 by convention, and left out of the
+means and plots (never NaN).
+
+The tensor measured is the ``afi_out`` probe of each block (``model.probes(stage)``): the AFI
+output R(i) in AFI blocks 2..n, and the activation of the first convolution in block 1 and in
+baseline blocks (the same position, as in the paper's Figure 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..checkpoint import model_from_checkpoint
+from ..errors import UserError
+from .inputs import eval_loader
+
+__all__ = [
+    "ClassMeans",
+    "SelectivityResult",
+    "channel_csv",
+    "class_means",
+    "run_selectivity",
+    "selectivity_frame",
+    "selectivity_index",
+    "summarize",
+]
+
+
+def selectivity_index(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index and dead mask per channel from class-conditional means of shape (K classes, C).
+
+    Classes are the rows that were observed; K >= 2. Activity is post-ReLU, so means are >= 0.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    if means.ndim != 2 or means.shape[0] < 2:
+        raise ValueError("selectivity needs class means of shape (K >= 2 classes, C channels)")
+    if (means < 0).any():
+        raise ValueError("class means must be non-negative (post-ReLU activity)")
+    k = means.shape[0]
+    mu_max = means.max(axis=0)
+    mu_rest = (means.sum(axis=0) - mu_max) / (k - 1)
+    denom = mu_max + mu_rest
+    dead = denom <= 0.0
+    index = np.zeros_like(mu_max)
+    np.divide(mu_max - mu_rest, denom, out=index, where=~dead)
+    return np.clip(index, 0.0, 1.0), dead
+
+
+@dataclass
+class ClassMeans:
+    """Class-conditional means of every probe of a model: ``means[b]`` is (K, C_b)."""
+
+    means: list[np.ndarray]
+    counts: np.ndarray  # images per class seen
+
+    @property
+    def observed(self) -> np.ndarray:
+        return self.counts > 0
+
+
+def class_means(
+    model: nn.Module,
+    probes: Sequence[nn.Module],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    *,
+    max_batches: int | None = None,
+    progress: Any = None,
+) -> ClassMeans:
+    """Accumulate per-class sums of each probe's spatially averaged activity over ``batches``.
+
+    Streaming: only (K, C) sums are kept, so any dataset size fits. The activity is clamped at
+    zero (post-ReLU), which is a no-op for the probes of the model zoo.
+    """
+    sums: list[torch.Tensor | None] = [None] * len(probes)
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    current: dict[int, torch.Tensor] = {}
+
+    def make_hook(i: int):
+        def hook(_m, _inp, out):
+            current[i] = out.detach().clamp_min(0).mean(dim=(2, 3)).double()
+
+        return hook
+
+    handles = [p.register_forward_hook(make_hook(i)) for i, p in enumerate(probes)]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for step, (x, y) in enumerate(batches):
+                if max_batches is not None and step >= max_batches:
+                    break
+                current.clear()
+                model(x)
+                y = torch.as_tensor(y, dtype=torch.long)
+                counts += torch.bincount(y, minlength=num_classes).double()
+                for i in range(len(probes)):
+                    act = current[i]
+                    if sums[i] is None:
+                        sums[i] = torch.zeros(num_classes, act.shape[1], dtype=torch.float64)
+                    sums[i].index_add_(0, y, act)
+                if progress is not None:
+                    progress()
+    finally:
+        for h in handles:
+            h.remove()
+    if counts.sum() == 0:
+        raise UserError("the evaluation data is empty: nothing to measure")
+    denom = counts.clamp_min(1)[:, None]
+    means = [(s / denom).numpy() for s in sums if s is not None]
+    return ClassMeans(means, counts.numpy())
+
+
+@dataclass
+class SelectivityResult:
+    """Every channel of every probed block of one checkpoint."""
+
+    checkpoint: str
+    arch: str
+    stage: str
+    channels: pd.DataFrame  # one row per channel
+
+    def summary(self) -> list[dict[str, Any]]:
+        return summarize(self.channels)
+
+
+def selectivity_frame(
+    cm: ClassMeans, *, checkpoint: str, arch: str, stage: str, class_names: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """One row per channel: block, channel, index, dead, mu_max, mu_rest, preferred class."""
+    observed = np.flatnonzero(cm.observed)
+    if observed.size < 2:
+        raise UserError(
+            f"selectivity needs images of at least two classes; the evaluated data had "
+            f"{observed.size} (raise --max-batches)"
+        )
+    rows = []
+    for b, means in enumerate(cm.means, start=1):
+        seen = means[observed]
+        index, dead = selectivity_index(seen)
+        mu_max = seen.max(axis=0)
+        mu_rest = (seen.sum(axis=0) - mu_max) / (seen.shape[0] - 1)
+        preferred = observed[seen.argmax(axis=0)]
+        for c in range(seen.shape[1]):
+            pref = "" if dead[c] else (
+                str(class_names[preferred[c]]) if class_names else str(int(preferred[c])))
+            rows.append({
+                "checkpoint": checkpoint,
+                "arch": arch,
+                "stage": stage,
+                "block": b,
+                "channel": c,
+                "index": float(index[c]),
+                "dead": bool(dead[c]),
+                "mu_max": float(mu_max[c]),
+                "mu_rest": float(mu_rest[c]),
+                "preferred_class": pref,
+            })
+    return pd.DataFrame(rows)
+
+
+def summarize(channels: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per block and checkpoint: mean index over live channels, channel and dead-channel counts."""
+    out = []
+    for (ckpt, block), g in channels.groupby(["checkpoint", "block"], sort=False):
+        live = g[~g["dead"]]
+        out.append({
+            "stage": g["stage"].iloc[0],
+            "block": int(block),
+            "checkpoint": ckpt,
+            "arch": g["arch"].iloc[0],
+            "mean_index": round(float(live["index"].mean()), 6) if len(live) else 0.0,
+            "median_index": round(float(live["index"].median()), 6) if len(live) else 0.0,
+            "channels": int(len(g)),
+            "dead_channels": int(g["dead"].sum()),
+        })
+    return out
+
+
+def channel_csv(frames: Sequence[pd.DataFrame], path: str | Path) -> Path:
+    """Write every channel's row (all checkpoints) as CSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(list(frames), ignore_index=True).to_csv(path, index=False)
+    return path
+
+
+def run_selectivity(
+    checkpoints: Sequence[str | Path],
+    stage: str,
+    *,
+    data: str | None = None,
+    data_root: str | Path | None = None,
+    max_batches: int | None = None,
+    batch_size: int = 128,
+    workers: int = 0,
+    progress: Any = None,
+) -> list[SelectivityResult]:
+    """Selectivity of every probed channel of ``stage`` for each checkpoint, on its eval data.
+
+    ``progress(description, total)`` (optional) returns a per-batch callback.
+    """
+    # Load and resolve every checkpoint first: a bad stage name fails before any data is read.
+    loaded = []
+    for path in checkpoints:
+        model, ckpt = model_from_checkpoint(path)
+        loaded.append((str(path), model, ckpt, model.resolve_stage(stage)))
+    results = []
+    for path, model, ckpt, paper_stage in loaded:
+        loader = eval_loader(ckpt, data, data_root, batch_size=batch_size, workers=workers)
+        total = len(loader) if max_batches is None else min(len(loader), max_batches)
+        tick = progress(f"{ckpt['arch']} {paper_stage}", total) if progress else None
+        cm = class_means(model, model.probes(paper_stage), loader, int(ckpt["num_classes"]),
+                         max_batches=max_batches, progress=tick)
+        names = ckpt.get("class_names") or getattr(loader.dataset, "classes", None)
+        frame = selectivity_frame(cm, checkpoint=path, arch=ckpt["arch"], stage=paper_stage,
+                                  class_names=names)
+        results.append(SelectivityResult(path, ckpt["arch"], paper_stage, frame))
+    return results

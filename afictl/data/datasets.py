@@ -1,0 +1,161 @@
+"""Dataset name + root -> dataset: the one place every command gets its images from.
+
+Names: ``cifar10``, ``cifar100`` (torchvision pickle batches), ``imagenet`` and
+``imagefolder`` (``<root>/train`` and ``<root>/val`` or ``<root>/test``), ``shapes``
+(generated, no download) and ``synthetic`` (random tensors in memory, for throughput benchmarks).
+Roots: ``--data-root``, else ``$AFICTL_DATA/<name>``, else ``./data/<name>``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import UserError
+from .cifar import cifar
+from .folders import image_folder
+from .shapes import ShapesDataset
+from .transforms import eval_transform, train_transform
+
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "SubsetWithClasses",
+    "SyntheticDataset",
+    "build_dataset",
+    "dataset_spec",
+    "default_data_root",
+    "resolve_data_root",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What we know about a dataset name before reading any file."""
+
+    name: str
+    native_size: int | None  # image size of the files (None: any, resized by the transforms)
+    needs_root: bool
+    default_size: int | None = None  # images per split when generated
+    help: str = ""
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec("cifar10", 32, True, help="CIFAR-10 (torchvision python batches; --download)"),
+        DatasetSpec("cifar100", 32, True, help="CIFAR-100 (torchvision python batches; --download)"),
+        DatasetSpec("imagenet", None, True, help="ImageNet as an ImageFolder: train/ and val/"),
+        DatasetSpec("imagefolder", None, True, help="any ImageFolder tree: train/ and val/ or test/"),
+        DatasetSpec("shapes", 32, False, 4000, "8 classes of generated coloured shapes, offline"),
+        DatasetSpec("synthetic", None, False, 512, "random tensors in memory (benchmarks only)"),
+    )
+}
+
+#: Environment variable naming a folder that holds one sub-folder per dataset.
+DATA_ENV = "AFICTL_DATA"
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of ``name``; :class:`UserError` listing the valid names otherwise."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+
+
+def default_data_root(name: str) -> Path:
+    """``$AFICTL_DATA/<name>`` if the variable is set, else ``./data/<name>`` (absolute)."""
+    base = os.environ.get(DATA_ENV)
+    return (Path(base).expanduser() / name if base else Path("data") / name).absolute()
+
+
+def resolve_data_root(name: str, root: str | Path | None) -> Path | None:
+    """The folder ``name`` is read from: ``root`` if given, else :func:`default_data_root`;
+    ``None`` for generated datasets."""
+    if not dataset_spec(name).needs_root:
+        return None
+    return Path(root).expanduser().absolute() if root is not None else default_data_root(name)
+
+
+class SubsetWithClasses(Dataset):
+    """A fixed subset of a dataset that keeps its ``classes`` (and ``on_error``)."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+        self.classes = list(dataset.classes)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+
+class SyntheticDataset(Dataset):
+    """``n`` random normalised images with random labels, all in memory (benchmarks)."""
+
+    def __init__(self, n: int, input_size: int, num_classes: int = 10, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, input_size, input_size, generator=g)
+        self.targets = torch.randint(0, num_classes, (n,), generator=g).tolist()
+        self.classes = [f"class{i}" for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.targets[i]
+
+
+def build_dataset(
+    name: str,
+    root: str | Path | None,
+    split: str,
+    *,
+    input_size: int | None = None,
+    download: bool = False,
+    size: int | None = None,
+    seed: int = 0,
+    train_transforms: bool | None = None,
+    on_error: str = "raise",
+) -> Dataset:
+    """The ``split`` ("train" or "eval") of dataset ``name``, with the paper's transforms.
+
+    - ``root``: where the files are (``None``: ``$AFICTL_DATA/<name>`` or ``./data/<name>``).
+    - ``input_size``: pixels fed to the model (default: the files' own size, 224 for ImageFolder).
+    - ``size``: images per split; generated datasets make that many, others keep a fixed random
+      subset (drawn from ``seed``).
+    - ``train_transforms``: augment (random crop/flip) or not; ``None``: augment the train split only.
+    - ``on_error``: an unreadable image raises :class:`CorruptImageError` (``"raise"``) or comes
+      back as a :class:`BrokenImage` (``"mark"``, what the training loader uses).
+
+    The dataset has ``classes: list[str]``. Missing files raise :class:`DataMissingError`.
+    """
+    spec = dataset_spec(name)
+    if split not in ("train", "eval"):
+        raise UserError(f"unknown split {split!r}; use 'train' or 'eval'")
+    if size is not None and size < 1:
+        raise UserError(f"--data-size must be at least 1, got {size}")
+    input_size = input_size or spec.native_size or 224
+    augment = split == "train" if train_transforms is None else train_transforms
+    transform = (train_transform if augment else eval_transform)(name, input_size)
+    path = resolve_data_root(name, root)
+    if name == "shapes":
+        return ShapesDataset(size or spec.default_size, seed=seed, split=split, transform=transform)
+    if name == "synthetic":
+        return SyntheticDataset(size or spec.default_size, input_size, seed=seed + (split == "eval"))
+    if name in ("cifar10", "cifar100"):
+        ds = cifar(name, path, split, transform, download=download)
+    else:
+        if download:
+            raise UserError(f"{name} cannot be downloaded; put its train/ and val/ folders in {path}")
+        ds = image_folder(name, path, split, transform, on_error=on_error)
+    if size is not None and size < len(ds):
+        g = torch.Generator().manual_seed(seed * 2 + (split == "eval"))
+        ds = SubsetWithClasses(ds, sorted(torch.randperm(len(ds), generator=g)[:size].tolist()))
+    return ds

@@ -1,0 +1,99 @@
+"""DenseNet for CIFAR (Huang et al. 2017, their Table 2 "DenseNet (k = 12)"), the baselines of Table 4.
+
+Depth L = 3n + 4: a 3x3 stem with 16 channels, three dense blocks of n = (L - 4) / 3 layers
+(BN -> ReLU -> 3x3 conv with k = 12 outputs, concatenated to the layer's input), transitions
+BN -> ReLU -> 1x1 conv (no compression) -> 2x2 average pooling, then BN -> ReLU -> global
+pooling -> fully connected. DenseNet-40 (1.06M parameters at 100 classes) and DenseNet-100
+(7.09M) have no AFI version: the paper compares against them.
+
+Stages are the dense blocks (conv1..conv3); a block of a stage is one dense layer, whose
+``join.afi_out`` probe carries the k new feature maps (the tensor the layer adds).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import AFIJoin, FeaturePool
+from ._base import Backbone, Stage
+from .registry import register_model
+
+__all__ = ["DenseLayer", "DenseNet", "Transition"]
+
+
+class DenseLayer(nn.Module):
+    """BN -> ReLU -> 3x3 conv (``growth`` channels), concatenated after its input."""
+
+    def __init__(self, inp: int, growth: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(inp)
+        self.conv = nn.Conv2d(inp, growth, 3, padding=1, bias=False)
+        self.join = AFIJoin(growth)  # baseline probe: the new feature maps
+
+    def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
+        new = self.join(self.conv(F.relu(self.bn(x))), pool)
+        return torch.cat([x, new], dim=1)
+
+
+class Transition(nn.Sequential):
+    """BN -> ReLU -> 1x1 conv -> 2x2 average pooling between dense blocks."""
+
+    def __init__(self, inp: int, oup: int) -> None:
+        super().__init__(
+            nn.BatchNorm2d(inp), nn.ReLU(inplace=True), nn.Conv2d(inp, oup, 1, bias=False), nn.AvgPool2d(2)
+        )
+
+
+class DenseNet(Backbone):
+    """CIFAR DenseNet of depth ``3n + 4`` with growth rate ``growth`` (no bottleneck, no compression)."""
+
+    def __init__(self, depth: int = 40, num_classes: int = 100, *, growth: int = 12, stem: int = 16) -> None:
+        super().__init__()
+        if (depth - 4) % 3:
+            raise ValueError("DenseNet depth must be 3n + 4")
+        n = (depth - 4) // 3
+        self.conv1 = nn.Conv2d(3, stem, 3, padding=1, bias=False)
+        channels = stem
+        self.stage_attrs = []
+        for k in range(1, 4):
+            layers = [DenseLayer(channels + i * growth, growth) for i in range(n)]
+            setattr(self, f"dense{k}", Stage(*layers))
+            self.stage_attrs.append(f"dense{k}")
+            channels += n * growth
+            if k < 3:
+                setattr(self, f"trans{k}", Transition(channels, channels))
+        self.norm = nn.BatchNorm2d(channels)
+        self.num_features = channels
+        self.num_classes = num_classes
+        self.fc = nn.Linear(channels, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.fc.bias)
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.conv1(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        # Transitions sit between the stages, outside them: a stage's blocks are dense layers.
+        x = self.forward_stem(x)
+        for k, attr in enumerate(self.stage_attrs, start=1):
+            x = getattr(self, attr)(x)
+            if k < len(self.stage_attrs):
+                x = getattr(self, f"trans{k}")(x)
+        return F.relu(self.norm(x))
+
+
+# --- builders -------------------------------------------------------------------------------
+
+
+@register_model(family="densenet", input_size=32)
+def densenet40(**kwargs) -> DenseNet:
+    return DenseNet(40, **kwargs)
+
+
+@register_model(family="densenet", input_size=32)
+def densenet100(**kwargs) -> DenseNet:
+    return DenseNet(100, **kwargs)

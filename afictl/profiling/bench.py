@@ -1,0 +1,269 @@
+"""Throughput of AFI models against their baselines, measured in one process.
+
+Timing two models on a shared machine is noisy; what makes the comparison fair:
+
+- **interleaving**: every repeat times the AFI model and its baseline back to back (A B, then
+  B A in the next repeat, so neither always runs second), so slow phases of the machine hit
+  both; the reported ``speed_ratio`` is the median over repeats of the paired ratio
+  baseline-time / AFI-time (> 1: the AFI model is faster);
+- **warm-up** steps before timing (allocator, oneDNN primitive caches, compilation);
+- **medians** of ``repeats`` repeats, each of ``iters`` steps; images/second = batch x iters /
+  median time;
+- the same settings for both models: device, dtype (AMP), memory format, compilation, threads,
+  and the allocator configuration (see :func:`configure_allocator`).
+
+A training step is zero_grad + forward + cross-entropy + backward + SGD (momentum 0.9) step;
+inference is one forward in eval mode under ``torch.inference_mode``.
+
+``timer="cpu"`` times with the process's CPU time instead of the wall clock: on a machine
+shared with other jobs, time spent preempted is then not counted (use it with one thread:
+with several, CPU time adds up the threads, spin-waiting included).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..models import counterpart, create_model, get_model_info
+
+__all__ = ["BenchRow", "bench", "configure_allocator", "pair_of"]
+
+MODES = ("infer", "train")
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def configure_allocator(cache: bool) -> str:
+    """Keep freed memory in the process (glibc ``mallopt``) so that steps do not page-fault.
+
+    glibc returns large freed blocks to the kernel (``mmap`` above a threshold that it moves
+    between 128 KiB and 32 MiB, heap trimming), so every step can re-fault its activations in,
+    one page at a time; on the measured machine that was up to a third of a ResNet-110 step,
+    and it depends on the order in which two interleaved models free memory. With ``cache``
+    the thresholds are raised to 1 GiB / 2 GiB, the behaviour of caching allocators such as
+    jemalloc or PyTorch's CUDA allocator. Applies to the whole process, so to both models.
+    Returns a description for the report (``glibc-default``, ``glibc-cached`` or ``system``).
+    """
+    if not cache:
+        return "glibc-default"
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return "system"
+    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
+    return "glibc-cached" if ok else "system"
+
+
+@dataclass
+class BenchRow:
+    """One row of ``afictl bench``: an AFI model against its baseline in one mode."""
+
+    arch: str
+    baseline: str
+    mode: str
+    batch_size: int
+    input_size: int
+    device: str
+    images_per_sec: float
+    baseline_images_per_sec: float
+    speed_ratio: float
+    ms_per_step: float
+    baseline_ms_per_step: float
+    ratio_min: float
+    ratio_max: float
+    repeats: int
+    iters: int
+    warmup: int
+    threads: int
+    channels_last: bool
+    amp: bool
+    compile: bool
+    memory_efficient: bool
+    aggregation: str
+    allocator: str
+    timer: str
+    torch_version: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pair_of(arch: str) -> tuple[str, str]:
+    """(AFI model, baseline) for an AFI name or for a baseline that has an AFI counterpart."""
+    info = get_model_info(arch)
+    if info.is_afi:
+        return arch, info.baseline
+    other = counterpart(arch)
+    if other is None:
+        raise UserError(f"{arch} has no AFI counterpart to compare with")
+    return other, arch
+
+
+def _amp_dtype(device: str) -> torch.dtype:
+    return torch.float16 if device == "cuda" else torch.bfloat16
+
+
+class _Runner:
+    """One model prepared for timed steps in one mode."""
+
+    def __init__(self, model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, *, amp: bool,
+                 compile: bool) -> None:
+        self.mode, self.x, self.y, self.amp = mode, x, y, amp
+        self.device = x.device.type
+        self.model = model.train(mode == "train")
+        self.forward: Callable = torch.compile(model) if compile else model
+        self.optimizer = (
+            torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if mode == "train" else None
+        )
+        use_scaler = amp and self.device == "cuda" and mode == "train"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    def _autocast(self):
+        return torch.autocast(self.device, dtype=_amp_dtype(self.device)) if self.amp else nullcontext()
+
+    def step(self) -> None:
+        if self.mode == "infer":
+            with torch.inference_mode(), self._autocast():
+                self.forward(self.x)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = F.cross_entropy(self.forward(self.x), self.y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def timed(self, iters: int, clock: Callable[[], float] = time.perf_counter) -> float:
+        sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
+        sync()
+        start = clock()
+        for _ in range(iters):
+            self.step()
+        sync()
+        return clock() - start
+
+
+def bench(
+    archs: list[str],
+    *,
+    modes: tuple[str, ...] = MODES,
+    batch_size: int = 64,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+    repeats: int = 7,
+    iters: int = 1,
+    warmup: int = 2,
+    device: str = "cpu",
+    channels_last: bool = False,
+    amp: bool = False,
+    compile: bool = False,
+    threads: int | None = None,
+    memory_efficient: bool = False,
+    allocator_cache: bool = True,
+    timer: str = "wall",
+    seed: int = 0,
+    progress: Callable[[], None] | None = None,
+) -> list[BenchRow]:
+    """Time each AFI model of ``archs`` against its baseline (see the module docstring)."""
+    for mode in modes:
+        if mode not in MODES:
+            raise UserError(f"--mode {mode}: choose from {', '.join(MODES)}")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: choose cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if timer not in ("wall", "cpu"):
+        raise UserError(f"--timer {timer}: choose wall or cpu")
+    if timer == "cpu" and device == "cuda":
+        raise UserError("--timer cpu measures the host only; use the wall clock on CUDA")
+    clock = time.perf_counter if timer == "wall" else time.process_time
+    if repeats < 1 or iters < 1 or warmup < 0 or batch_size < 1:
+        raise UserError("--repeats, --iters and --batch-size must be positive, --warmup >= 0")
+    pairs = [pair_of(a) for a in archs]
+    if threads is not None:
+        torch.set_num_threads(threads)
+    allocator = configure_allocator(allocator_cache) if device == "cpu" else "cuda-caching"
+    from ..layers.afi import aggregation_impl
+
+    rows = []
+    for afi_name, base_name in pairs:
+        info = get_model_info(afi_name)
+        size = input_size or info.input_size
+        torch.manual_seed(seed)
+        afi_kwargs = {"memory_efficient": True} if memory_efficient else {}
+        models = {}
+        for name, kwargs in ((afi_name, afi_kwargs), (base_name, {})):
+            try:
+                model = create_model(name, num_classes=num_classes, **kwargs).to(device)
+            except TypeError as exc:
+                raise UserError(f"{name} does not take memory_efficient: {exc}") from None
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            models[name] = model
+        classes = models[afi_name].num_classes
+        x = torch.randn(batch_size, 3, size, size, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, classes, (batch_size,), device=device)
+        for mode in modes:
+            runners = [_Runner(models[n], mode, x, y, amp=amp, compile=compile) for n in (afi_name, base_name)]
+            for _ in range(warmup):
+                for r in runners:
+                    r.step()
+            times: list[list[float]] = [[], []]
+            for rep in range(repeats):
+                order = (0, 1) if rep % 2 == 0 else (1, 0)
+                for k in order:
+                    times[k].append(runners[k].timed(iters, clock))
+                if progress is not None:
+                    progress()
+            ratios = [b / a for a, b in zip(times[0], times[1], strict=True)]
+            med_afi, med_base = statistics.median(times[0]), statistics.median(times[1])
+            rows.append(BenchRow(
+                arch=afi_name,
+                baseline=base_name,
+                mode=mode,
+                batch_size=batch_size,
+                input_size=size,
+                device=device,
+                images_per_sec=round(batch_size * iters / med_afi, 2),
+                baseline_images_per_sec=round(batch_size * iters / med_base, 2),
+                speed_ratio=round(statistics.median(ratios), 4),
+                ms_per_step=round(1000 * med_afi / iters, 3),
+                baseline_ms_per_step=round(1000 * med_base / iters, 3),
+                ratio_min=round(min(ratios), 4),
+                ratio_max=round(max(ratios), 4),
+                repeats=repeats,
+                iters=iters,
+                warmup=warmup,
+                threads=torch.get_num_threads(),
+                channels_last=channels_last,
+                amp=amp,
+                compile=compile,
+                memory_efficient=memory_efficient,
+                aggregation=aggregation_impl(),
+                allocator=allocator,
+                timer=timer,
+                torch_version=torch.__version__,
+            ))
+    return rows

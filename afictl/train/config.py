@@ -1,0 +1,282 @@
+"""Training configuration: the paper's recipes (section 4.3), a config file, CLI overrides.
+
+Precedence: recipe < config file (TOML or JSON; YAML when PyYAML is installed) < command line.
+The resolved configuration is a plain dict (``TrainConfig.to_dict``) written to
+``<run>/config.json`` and stored in every checkpoint.
+
+Recipes (section 4.3 of the paper):
+
+- ``paper-cifar``: SGD momentum 0.9, weight decay 1e-4, batch 64, 300 epochs, lr 0.1 divided by
+  10 at 50% and 75% of training.
+- ``paper-imagenet``: SGD momentum 0.9, weight decay 1e-4, batch 64, 90 epochs,
+  lr 0.1 x batch / 256, divided by 10 at epochs 30, 60 and 80.
+- ``quick``: ours, for the generated ``shapes`` data: a few epochs that learn in a minute on a
+  laptop CPU (batch 32, lr 0.05 with a short warm-up, weight decay 5e-4).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..data import dataset_spec, resolve_data_root
+from ..errors import UserError
+from ..models import get_model_info
+
+__all__ = [
+    "RECIPES",
+    "RUNTIME_KEYS",
+    "TrainConfig",
+    "default_recipe",
+    "load_config_file",
+    "parse_milestones",
+    "resolve_config",
+]
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper-cifar": dict(
+        epochs=300, batch_size=64, lr=0.1, lr_reference_batch=None, lr_milestones=["50%", "75%"],
+        lr_gamma=0.1, warmup_epochs=0.0, momentum=0.9, weight_decay=1e-4,
+    ),
+    "paper-imagenet": dict(
+        epochs=90, batch_size=64, lr=0.1, lr_reference_batch=256, lr_milestones=[30, 60, 80],
+        lr_gamma=0.1, warmup_epochs=0.0, momentum=0.9, weight_decay=1e-4,
+    ),
+    # Milestones in epochs, not percent: the schedule does not depend on --epochs, so
+    # 1 epoch + resume + 1 epoch equals 2 epochs; the drop at 0.75 settles a 1-epoch run.
+    # Office-Home fine-tuning (paper section 4.2): 20 epochs, the new classifier at
+    # 0.01 (1 + 10 p)^-0.75, the rest of the network at a tenth of it (`afictl transfer`).
+    "office-home": dict(
+        epochs=20, batch_size=32, lr=0.01, lr_reference_batch=None, lr_milestones=[], lr_gamma=0.1,
+        warmup_epochs=0.0, momentum=0.9, weight_decay=5e-4, lr_schedule="inv", backbone_lr_mult=0.1,
+    ),
+    "quick": dict(
+        epochs=2, batch_size=32, lr=0.05, lr_reference_batch=None, lr_milestones=[0.75],
+        lr_gamma=0.1, warmup_epochs=0.1, momentum=0.9, weight_decay=5e-4,
+    ),
+}
+
+#: Keys that may change when a run is resumed (they do not change what is learned).
+RUNTIME_KEYS = frozenset({"epochs", "workers", "threads", "device", "tensorboard", "bad_images", "data_root"})
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. ``None`` fields are filled in by :func:`resolve_config`."""
+
+    arch: str
+    dataset: str
+    recipe: str
+    data_root: str | None = None
+    download: bool = False
+    data_size: int | None = None
+    input_size: int | None = None
+    eval_split: str = "eval"
+    epochs: int = 1
+    batch_size: int = 64  # global: split across DDP processes
+    lr: float = 0.1
+    lr_reference_batch: int | None = None  # lr x batch_size / this, when set
+    lr_milestones: list = field(default_factory=list)  # epochs (30) or percent of training ("50%")
+    lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    lr_schedule: str = "step"  # "step": milestones; "inv": lr x (1 + 10 p)^-0.75, p = progress
+    backbone_lr_mult: float = 1.0  # lr of everything but the classifier, relative to lr
+    pretrained: str | None = None  # initial weights (all but the classifier) from a checkpoint
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+    afi_stages: list[int] | None = None
+    reduction: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    workers: int | None = None
+    threads: int | None = None  # CPU threads; None: torch's default, or 1 on a busy machine
+    bad_images: str = "skip"
+    tensorboard: bool | None = None
+    run_dir: str | None = None
+    # derived
+    num_classes: int | None = None
+    world_size: int = 1
+
+    @property
+    def lr_effective(self) -> float:
+        """The learning rate actually used (``paper-imagenet`` scales it by batch / 256)."""
+        return self.lr * self.batch_size / self.lr_reference_batch if self.lr_reference_batch else self.lr
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        if self.afi_stages is not None:
+            kw["afi_stages"] = list(self.afi_stages)
+        if self.reduction is not None:
+            kw["r"] = int(self.reduction)
+        return kw
+
+    def milestone_epochs(self) -> list[float]:
+        return parse_milestones(self.lr_milestones, self.epochs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (stored in checkpoints read with ``weights_only=True``)."""
+        d = asdict(self)
+        d["lr_effective"] = self.lr_effective
+        d["model_kwargs"] = self.model_kwargs
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def parse_milestones(items: list | str | None, epochs: int) -> list[float]:
+    """``["50%", 75%"]`` or ``[30, 60]`` (or "30,60") -> epochs at which the lr is multiplied
+    by ``lr_gamma``; percentages are of ``epochs``."""
+    if items is None or items == "":
+        return []
+    if isinstance(items, str):
+        items = [s for s in items.replace(" ", ",").split(",") if s]
+    out = []
+    for item in items:
+        text = str(item).strip()
+        try:
+            out.append(float(text[:-1]) / 100 * epochs if text.endswith("%") else float(text))
+        except ValueError:
+            raise UserError(f"bad lr milestone {text!r}: use epochs (30) or percent of training (50%)") from None
+    return sorted(out)
+
+
+def default_recipe(dataset: str, input_size: int) -> str:
+    """The paper's recipe for the data: ImageNet-sized inputs get ``paper-imagenet``,
+    CIFAR-sized ones ``paper-cifar``; the generated datasets get ``quick``."""
+    if dataset in ("shapes", "synthetic"):
+        return "quick"
+    return "paper-imagenet" if input_size > 64 else "paper-cifar"
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Keys of a TOML, JSON (e.g. a previous run's config.json) or YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml  # optional: only when PyYAML is installed
+            except ImportError:
+                raise UserError(f"{path}: YAML needs PyYAML (pip install pyyaml); or write TOML") from None
+            data = yaml.safe_load(text)
+        else:
+            raise UserError(f"{path}: unknown config format; use .toml, .json or .yaml")
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{path} cannot be parsed: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold key = value pairs")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    derived = {"lr_effective", "model_kwargs", "num_classes", "world_size", "run_dir"}
+    valid = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - valid - derived)
+    if unknown:
+        raise UserError(f"{path}: unknown keys {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+    return {k: v for k, v in data.items() if k not in derived}
+
+
+def _check(cfg: TrainConfig) -> None:
+    def positive(name: str, value: float | None, allow_zero: bool = False) -> None:
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            raise UserError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    positive("epochs", cfg.epochs)
+    positive("batch_size", cfg.batch_size)
+    positive("lr", cfg.lr)
+    positive("lr_gamma", cfg.lr_gamma)
+    positive("lr_reference_batch", cfg.lr_reference_batch)
+    for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
+        positive(name, getattr(cfg, name), allow_zero=True)
+    positive("workers", cfg.workers, allow_zero=True)
+    positive("threads", cfg.threads)
+    positive("data_size", cfg.data_size)
+    positive("input_size", cfg.input_size)
+    if cfg.amp not in AMP_CHOICES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {cfg.amp!r}")
+    if cfg.lr_schedule not in ("step", "inv"):
+        raise UserError(f"lr_schedule must be step or inv, got {cfg.lr_schedule!r}")
+    positive("backbone_lr_mult", cfg.backbone_lr_mult, allow_zero=True)
+    if cfg.bad_images not in ("skip", "stop"):
+        raise UserError(f"--bad-images must be skip or stop, got {cfg.bad_images!r}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {cfg.device!r}")
+    if cfg.eval_split != "eval":
+        raise UserError(f"eval_split must be 'eval', got {cfg.eval_split!r}")
+    parse_milestones(cfg.lr_milestones, cfg.epochs)
+
+
+def _int_list(value: Any, name: str) -> list[int] | None:
+    if value is None:
+        return None
+    items = value.replace(" ", ",").split(",") if isinstance(value, str) else list(value)
+    try:
+        return sorted({int(v) for v in items if str(v) != ""})
+    except ValueError:
+        raise UserError(f"--{name} takes stage numbers like 1,2,3, got {value!r}") from None
+
+
+def resolve_config(options: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
+    """Recipe < config file < ``options`` (the CLI's explicitly given values; ``None`` = not given).
+
+    Fills the dataset (the architecture's home dataset), the input size (the files' size, else the
+    model's), the recipe (the paper's for the data) and checks every value.
+    """
+    merged = load_config_file(config_file) if config_file else {}
+    merged.update({k: v for k, v in options.items() if v is not None})
+    if not merged.get("arch"):
+        raise UserError("--arch is required (see `afictl models`)")
+    info = get_model_info(merged["arch"])
+    dataset = merged.get("dataset") or info.home_dataset
+    spec = dataset_spec(dataset)
+    input_size = merged.get("input_size") or spec.native_size or info.input_size
+    recipe = merged.get("recipe") or default_recipe(dataset, input_size)
+    if recipe not in RECIPES:
+        raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    values = {**RECIPES[recipe], **merged, "dataset": dataset, "input_size": int(input_size), "recipe": recipe}
+    values["afi_stages"] = _int_list(values.get("afi_stages"), "afi-stages")
+    if (values["afi_stages"] is not None or values.get("reduction") is not None) and not info.is_afi:
+        raise UserError(f"{info.name} has no AFI modules: --afi-stages and --reduction apply to AFI models")
+    if values.get("amp") is None:
+        values["amp"] = "none"
+    try:
+        cfg = TrainConfig.from_dict(values)
+    except TypeError as exc:
+        raise UserError(f"bad configuration: {exc}") from None
+    root = resolve_data_root(dataset, cfg.data_root)  # recorded, so analyses find the data again
+    cfg.data_root = str(root) if root is not None else None
+    if cfg.data_size is None and dataset == "shapes":
+        cfg.data_size = spec.default_size
+    _check(cfg)
+    return cfg
+
+
+def default_workers(dataset: str) -> int:
+    """In-memory data needs no worker processes; files get up to 8."""
+    if dataset in ("shapes", "synthetic"):
+        return 0
+    return min(8, os.cpu_count() or 1)

@@ -1,0 +1,1 @@
+"""Transfer learning on Office-Home (paper Table 3): `afictl transfer`."""

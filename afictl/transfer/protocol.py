@@ -1,0 +1,116 @@
+"""The Office-Home fine-tuning protocol of the paper (section 4.2, Table 3).
+
+- 20 epochs of SGD with momentum;
+- the new classifier's learning rate ``0.01 * (1 + 10 p) ** -0.75`` with p the training progress
+  in [0, 1] (iteration / total iterations), the rest of the network one tenth of that;
+- fine-tune on a source domain, evaluate on a target domain; 12 ordered pairs of 4 domains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import permutations
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import UserError
+
+__all__ = [
+    "DOMAINS",
+    "HEAD_LR",
+    "all_pairs",
+    "domain_code",
+    "lr_factor",
+    "match_classes",
+    "param_groups",
+    "resolve_domain",
+    "transfer_lr",
+]
+
+HEAD_LR = 0.01
+BACKBONE_FACTOR = 0.1
+
+#: Office-Home's domains: canonical name -> (short code of Table 3, folder names accepted)
+DOMAINS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Art": ("Ar", ("Art",)),
+    "Clipart": ("Cl", ("Clipart",)),
+    "Product": ("Pr", ("Product",)),
+    "Real World": ("Rw", ("Real World", "RealWorld", "Real_World")),
+}
+
+
+def _canonical(name: str) -> str:
+    key = name.strip().lower().replace("_", " ")
+    for canon, (code, folders) in DOMAINS.items():
+        if key in {canon.lower(), code.lower(), *(f.lower().replace("_", " ") for f in folders)}:
+            return canon
+    return name
+
+
+def domain_code(name: str) -> str:
+    """'Art' -> 'Ar' (Table 3's column names); other domains keep their name."""
+    canon = _canonical(name)
+    return DOMAINS[canon][0] if canon in DOMAINS else name
+
+
+def resolve_domain(root: Path, name: str) -> Path:
+    """The folder of a domain under ``root``: Office-Home names, codes, or any folder name."""
+    canon = _canonical(name)
+    candidates = DOMAINS[canon][1] if canon in DOMAINS else (name,)
+    for folder in candidates:
+        if (root / folder).is_dir():
+            return root / folder
+    listed = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    raise UserError(
+        f"domain {name!r} not found under {root} (looked for {', '.join(candidates)}; "
+        f"found: {', '.join(listed) or 'nothing'})"
+    )
+
+
+def all_pairs(root: Path) -> list[tuple[str, str]]:
+    """The 12 ordered (source, target) pairs of the four Office-Home domains."""
+    present = [d for d in DOMAINS if any((root / f).is_dir() for f in DOMAINS[d][1])]
+    if len(present) != len(DOMAINS):
+        missing = sorted(set(DOMAINS) - set(present))
+        raise UserError(f"--all-pairs needs the four Office-Home domains under {root}; missing: {', '.join(missing)}")
+    return list(permutations(present, 2))
+
+
+def match_classes(source: Sequence[str], target: Sequence[str], *, target_name: str = "target") -> list[int]:
+    """For each target class index, the index of the same-named source class.
+
+    Classes are matched by name, never by position; a class missing on either side is an error.
+    """
+    index = {c: i for i, c in enumerate(source)}
+    missing_in_target = sorted(set(source) - set(target))
+    missing_in_source = sorted(set(target) - set(source))
+    if missing_in_target:
+        raise UserError(f"class(es) {', '.join(missing_in_target[:5])} of the source are missing in {target_name}")
+    if missing_in_source:
+        raise UserError(f"class(es) {', '.join(missing_in_source[:5])} of {target_name} are missing in the source")
+    return [index[c] for c in target]
+
+
+def lr_factor(progress: float) -> float:
+    """(1 + 10 p) ** -0.75 for progress p in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    return (1.0 + 10.0 * p) ** -0.75
+
+
+def transfer_lr(progress: float, base: float = HEAD_LR) -> tuple[float, float]:
+    """(classifier lr, backbone lr) at a training progress."""
+    head = base * lr_factor(progress)
+    return head, head * BACKBONE_FACTOR
+
+
+def param_groups(model: nn.Module, base: float = HEAD_LR, weight_decay: float = 5e-4) -> list[dict]:
+    """Two SGD groups: the new classifier at ``base``, everything else at a tenth of it."""
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    rest = [p for p in model.parameters() if id(p) not in head_ids]
+    return [
+        {"params": rest, "lr": base * BACKBONE_FACTOR, "initial_lr": base * BACKBONE_FACTOR,
+         "weight_decay": weight_decay, "name": "backbone"},
+        {"params": head, "lr": base, "initial_lr": base, "weight_decay": weight_decay, "name": "classifier"},
+    ]

@@ -1,0 +1,125 @@
+"""`afictl transfer`: the Office-Home protocol on a tiny generated 4-domain ImageFolder."""
+
+import json
+
+import pytest
+import torch
+from officehome import CLASSES, make_office_home
+
+from afictl.checkpoint import save_checkpoint
+from afictl.cli.app import main
+from afictl.errors import UserError
+from afictl.models import create_model
+from afictl.train import resolve_config
+from afictl.train.optim import build_optimizer, build_scheduler
+from afictl.train.pretrained import load_pretrained
+from afictl.transfer.protocol import (
+    all_pairs,
+    lr_factor,
+    match_classes,
+    resolve_domain,
+    transfer_lr,
+)
+
+
+def run(capsys, *args):
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def office(tmp_path_factory):
+    return make_office_home(tmp_path_factory.mktemp("oh"), real_world="RealWorld")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(path, {"arch": "resnet20", "num_classes": 10, "model_kwargs": {}, "model": model.state_dict(),
+                           "epoch": 1, "config": {"input_size": 32, "dataset": "shapes"}, "class_names": None})
+    return path
+
+
+def test_learning_rate_schedule_values():
+    assert transfer_lr(0.0) == (0.01, 0.001)
+    head, rest = transfer_lr(0.5)
+    assert head == pytest.approx(0.01 * 6 ** -0.75) and rest == pytest.approx(head / 10)
+    assert lr_factor(1.0) == pytest.approx(11 ** -0.75) and lr_factor(2.0) == lr_factor(1.0)
+
+
+def test_recipe_param_groups_and_scheduled_lrs():
+    cfg = resolve_config({"arch": "resnet20", "dataset": "shapes", "recipe": "office-home", "epochs": 2})
+    assert cfg.epochs == 2 and cfg.lr == 0.01 and cfg.lr_schedule == "inv" and cfg.backbone_lr_mult == 0.1
+    model = create_model("resnet20", num_classes=3)
+    opt = build_optimizer(model, cfg)
+    backbone, head = opt.param_groups
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.fc.parameters()}
+    assert len(backbone["params"]) + len(head["params"]) == len(list(model.parameters()))
+    sched = build_scheduler(opt, cfg, steps_per_epoch=5)  # 10 steps in all
+    for step in range(10):
+        p = step / 10
+        assert head["lr"] == pytest.approx(0.01 * (1 + 10 * p) ** -0.75)
+        assert backbone["lr"] == pytest.approx(0.001 * (1 + 10 * p) ** -0.75)
+        opt.step()
+        sched.step()
+
+
+def test_pretrained_weights_all_but_classifier(pretrained):
+    model = create_model("resnet20", num_classes=3)
+    fresh_fc = model.fc.weight.clone()
+    ckpt = load_pretrained(model, pretrained, "resnet20")
+    torch.testing.assert_close(model.conv1.weight, ckpt["model"]["conv1.weight"])
+    torch.testing.assert_close(model.fc.weight, fresh_fc)
+    with pytest.raises(UserError, match="resnet20 checkpoint, not afi_resnet20"):
+        load_pretrained(create_model("afi_resnet20", num_classes=3), pretrained, "afi_resnet20")
+
+
+def test_domains_and_class_matching(office, tmp_path):
+    assert resolve_domain(office, "Real World").name == "RealWorld"
+    assert resolve_domain(office, "rw").name == "RealWorld"
+    assert len(all_pairs(office)) == 12
+    assert match_classes(["a", "b", "c"], ["b", "c", "a"]) == [1, 2, 0]  # by name, not position
+    with pytest.raises(UserError, match="cup"):
+        match_classes(list(CLASSES), ["bike", "lamp"])
+    with pytest.raises(UserError, match="not found"):
+        resolve_domain(office, "Sketch")
+
+
+def test_missing_class_in_target_is_a_clear_error(pretrained, tmp_path, capsys):
+    root = make_office_home(tmp_path / "oh", per_class=1, drop=("Clipart", "cup"))
+    code, _, err = run(capsys, "transfer", "--checkpoint", str(pretrained), "--data-root", str(root),
+                       "--source", "Art", "--target", "Clipart", "--run-root", str(tmp_path / "runs"))
+    assert code == 2 and "cup" in err and err.count("\n") == 1
+
+
+def test_all_pairs_matrix_and_resume(office, pretrained, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["transfer", "--checkpoint", str(pretrained), "--data-root", str(office), "--all-pairs",
+            "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--run-root", str(runs), "--format", "json"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 12 and len({r["pair"] for r in rows}) == 12
+    assert {r["pair"] for r in rows} >= {"Ar:Cl", "Rw:Pr", "Pr:Ar"}
+    assert all(0 <= r["top1"] <= 100 and r["epochs"] == 1 and r["eval_images"] == 12 for r in rows)
+    assert not any(r["reused"] for r in rows)
+    assert len(list(runs.glob("*/best.pt"))) == 12
+    # the same command again reuses every finished pair
+    code, out, _ = run(capsys, *args)
+    again = json.loads(out)
+    assert all(r["reused"] for r in again)
+    assert [r["top1"] for r in again] == [r["top1"] for r in rows]
+    code, out, _ = run(capsys, *args[:-2], "--format", "markdown")
+    assert code == 0 and "| arch |" in out and "Ar:Cl" in out and "avg" in out
+
+
+def test_needs_pair_or_all_pairs(pretrained, office, capsys):
+    code, _, err = run(capsys, "transfer", "--checkpoint", str(pretrained), "--data-root", str(office))
+    assert code == 2 and "--all-pairs" in err
