@@ -11,14 +11,15 @@ done
 photo=$(python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))")
 images=("$photo" ${IMAGES:-})
 if [ "$SCALE" != full ]; then
-  for cls in airplane cat ship; do images+=("$(ls "$(cifar10)/test/$cls/"*.jpg | head -1)"); done
+  root=$(cifar10)
+  for cls in airplane cat ship; do files=("$root/test/$cls/"*.jpg); images+=("${files[0]}"); done
 fi
 # Figure 3: Grad-CAM side by side
 $AFICTL gradcam "${images[@]}" -c "$RUNS/$base/best.pt" -c "$RUNS/$afi/best.pt" \
   --output "$RESULTS/figure3_gradcam.png" --format json > "$RESULTS/figure3_gradcam.json"
 # Figure 6: class selectivity index in stage conv3
 $AFICTL selectivity -c "$RUNS/$base/best.pt" -c "$RUNS/$afi/best.pt" --stage conv3 \
-  --output "$RESULTS" --format json > "$RESULTS/figure6_selectivity.json"
+  --max-batches "${MAX_BATCHES:-20}" --output "$RESULTS" --format json > "$RESULTS/figure6_selectivity.json"
 # Figure 2: an AFI module's inputs, output and attention weights (averaged over the eval set)
 $AFICTL features "${images[0]}" -c "$RUNS/$afi/best.pt" --stage conv1 \
   --output "$RESULTS/figure2_features.png" --format json > "$RESULTS/figure2_features.json"

@@ -8,6 +8,7 @@ if [ "$SCALE" = full ]; then
   done
   $AFICTL report --runs "$RUNS" --output "$RESULTS/report" --table 7
 else
+  RUNS=$RESULTS/runs-ablation  # its own subset size: kept apart from the table4.sh runs
   # CPU proxy: the ResNet-20 pair with AFI blocks in stage 1, 2 or 3 only, on a smaller subset.
   export REDUCED_SIZE=${T7_SIZE:-2000} REDUCED_EPOCHS=${T7_EPOCHS:-3}
   reduced_train t7-resnet20 resnet20

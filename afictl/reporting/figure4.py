@@ -37,7 +37,7 @@ def plot_figure4(table: pd.DataFrame, paths: list[Path], title: str) -> list[Pat
         ax.grid(alpha=0.3)
     axes[0].scatter([], [], marker="s", color="tab:blue", label="baseline")
     axes[0].scatter([], [], marker="o", color="tab:red", label="AFI")
-    axes[0].legend(loc="lower right")
+    axes[0].legend(loc="best")
     if have.empty:
         for ax in axes:
             ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)

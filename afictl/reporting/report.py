@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..render import human, render_text
 from .figure4 import plot_figure4
 from .runs import collect_runs
-from .tables import TABLE_BUILDERS, build_tables
+from .tables import TABLE_BUILDERS, build_tables, measured_models
 
 __all__ = ["Report", "make_report", "read_json_rows", "table_text"]
 
@@ -91,7 +91,8 @@ def make_report(
             path.write_text(text if text.endswith("\n") else text + "\n")
             report.files.append(path)
     for number, dataset in ((4, cifar_dataset), (5, imagenet_dataset)):
-        if number in built:
+        if number in built:  # every measured model on the table's dataset, paper's or not
             paths = [output / f"figure4_table{number}.{ext}" for ext in figure_formats]
-            report.files += plot_figure4(built[number], paths, f"Figure 4 ({dataset}): accuracy vs cost")
+            report.files += plot_figure4(measured_models(runs, dataset), paths,
+                                         f"Figure 4 ({dataset}): accuracy vs cost")
     return report

@@ -24,7 +24,7 @@ from ..paper import (
     TABLES,
 )
 
-__all__ = ["TABLE_BUILDERS", "build_tables", "pick_run"]
+__all__ = ["TABLE_BUILDERS", "build_tables", "measured_models", "pick_run"]
 
 MIB = 2**20
 
@@ -101,6 +101,24 @@ def table_accuracy(number: int, runs: pd.DataFrame, dataset: str) -> pd.DataFram
         }
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def measured_models(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Every registered architecture with a default-configuration run on ``dataset`` (Figure 4)."""
+    from ..paper import paper_row
+
+    rows = []
+    registered = set(list_models())
+    archs = sorted(set(runs["arch"])) if not runs.empty else []
+    for arch in archs:
+        run = pick_run(runs, arch, dataset) if arch in registered else None
+        if run is None:
+            continue
+        params, flops = _counts(arch)
+        row = paper_row(arch)
+        rows.append({"model": row.label if row else arch, "arch": arch, "top1": _top(run),
+                     "params": params, "flops": flops, "run": run["run_dir"]})
+    return pd.DataFrame(rows, columns=["model", "arch", "top1", "params", "flops", "run"])
 
 
 def table6(memory_rows: Iterable[dict]) -> pd.DataFrame:
