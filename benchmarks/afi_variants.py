@@ -52,7 +52,7 @@ VARIANTS = {
     "reference (list + addcmul_ Function, cat)": ({}, lambda: [afi.aggregation("reference")]),
     "fast (buffer + bmm + fused conv, default)": ({}, lambda: []),
     "fast, no paired narrow conv": ({}, lambda: [no_paired_conv()]),
-    "fast, no interleaving (cat)": ({}, lambda: [option("interleave", False)]),
+    "fast, interleaved [X, R] (no cat)": ({}, lambda: [option("interleave", True)]),
     "fast, subnormal weights kept": ({}, lambda: [option("flush_negligible_weights", False)]),
     "fast, memory_efficient=True": ({"memory_efficient": True}, lambda: []),
 }

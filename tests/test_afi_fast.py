@@ -88,6 +88,7 @@ def test_fused_block_matches_plain(groups, hw, interleaved, memory_efficient, st
     """relu(h) -> X(i) into the buffer, conv([X(i), R(i)]) in one Function vs autograd."""
     import afictl.layers.afi as afi_mod
 
+    monkeypatch.setitem(afi_mod.FAST_OPTIONS, "interleave", True)  # off by default: exercise it
     seen = []
     original = afi_mod._integrate_forward
     monkeypatch.setattr(afi_mod, "_integrate_forward",
@@ -147,13 +148,18 @@ def _train_step(model, x, target):
 
 @pytest.mark.parametrize(("name", "size", "kwargs"), [
     ("afi_resnet20", 16, {}),
+    ("afi_resnet20", 16, {"interleave": True}),  # FAST_OPTIONS, not a model option
     ("afi_resnet20", 16, {"memory_efficient": True}),
     ("afi_resnet50", 32, {"memory_efficient": True}),
     ("afi_resnext29_32x4d", 16, {}),  # grouped conv2: standard-order [X, R]
     ("afi_shufflenetv2", 16, {}),  # AFIJoin.forward (no fused convolution)
 ])
-def test_whole_model_fast_equals_reference(name, size, kwargs):
+def test_whole_model_fast_equals_reference(name, size, kwargs, monkeypatch):
     """Outputs, every parameter gradient and the BN running statistics agree in float64."""
+    import afictl.layers.afi as afi_mod
+
+    kwargs = dict(kwargs)
+    monkeypatch.setitem(afi_mod.FAST_OPTIONS, "interleave", kwargs.pop("interleave", False))
     torch.manual_seed(0)
     model = create_model(name, num_classes=5, **kwargs).double()
     state = {k: v.clone() for k, v in model.state_dict().items()}
