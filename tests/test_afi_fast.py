@@ -15,6 +15,15 @@ from afictl.profiling.memory import saved_tensor_bytes
 F64 = dict(dtype=torch.float64)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """float64 convolutions of tiny inputs: one thread avoids OpenMP spin-waits on busy CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def reference_afi(features, w1, w2):
     """Eq. 1-2 written out: per image, softmax over the inputs of W2 ReLU(W1 z), then the sum."""
     out = torch.zeros_like(features[0])
@@ -33,7 +42,8 @@ def leaves(n, shape=(2, 8, 5, 4)):
 def fast_pool(capacity):
     with aggregation("fast"):
         pool = FeaturePool(capacity=capacity)
-    assert pool.fast
+    pool.to_buffer()  # a Stage's pool does this at the first fused write
+    assert pool.fast and pool.buffered
     return pool
 
 

@@ -15,9 +15,9 @@ Two implementations of the aggregation compute the same numbers (tests compare t
 
 - ``reference``: the features are a list of tensors and R is :func:`weighted_sum`;
 - ``fast`` (default, used by :class:`~afictl.models._base.Stage`): the features of a stage live
-  in one buffer of shape (B, C, N, H, W), written once each; R (or [X(i), R(i)], or the next
-  convolution of [X(i), R(i)]) is one batched matrix product over that buffer, inside custom
-  autograd Functions that accumulate the features' gradients in one gradient buffer. See
+  in one buffer of shape (B, C, N, H, W), written once each; R (and the next convolution of
+  [X(i), R(i)]) is one batched matrix product over that buffer, inside custom autograd
+  Functions that accumulate the features' gradients in one gradient buffer. See
   docs/PERFORMANCE.md for the measurements behind each choice.
 """
 
@@ -338,11 +338,11 @@ class _Spec:
 class _Integrate(torch.autograd.Function):
     """R(i), or [X(i), R(i)], or conv([X(i), R(i)]) from the stage buffer, as one bmm.
 
-    The weights of R(i) and, for [X(i), R(i)], a one-hot row that copies X(i) form a
-    (B*C, M, n) mixing matrix; its product with the buffer's (B*C, n, H*W) rows gives the
-    M outputs of every channel at once, reading each feature once. Interleaved output is the
-    concatenation with its channels in (x, r) pairs: the caller permutes the next
-    convolution's input channels to match, so no concatenation is ever copied.
+    The weights of R(i) form a (B*C, 1, n) mixing matrix; its product with the buffer's
+    (B*C, n, H*W) rows gives R for every channel at once, reading each feature once. With
+    ``interleave`` a second, one-hot row copies X(i), so that the product is [X(i), R(i)] with
+    its channels in (x, r) pairs and the next convolution's weight is permuted to match
+    (``FAST_OPTIONS``); otherwise [X(i), R(i)] is one ``cat``.
     """
 
     @staticmethod
@@ -525,23 +525,26 @@ class FeaturePool:
     A feature's squeeze z(j) does not change between the later blocks that read it, so it is
     computed when the feature is added, not once per consuming module.
 
-    ``FeaturePool()`` keeps a list of tensors (the reference aggregation). ``Stage`` creates
-    ``FeaturePool(capacity=number of blocks)``, which under the default ``fast`` aggregation
-    keeps the features in one stage buffer instead (see the module docstring); ``features``
-    then lists read-only views of it.
+    The features start as a list of tensors (the reference aggregation). ``Stage`` creates
+    ``FeaturePool(capacity=number of blocks)``; under the default ``fast`` aggregation such a
+    pool moves its features into one stage buffer (see the module docstring) the first time a
+    fused block writes one (:meth:`add_relu`, :meth:`add_bn_relu`), and stays buffered. Blocks
+    that only :meth:`add` activations they keep anyway (the other families) never trigger it:
+    a buffer would hold a second copy of each. ``features`` then lists read-only views.
     """
 
-    __slots__ = ("fast", "squeezed", "_features", "_stage")
+    __slots__ = ("fast", "buffered", "squeezed", "_features", "_stage")
 
     def __init__(self, capacity: int | None = None) -> None:
         self.fast = capacity is not None and _IMPL[0] == "fast"
+        self.buffered = False
         self.squeezed: list[Tensor] = []
         self._features: list[Tensor] = []
         self._stage = _StageBuffer(capacity) if self.fast else None
 
     @property
     def features(self) -> list[Tensor]:
-        if not self.fast:
+        if not self.buffered:
             return self._features
         return [self._stage.ensure()[:, :, k].detach() for k in range(len(self))]
 
@@ -558,20 +561,39 @@ class FeaturePool:
     @_eager
     def add(self, x: Tensor) -> None:
         """Append X(k) (and z(k))."""
-        if not self.fast:
+        if not self.buffered:
             self._features.append(x)
             self.squeezed.append(squeeze(x))
         else:
-            record = self._stage.recompute and torch.is_grad_enabled()
-            self.squeezed.append(_Write.apply(x, self._stage, len(self), False, record))
+            self.squeezed.append(self._write(x))
+
+    def _write(self, x: Tensor) -> Tensor:
+        record = self._stage.recompute and torch.is_grad_enabled()
+        return _Write.apply(x, self._stage, len(self.squeezed), False, record)
+
+    @_eager
+    def to_buffer(self) -> None:
+        """Keep the features in the stage buffer from now on (fast pools; done by the first
+        fused write). Listed features move in; their z become the writers' tokens, which order
+        the writers' backward after every consumer's."""
+        if not self.fast:
+            raise RuntimeError("only a fast pool (FeaturePool(capacity=...)) has a stage buffer")
+        if self.buffered:
+            return
+        listed, self._features, self.squeezed = self._features, [], []
+        self.buffered = True
+        for x in listed:
+            self.squeezed.append(self._write(x))
 
     @_eager
     def add_relu(self, h: Tensor) -> None:
         """Append X(k) = ReLU(h), written straight into the stage buffer on the fast path."""
         if not self.fast:
             self.add(torch.relu(h))
-        else:
-            self.squeezed.append(_Write.apply(h, self._stage, len(self), True, False))
+            return
+        if not self.buffered:
+            self.to_buffer()
+        self.squeezed.append(_Write.apply(h, self._stage, len(self), True, False))
 
     @_eager
     def add_bn_relu(self, c: Tensor, bn: nn.BatchNorm2d) -> None:
@@ -583,6 +605,8 @@ class FeaturePool:
         if not self.recompute or not torch.is_grad_enabled():
             self.add_relu(bn(c))
             return
+        if not self.buffered:
+            self.to_buffer()
         if bn.training:
             bn.num_batches_tracked.add_(1)
             momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
@@ -594,7 +618,7 @@ class FeaturePool:
     @_eager
     def integrate(self, weights: Tensor | None, n: int) -> Tensor:
         """R = sum_j weights[:, j] X(j) over the first n features (n = 1, no weights: X(1))."""
-        if not self.fast:
+        if not self.buffered:
             if weights is None:
                 return self._features[0]
             return weighted_sum(self._features[:n], weights)
@@ -607,17 +631,16 @@ class FeaturePool:
     ) -> Tensor:
         """conv([X(i), R(i)]) with X(i) the newest feature and R(i) over all earlier ones.
 
-        Fast path only: the concatenation is never stored (interleaved channels when the
-        convolution is not grouped) and, with ``memory_efficient``, not even kept for
-        backward, which recomputes it from the stage buffer (the paper's remark on [38]).
+        Buffered pools only (after :meth:`add_relu` / :meth:`add_bn_relu`): the concatenation
+        is kept only for the convolution's backward and, with ``memory_efficient``, not at all:
+        backward recomputes it from the stage buffer (the paper's remark on [38]).
         """
-        if not self.fast:
-            raise RuntimeError("integrate_conv needs the fast aggregation")
+        if not self.buffered:
+            raise RuntimeError("integrate_conv needs a buffered pool (add_relu first)")
         n = len(self) - 1
         conv_spec = (conv.stride, conv.padding, conv.dilation, conv.groups)
         # Interleaving saves copying [X(i), R(i)] but costs a permuted copy of the weight per
-        # forward: worth it where the activation is much larger than the weight (CIFAR stages,
-        # early ImageNet stages), not for ResNet-50's last stage (7x7 maps, 2.4M weights).
+        # forward: only where the activation is much larger than the weight (FAST_OPTIONS).
         interleave = (FAST_OPTIONS["interleave"] and conv.groups == 1
                       and 2 * self._stage.data[:, :, 0].numel() >= 4 * conv.weight.numel())
         spec = _Spec(n, own=True, interleave=interleave, conv=conv_spec, recompute=memory_efficient)
@@ -704,7 +727,7 @@ class AFIModule(nn.Module):
     def forward_pool(self, pool: FeaturePool) -> Tensor:
         """R from the first ``num_inputs`` features of a stage's pool."""
         n = self.num_inputs
-        if pool.fast:
+        if pool.buffered:
             return pool.integrate(self.weights(pool.squeezed[:n]), n)
         return self(pool.features[:n], pool.squeezed[:n])
 

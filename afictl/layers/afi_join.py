@@ -14,9 +14,10 @@ and in block 1: the activation), the one hook point of the analyses.
 
 Blocks that own their next convolution can call :meth:`AFIJoin.fused` instead (ResNet and
 ResNeXt do): it takes the pre-activation, writes ReLU(h) = X(i) straight into the stage buffer
-and returns the next convolution's output, without ever storing [X(i), R(i)] as a tensor of its
-own. :meth:`AFIJoin.fuses` says when that path applies: an AFI block >= 2 on the fast
-aggregation, with no hooks on the modules it bypasses (so analyses always see the plain path).
+and returns the next convolution's output from one autograd Function, which keeps
+[X(i), R(i)] only for that convolution's backward (memory-efficient blocks: not at all).
+:meth:`AFIJoin.fuses` says when that path applies: an AFI block >= 2 on the fast aggregation,
+with no hooks on the modules it bypasses (so analyses always see the plain path).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class AFIJoin(nn.Module):
             pool.add(seed)
             return self.afi_out(x1)
         n = self.index - 1
-        if pool.fast:
+        if pool.buffered:
             r = pool.integrate(self._weights(pool), n)
         else:
             r = pool.features[0] if self.afi is None else self.afi.forward_pool(pool)
