@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli import run
 from PIL import Image
 
 from afictl.analysis.features import run_features
@@ -22,21 +23,10 @@ from afictl.analysis.selectivity import (
     summarize,
 )
 from afictl.checkpoint import model_from_checkpoint, save_checkpoint
-from afictl.cli.app import main
 from afictl.data import eval_transform
 from afictl.data.shapes import SHAPE_CLASSES, ShapesDataset, render_shapes
 from afictl.errors import UserError
 from afictl.models import StageError, create_model
-
-
-def run(capsys, *args):
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _train_checkpoint(path: Path, arch: str, steps: int = 4, dataset: str = "shapes") -> Path:

@@ -5,19 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from cli import run
 
-from afictl.cli.app import main
 from afictl.paper import TABLES
-
-
-def run(capsys, *args):
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_models_json(capsys):

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from cli import run
 from torch import nn
 
-from afictl.cli.app import main
 from afictl.profiling.bench import configure_allocator, pair_of
 from afictl.profiling.memory import account, inference_peak, saved_tensor_bytes
 
@@ -15,16 +15,6 @@ MEMORY_KEYS = {"arch", "baseline", "batch_size", "device", "train_bytes", "basel
                "infer_activation_bytes", "param_bytes", "infer_peak_module", "memory_efficient"}
 BENCH_KEYS = {"arch", "baseline", "mode", "batch_size", "images_per_sec", "baseline_images_per_sec",
               "speed_ratio", "repeats", "threads", "channels_last", "amp", "compile", "allocator"}
-
-
-def run(capsys, *args):
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_memory_json_has_the_interface_keys(capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from cli import run
 
 from afictl.checkpoint import (
     CheckpointError,
@@ -14,21 +15,10 @@ from afictl.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from afictl.cli.app import main
 from afictl.train import RECIPES, resolve_config
 from afictl.train.optim import lr_factor
 
 TINY = ["--data", "shapes", "--data-size", "48", "--batch-size", "16", "--seed", "1", "--deterministic"]
-
-
-def run(capsys, *args):
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def weights(path):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from cli import run
 from officehome import CLASSES, make_office_home
 
 from afictl.checkpoint import save_checkpoint
-from afictl.cli.app import main
 from afictl.errors import UserError
 from afictl.models import create_model
 from afictl.train import resolve_config
@@ -20,16 +20,6 @@ from afictl.transfer.protocol import (
     resolve_domain,
     transfer_lr,
 )
-
-
-def run(capsys, *args):
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
