@@ -38,8 +38,9 @@ def memory_cli(
     (each storage once); infer_bytes = parameters + the peak of live tensors during one
     no-grad forward. This exact account runs on the meta device (no memory is allocated) and
     does not depend on the allocator. --device cuda adds the CUDA allocator peaks
-    (cuda_*_bytes), --rss the resident-memory peaks (rss_*_bytes). Default:
-    afi_resnet50 at batch 64, the paper's Table 6.
+    (cuda_train_bytes, cuda_infer_bytes), --rss what one step adds to the resident memory of
+    a fresh process (rss_train_bytes, rss_infer_bytes). Default: afi_resnet50 at batch 64,
+    the paper's Table 6.
     """
     archs = arch or ["afi_resnet50"]
     if device not in ("cpu", "cuda"):
