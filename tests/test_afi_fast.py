@@ -5,6 +5,7 @@ gradients, module by module and for whole models."""
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import assert_matches_reference, reference_afi
 
 from afictl.layers import AFIModule, FeaturePool, record_attention
 from afictl.layers.afi import aggregation
@@ -22,16 +23,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def reference_afi(features, w1, w2):
-    """Eq. 1-2 written out: per image, softmax over the inputs of W2 ReLU(W1 z), then the sum."""
-    out = torch.zeros_like(features[0])
-    for bi in range(features[0].shape[0]):
-        s = torch.stack([w2 @ torch.relu(w1 @ f[bi].mean(dim=(1, 2))) for f in features])
-        s_tilde = torch.exp(s) / torch.exp(s).sum(dim=0, keepdim=True)
-        out[bi] = sum(s_tilde[j][:, None, None] * f[bi] for j, f in enumerate(features))
-    return out
 
 
 def leaves(n, shape=(2, 8, 5, 4)):
@@ -52,21 +43,10 @@ def test_fast_module_matches_reference(n):
     """AFIModule.forward_pool on a stage buffer: Eq. 1-2, values and gradients."""
     module = AFIModule(channels=8, num_inputs=n, reduction=4).double()
     feats, ref_feats = leaves(n)
-    w1 = module.fc1.weight.detach().clone().requires_grad_(True)
-    w2 = module.fc2.weight.detach().clone().requires_grad_(True)
     pool = fast_pool(n + 1)
     for f in feats:
         pool.add(f)
-    out = module.forward_pool(pool)
-    ref = reference_afi(ref_feats, w1, w2)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    ref.backward(grad)
-    for f, rf in zip(feats, ref_feats, strict=True):
-        torch.testing.assert_close(f.grad, rf.grad, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(module.fc1.weight.grad, w1.grad, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(module.fc2.weight.grad, w2.grad, rtol=1e-9, atol=1e-11)
+    assert_matches_reference(module, module.forward_pool(pool), feats, ref_feats)
 
 
 def test_fast_pool_gradcheck_with_a_consumer_of_every_feature():

@@ -2,23 +2,10 @@
 
 import pytest
 import torch
+from reference import assert_matches_reference
 
 from afictl.layers import AFIModule, FeaturePool, record_attention, weighted_sum
 from afictl.models import create_model
-
-
-def reference_afi(features, w1, w2):
-    """Eq. 2 written out literally: loops over inputs, channels and positions."""
-    n = len(features)
-    b, c, h, w = features[0].shape
-    out = torch.zeros_like(features[0])
-    for bi in range(b):
-        s = torch.stack([w2 @ torch.relu(w1 @ features[i][bi].mean(dim=(1, 2))) for i in range(n)])
-        s_tilde = torch.exp(s) / torch.exp(s).sum(dim=0, keepdim=True)  # softmax over the N inputs
-        for k in range(c):
-            for j in range(n):
-                out[bi, k] += s_tilde[j, k] * features[j][bi, k]
-    return out
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
@@ -27,20 +14,7 @@ def test_forward_and_backward_match_reference(n):
     module = AFIModule(channels=8, num_inputs=n, reduction=4).double()
     feats = [torch.randn(2, 8, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(n)]
     ref_feats = [f.detach().clone().requires_grad_(True) for f in feats]
-    w1 = module.fc1.weight.detach().clone().requires_grad_(True)
-    w2 = module.fc2.weight.detach().clone().requires_grad_(True)
-
-    out = module(feats)
-    ref = reference_afi(ref_feats, w1, w2)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    ref.backward(grad)
-    for f, rf in zip(feats, ref_feats, strict=True):
-        torch.testing.assert_close(f.grad, rf.grad, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(module.fc1.weight.grad, w1.grad, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(module.fc2.weight.grad, w2.grad, rtol=1e-9, atol=1e-11)
+    assert_matches_reference(module, module(feats), feats, ref_feats)
 
 
 def test_weighted_sum_gradcheck():

@@ -1,0 +1,32 @@
+"""The plain, obviously-correct reference of Eq. 1-2 that every AFI implementation is checked against."""
+
+import torch
+
+
+def reference_afi(features, w1, w2):
+    """Eq. 2 written out literally: loops over images, inputs and channels."""
+    n = len(features)
+    b, c, h, w = features[0].shape
+    out = torch.zeros_like(features[0])
+    for bi in range(b):
+        s = torch.stack([w2 @ torch.relu(w1 @ features[i][bi].mean(dim=(1, 2))) for i in range(n)])
+        s_tilde = torch.exp(s) / torch.exp(s).sum(dim=0, keepdim=True)  # softmax over the N inputs
+        for k in range(c):
+            for j in range(n):
+                out[bi, k] += s_tilde[j, k] * features[j][bi, k]
+    return out
+
+
+def assert_matches_reference(module, out, feats, ref_feats):
+    """``out`` (from ``feats``) equals the reference on ``ref_feats``: values and gradients (float64)."""
+    w1 = module.fc1.weight.detach().clone().requires_grad_(True)
+    w2 = module.fc2.weight.detach().clone().requires_grad_(True)
+    ref = reference_afi(ref_feats, w1, w2)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    for f, rf in zip(feats, ref_feats, strict=True):
+        torch.testing.assert_close(f.grad, rf.grad, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(module.fc1.weight.grad, w1.grad, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(module.fc2.weight.grad, w2.grad, rtol=1e-9, atol=1e-11)
