@@ -5,6 +5,8 @@ Every variant of the AFI model and the baseline run in one process, one step eac
 median over repeats of (baseline time / variant time) of the steps timed next to each other.
 The switches are the ones the library exposes (``afictl.layers.afi.aggregation``,
 ``FAST_OPTIONS``, ``afictl.layers.narrow_conv.NARROW``); docs/PERFORMANCE.md records results.
+The last variant is not an AFI-Net but an upper bound: AFI shapes with no aggregation at all
+(see :func:`no_aggregation`), the most any implementation of Eq. 2 could reach here.
 
     python benchmarks/afi_variants.py --arch afi_resnet110 --mode infer --batch-size 64 --threads 1 --timer cpu
     python benchmarks/afi_variants.py --arch afi_resnet50 --batch-size 16 --input-size 224 --repeats 5
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 import afictl.layers.afi as afi
 import afictl.layers.narrow_conv as narrow_conv
+from afictl.layers.afi_join import AFIJoin
 from afictl.models import create_model, get_model_info
 from afictl.profiling.bench import configure_allocator
 
@@ -47,6 +50,28 @@ def no_paired_conv() -> Iterator[None]:
         narrow_conv.NARROW = old
 
 
+@contextmanager
+def no_aggregation() -> Iterator[None]:
+    """Not an AFI-Net: an upper bound on any implementation of the aggregation.
+
+    Each AFI block keeps its shapes (halved first convolution, [X(i), R(i)] into the next
+    one) but takes R(i) = X(i): no earlier feature is read, squeezed or scored. What is left
+    is the convolutions, the ReLU and the concatenation, so the ratio measured with it is the
+    most that a free Eq. 2 could give on this machine.
+    """
+    old = AFIJoin.fused
+
+    def fused(self, h, pool, conv, bn=None):
+        x = torch.relu(h if bn is None else bn(h))
+        return conv(torch.cat([x, x], dim=1))
+
+    AFIJoin.fused = fused
+    try:
+        yield
+    finally:
+        AFIJoin.fused = old
+
+
 # name -> (model kwargs, contexts to enter around each step)
 VARIANTS = {
     "reference (list + addcmul_ Function, cat)": ({}, lambda: [afi.aggregation("reference")]),
@@ -55,6 +80,7 @@ VARIANTS = {
     "fast, interleaved [X, R] (no cat)": ({}, lambda: [option("interleave", True)]),
     "fast, subnormal weights kept": ({}, lambda: [option("flush_negligible_weights", False)]),
     "fast, memory_efficient=True": ({"memory_efficient": True}, lambda: []),
+    "bound: no aggregation (R(i) = X(i); not the model)": ({}, lambda: [no_aggregation()]),
 }
 
 

@@ -1,0 +1,63 @@
+"""The benchmark scripts behind docs/PERFORMANCE.md run (tiny sizes), and the upper-bound
+variant is what it claims: AFI shapes without any aggregation, undone on exit."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from afictl.layers.afi_join import AFIJoin
+from afictl.models import create_model
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_aggregation_bound_skips_eq2_and_restores():
+    variants = load("afi_variants")
+    torch.manual_seed(0)
+    model = create_model("afi_resnet20", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    original = AFIJoin.fused
+    calls = []
+    # S~ passes through each AFI module's identity ``attention``: count the modules that weigh
+    hooks = [m.attention.register_forward_hook(lambda *a: calls.append(1))
+             for m in model.afi_modules().values()]
+    with torch.no_grad():
+        real = model(x)
+        weighed = len(calls)
+        with variants.no_aggregation():
+            assert AFIJoin.fused is not original
+            bound = model(x)
+        again = model(x)
+    for h in hooks:
+        h.remove()
+    assert weighed == len(model.afi_modules()) > 0
+    assert len(calls) == 2 * weighed  # none during the bound
+    assert AFIJoin.fused is original
+    assert bound.shape == real.shape
+    assert not torch.allclose(bound, real)  # R(i) = X(i) is not Eq. 2
+    assert torch.equal(again, real)
+
+
+def test_afi_variants_script_prints_every_requested_variant():
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "afi_variants.py"), "--arch", "afi_resnet20",
+         "--batch-size", "2", "--repeats", "1", "--threads", "1", "--only", "default", "bound"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert len(rows) == 2 and "default" in rows[0] and "bound" in rows[1]
+    for row in rows:
+        ratio = float(row.split("|")[3])
+        assert ratio > 0
+    assert re.search(r"baseline median [0-9.]+ ms", out)
