@@ -83,3 +83,35 @@ def test_console_script_and_module_entry_points():
     assert proc.stdout.splitlines()[1].startswith("afi_resnet20,resnet,32")
     proc = subprocess.run([sys.executable, "-m", "afictl", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "flops" in proc.stdout
+
+
+def test_help_lists_every_command_without_importing_them():
+    """`afictl --help` reads the summaries from the sources; no command module, no torch."""
+    code = (
+        "import sys\n"
+        "from afictl.cli.app import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('afictl.cli.') and m[11:] not in ('app', '_util'))\n"
+        "print('LOADED', loaded)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "COLUMNS": "200"})
+    assert proc.stdout.splitlines()[-1] == "LOADED []"
+    import importlib
+
+    from afictl.cli.app import COMMANDS
+    for name in COMMANDS:
+        doc = getattr(importlib.import_module(f"afictl.cli.{name}"), f"{name}_cli").__doc__
+        summary = doc.strip().splitlines()[0]
+        assert any(f" {name} " in line and summary in line for line in proc.stdout.splitlines()), name
+
+
+def test_unknown_command_is_one_line_exit_2(capsys):
+    code, _, err = run(capsys, "flop")
+    assert code == 2 and err.count("\n") == 1 and "flop" in err
+
+
+def test_subcommand_help_is_complete(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich would shorten long option names to 80 columns
+    code, out, _ = run(capsys, "bench", "--help")
+    assert code == 0 and "--memory-efficient" in out and "speed_ratio" in out

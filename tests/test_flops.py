@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from afictl.models import create_model
-from afictl.profiling.flops import count_flops, flop_counter_count, flops_report, thop_count
+from afictl.profiling.flops import (
+    count_flops,
+    flop_counter_count,
+    flops_report,
+    meta_model,
+    thop_count,
+)
 
 PAPER_BASELINE_FLOPS = {
     "resnet32": 2.23e9,
@@ -78,3 +84,11 @@ def test_meta_model_builds_no_real_tensors():
     m = meta_model("resnet152")
     assert all(p.device.type == "meta" for p in m.parameters())
     assert torch.empty(1).device.type == "cpu"  # the meta context does not leak
+
+
+def test_meta_counts_equal_real_model_counts():
+    """thop runs a meta model on zero-filled CPU storage: the counts of a real model."""
+    real = thop_count(create_model("afi_resnet20"), 32)
+    meta = thop_count(meta_model("afi_resnet20"), 32, copy_model=False)
+    assert real.macs == meta.macs > 0
+    assert (real.afi_scoring, real.afi_aggregation) == (meta.afi_scoring, meta.afi_aggregation)

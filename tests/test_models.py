@@ -1,5 +1,8 @@
 """Every registered model: shapes, registry behaviour, parameter counts of the paper."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -8,6 +11,7 @@ from afictl.models import (
     StageError,
     UnknownModelError,
     counterpart,
+    create_meta_model,
     create_model,
     get_model_info,
     list_models,
@@ -165,3 +169,16 @@ def test_classifier_surface(name):
     x = torch.empty(1, 3, info.input_size, info.input_size, device="meta")
     assert model(x).shape == (1, 3)
     assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, model.num_features)
+
+
+def test_create_meta_model_skips_init_and_restores_it():
+    init = torch.nn.init.kaiming_normal_
+    model = create_meta_model("afi_mobilenet_v2")
+    assert all(p.is_meta for p in model.parameters())
+    assert torch.nn.init.kaiming_normal_ is init
+    # the whole listing builds every model without the seconds of importing torch._dynamo
+    code = ("import sys\nfrom afictl.models.catalog import catalog\nrows = catalog()\n"
+            "print(len(rows), 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    count, dynamo = out.split()
+    assert int(count) > 20 and dynamo == "False"

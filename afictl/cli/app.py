@@ -2,45 +2,85 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import sys
+from importlib.resources import files
 
 import click
 import typer
+from typer.core import TyperGroup
 
-from ..errors import UserError
-from ..models import StageError, UnknownModelError
-from .bench import bench_cli
-from .eval import eval_cli
-from .features import features_cli
-from .flops import flops_cli
-from .gradcam import gradcam_cli
-from .memory import memory_cli
-from .models import models_cli
-from .report import report_cli
-from .selectivity import selectivity_cli
-from .train import train_cli
-from .transfer import transfer_cli
+from ..errors import StageError, UnknownModelError, UserError
 
-app = typer.Typer(
-    name="afictl",
-    help="Train, profile and analyse Attentive Feature Integration networks (AFI-Nets).",
-    no_args_is_help=True,
+#: Subcommands in help order: name -> module of ``afictl.cli`` (whose ``<module>_cli`` it runs).
+#: A module is imported only when its command runs, so that ``afictl --help`` and commands that
+#: need neither torchvision nor matplotlib do not pay for importing them (seconds each).
+COMMANDS = (
+    "models", "train", "eval", "flops", "memory", "bench", "gradcam", "selectivity", "features",
+    "report", "transfer",
+)
+
+
+def _summary(name: str) -> str:
+    """First line of a command's docstring, read from its source without importing it."""
+    tree = ast.parse(files(__package__).joinpath(f"{name}.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == f"{name}_cli":
+            return (ast.get_docstring(node) or "").split("\n", 1)[0]
+    return ""
+
+
+def _load(name: str) -> click.Command:
+    """The click command of one subcommand, built by Typer from its module's function."""
+    module = importlib.import_module(f"{__package__}.{name}")
+    single = typer.Typer(**_SETTINGS)
+    single.command(name)(getattr(module, f"{name}_cli"))
+    return typer.main.get_command(single)
+
+
+class _LazyGroup(TyperGroup):
+    """Typer's group with subcommands imported on use; help lists them from their docstrings."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if self._listing:  # the command list of `afictl --help`: name and summary suffice
+            return click.Command(cmd_name, short_help=_summary(cmd_name))
+        return _load(cmd_name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+_SETTINGS = dict(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("models")(models_cli)
-app.command("train")(train_cli)
-app.command("eval")(eval_cli)
-app.command("flops")(flops_cli)
-app.command("memory")(memory_cli)
-app.command("bench")(bench_cli)
-app.command("gradcam")(gradcam_cli)
-app.command("selectivity")(selectivity_cli)
-app.command("features")(features_cli)
-app.command("report")(report_cli)
-app.command("transfer")(transfer_cli)
+app = typer.Typer(
+    name="afictl",
+    help="Train, profile and analyse Attentive Feature Integration networks (AFI-Nets).",
+    no_args_is_help=True,
+    cls=_LazyGroup,
+    **_SETTINGS,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Train, profile and analyse Attentive Feature Integration networks (AFI-Nets)."""
+
 
 #: Exceptions that mean "the user asked for something impossible", not "afictl has a bug".
 USER_ERRORS = (UserError, UnknownModelError, StageError, FileNotFoundError)

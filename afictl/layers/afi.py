@@ -700,6 +700,8 @@ class AFIModule(nn.Module):
         """
         self.fc1.reset_parameters()
         self.fc2.reset_parameters()
+        if self.fc1.weight.is_meta:  # shapes only; on meta, abs_ would import torch._dynamo (1 s)
+            return
         with torch.no_grad():
             self.fc1.weight.abs_()
 

@@ -18,13 +18,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ..errors import StageError
 from ..layers import AFIModule, FeaturePool
 
 __all__ = ["Backbone", "Stage", "StageError", "parse_afi_stages"]
-
-
-class StageError(ValueError):
-    """A stage name the model does not have; the message lists the valid names."""
 
 
 class Stage(nn.Sequential):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
-
-from .registry import create_model, get_model_info, list_models
+from .registry import create_meta_model, get_model_info, list_models
 
 __all__ = ["ModelRow", "catalog"]
 
@@ -30,8 +28,7 @@ def catalog(include: str | list[str] = "*") -> list[ModelRow]:
     rows = []
     for name in list_models(include):
         info = get_model_info(name)
-        with torch.device("meta"):
-            model = create_model(name)
+        model = create_meta_model(name)
         params = sum(p.numel() for p in model.parameters())
         rows.append(
             ModelRow(name, info.family, info.input_size, info.home_dataset, info.num_classes, params, info.baseline)

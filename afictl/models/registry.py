@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from torch import nn
+
+from ..errors import UnknownModelError
 
 __all__ = [
     "ModelInfo",
     "UnknownModelError",
     "counterpart",
+    "create_meta_model",
     "create_model",
     "get_model_info",
     "list_models",
@@ -39,13 +44,6 @@ class ModelInfo:
     @property
     def is_afi(self) -> bool:
         return self.baseline is not None
-
-
-class UnknownModelError(KeyError):
-    """An unregistered model name; the message names the closest registered ones."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
-        return str(self.args[0])
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -121,3 +119,33 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     model = info.builder(num_classes=num_classes or info.num_classes, **kwargs)
     model.arch = name  # type: ignore[assignment]
     return model
+
+
+#: ``torch.nn.init`` functions the families call; ``create_meta_model`` makes them no-ops.
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
+    "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+)
+
+
+@contextmanager
+def _skip_init() -> Iterator[None]:
+    """Leave parameters as allocated: on ``meta`` there are no values to initialise, and the
+    random initialisers run there as Python references that import torch._dynamo (about 1 s)."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in saved:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def create_meta_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """A registered model on the ``meta`` device: shapes only, no memory, no initialisation.
+
+    What counting needs (parameters, FLOPs, the memory account); ``to_empty`` gives it storage.
+    """
+    with torch.device("meta"), _skip_init():
+        return create_model(name, num_classes=num_classes, **kwargs)
