@@ -1,29 +1,21 @@
 """The benchmark scripts behind docs/PERFORMANCE.md run (tiny sizes), and the upper-bound
 variant is what it claims: AFI shapes without any aggregation, undone on exit."""
 
-import importlib.util
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
+from scripts import ROOT, load_script
 
 from afictl.layers.afi_join import AFIJoin
 from afictl.models import create_model
 
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARKS = ROOT / "benchmarks"
 
 
 def test_no_aggregation_bound_skips_eq2_and_restores():
-    variants = load("afi_variants")
+    variants = load_script(BENCHMARKS / "afi_variants.py")
     torch.manual_seed(0)
     model = create_model("afi_resnet20", num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)

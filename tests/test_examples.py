@@ -5,16 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+from scripts import ROOT, load_script
+
+EXAMPLES = ROOT / "examples"
 
 
 def load(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py")
 
 
 def test_plug_afi_into_your_resnet():
