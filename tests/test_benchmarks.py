@@ -53,3 +53,13 @@ def test_afi_variants_script_prints_every_requested_variant():
         ratio = float(row.split("|")[3])
         assert ratio > 0
     assert re.search(r"baseline median [0-9.]+ ms", out)
+
+
+def test_profile_ops_reports_the_aggregation_only_for_the_afi_model(capsys):
+    profile_ops = load_script(BENCHMARKS / "profile_ops.py")
+    self_ms = profile_ops.main(["--arch", "afi_resnet20", "--batch-size", "2", "--repeats", "1"])
+    afi, base = self_ms["afi_resnet20"], self_ms["resnet20"]
+    assert afi["aten::bmm"] > 0 and base["aten::bmm"] == 0  # R(i) is a bmm on the fast path
+    assert afi["aten::mkldnn_convolution"] > 0 and base["aten::mkldnn_convolution"] > 0
+    out = capsys.readouterr().out
+    assert "| `aten::bmm` |" in out and out.splitlines()[-1].startswith("| total profiled |")
