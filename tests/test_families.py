@@ -11,11 +11,11 @@ from afictl.layers.cbam import CBAM
 from afictl.layers.eca import EfficientChannelAttention, eca_kernel_size
 from afictl.layers.gather_excite import GatherExcite
 from afictl.layers.se import SqueezeExcite
-from afictl.models import create_model, get_model_info, list_models
+from afictl.models import create_meta_model, create_model, get_model_info, list_models
 from afictl.models.densenet import DenseNet
 from afictl.paper import paper_row
 from afictl.profiling.compare import paper_table
-from afictl.profiling.flops import count_flops, count_params, meta_model
+from afictl.profiling.flops import count_flops, count_params
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,7 +47,7 @@ def test_all_new_models_registered_with_their_baselines():
 @pytest.mark.parametrize("name", NEW)
 def test_output_shape_at_input_size(name):
     size = get_model_info(name).input_size
-    model = meta_model(name, num_classes=7)
+    model = create_meta_model(name, num_classes=7)
     assert model(torch.empty(2, 3, size, size, device="meta")).shape == (2, 7)
 
 
@@ -85,7 +85,7 @@ OURS = {
 @pytest.mark.parametrize("name", OURS)
 def test_parameter_table(name):
     exact, tol = OURS[name]
-    params = count_params(meta_model(name))
+    params = count_params(create_meta_model(name))
     assert params == exact
     paper = paper_row(name).params
     if tol is not None:
@@ -95,8 +95,8 @@ def test_parameter_table(name):
 def test_afi_mobilenetv2_pair_of_the_paper_is_unreachable():
     """CIFAR and ImageNet MobileNetV2 share every width, so AFI changes both by the same count;
     the paper reports -0.16M (CIFAR) and +0.12M (ImageNet)."""
-    cifar = count_params(meta_model("afi_mobilenetv2")) - count_params(meta_model("mobilenetv2"))
-    imagenet = count_params(meta_model("afi_mobilenet_v2")) - count_params(meta_model("mobilenet_v2"))
+    cifar = count_params(create_meta_model("afi_mobilenetv2")) - count_params(create_meta_model("mobilenetv2"))
+    imagenet = count_params(create_meta_model("afi_mobilenet_v2")) - count_params(create_meta_model("mobilenet_v2"))
     assert cifar == imagenet == -60_240
 
 
@@ -134,7 +134,7 @@ def test_torchvision_state_dict_loads_strictly_and_agrees(ours, theirs):
 
 
 def test_mobilenetv2_stages_group_blocks_by_expansion_shape():
-    model = meta_model("afi_mobilenetv2")
+    model = create_meta_model("afi_mobilenetv2")
     assert model.stage_names == [f"conv{i}" for i in range(1, 8)]
     assert [len(model.blocks(s)) for s in model.stage_names] == [1, 1, 2, 3, 4, 3, 3]
     blocks = model.blocks("conv5")  # row 4's blocks 2-4 (64 -> 64) and row 5's first (64 -> 96)
@@ -146,7 +146,7 @@ def test_mobilenetv2_stages_group_blocks_by_expansion_shape():
 
 
 def test_shufflenetv2_afi_sits_at_the_branch_first_1x1():
-    model = meta_model("afi_shufflenetv2")
+    model = create_meta_model("afi_shufflenetv2")
     assert [len(model.blocks(s)) for s in model.stage_names] == [4, 8, 4]
     units = model.blocks("conv2")  # width 232, branch 116, X(i) 58
     assert units[0].branch1 is not None and units[0].conv1.out_channels == 116  # X(1) = half of it, pooled
@@ -156,15 +156,15 @@ def test_shufflenetv2_afi_sits_at_the_branch_first_1x1():
 
 
 def test_family_size_options():
-    assert count_params(meta_model("shufflenetv2", width=0.5)) == 444_292  # pytorch-cifar 0.5x
+    assert count_params(create_meta_model("shufflenetv2", width=0.5)) == 444_292  # pytorch-cifar 0.5x
     with pytest.raises(ValueError, match="width"):
-        meta_model("shufflenetv2", width=0.75)
+        create_meta_model("shufflenetv2", width=0.75)
     with pytest.raises(ValueError, match="3n \\+ 4"):
         DenseNet(41)
 
 
 def test_resnext29_afi_halves_the_first_1x1():
-    model = meta_model("afi_resnext29_32x4d")
+    model = create_meta_model("afi_resnext29_32x4d")
     blocks = model.blocks("conv3")  # group width 512
     assert [b.conv1.out_channels for b in blocks] == [512, 256, 256]
     assert blocks[2].join.afi.num_inputs == 2 and blocks[1].conv2.groups == 32
@@ -174,21 +174,21 @@ def test_resnext29_afi_halves_the_first_1x1():
 @pytest.mark.parametrize(("name", "stages"), [("afi_mobilenetv2", 7), ("afi_shufflenetv2", 3),
                                                ("afi_resnext29_32x4d", 3), ("afi_mobilenet_v2", 7)])
 def test_afi_stages_and_reduction_work_for_every_family(name, stages):
-    full = meta_model(name)
-    only = meta_model(name, afi_stages=[stages])
+    full = create_meta_model(name)
+    only = create_meta_model(name, afi_stages=[stages])
     assert only.afi_stages == (stages,)
     prefix = only.stage_attrs[-1] + "."
     assert only.afi_modules() and all(n.startswith(prefix) for n in only.afi_modules())
     assert count_params(only) > count_params(full)  # fewer halved convolutions
-    r2 = meta_model(name, r=2)
+    r2 = create_meta_model(name, r=2)
     m = next(iter(r2.afi_modules().values()))
     assert m.fc1.out_features == m.channels // 2 and count_params(r2) > count_params(full)
     with pytest.raises(ValueError):
-        meta_model(name, afi_stages=[stages + 1])
+        create_meta_model(name, afi_stages=[stages + 1])
 
 
 def test_densenet_stages_are_dense_blocks():
-    model = meta_model("densenet40")
+    model = create_meta_model("densenet40")
     assert [len(model.blocks(s)) for s in model.stage_names] == [12, 12, 12]
     assert model.afi_modules() == {} and model.num_features == 16 + 36 * 12
     seen = []
@@ -226,7 +226,7 @@ def test_attention_factory_and_variants():
 
 
 def test_attention_is_applied_to_r_in_afi_blocks():
-    model = meta_model("afi_mobilenetv2_eca")
+    model = create_meta_model("afi_mobilenetv2_eca")
     blocks = model.blocks("conv5")
     assert blocks[0].attn is None  # block 1 has no R
     assert all(isinstance(b.attn, EfficientChannelAttention) for b in blocks[1:])

@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from afictl.models import create_model
+from afictl.models import create_meta_model, create_model
 from afictl.profiling.flops import (
     count_flops,
     flop_counter_count,
     flops_report,
-    meta_model,
     thop_count,
 )
 
@@ -78,10 +77,9 @@ def test_batch_scaling_is_linear():
     assert b.flops == 7 * a.flops
 
 
-def test_meta_model_builds_no_real_tensors():
-    from afictl.profiling.flops import meta_model
+def test_create_meta_model_builds_no_real_tensors():
 
-    m = meta_model("resnet152")
+    m = create_meta_model("resnet152")
     assert all(p.device.type == "meta" for p in m.parameters())
     assert torch.empty(1).device.type == "cpu"  # the meta context does not leak
 
@@ -89,6 +87,6 @@ def test_meta_model_builds_no_real_tensors():
 def test_meta_counts_equal_real_model_counts():
     """thop runs a meta model on zero-filled CPU storage: the counts of a real model."""
     real = thop_count(create_model("afi_resnet20"), 32)
-    meta = thop_count(meta_model("afi_resnet20"), 32, copy_model=False)
+    meta = thop_count(create_meta_model("afi_resnet20"), 32, copy_model=False)
     assert real.macs == meta.macs > 0
     assert (real.afi_scoring, real.afi_aggregation) == (meta.afi_scoring, meta.afi_aggregation)

@@ -16,7 +16,7 @@ from afictl.models import (
     get_model_info,
     list_models,
 )
-from afictl.profiling.flops import count_params, meta_model
+from afictl.profiling.flops import count_params
 
 ALL = list_models()
 
@@ -24,7 +24,7 @@ ALL = list_models()
 @pytest.mark.parametrize("name", ALL)
 def test_output_shape_on_meta(name):
     info = get_model_info(name)
-    model = meta_model(name, num_classes=13)
+    model = create_meta_model(name, num_classes=13)
     out = model(torch.empty(2, 3, info.input_size, info.input_size, device="meta"))
     assert out.shape == (2, 13)
 
@@ -59,13 +59,13 @@ PAPER = {
 @pytest.mark.parametrize("name", PAPER)
 def test_parameter_counts_match_paper(name):
     target, tol = PAPER[name]
-    params = count_params(meta_model(name))
+    params = count_params(create_meta_model(name))
     assert abs(params - target) <= tol * target, (name, params, target)
 
 
 @pytest.mark.parametrize("depth", [50, 101, 152])
 def test_imagenet_baselines_equal_torchvision(depth):
-    ours = meta_model(f"resnet{depth}")
+    ours = create_meta_model(f"resnet{depth}")
     with torch.device("meta"):
         theirs = getattr(torchvision.models, f"resnet{depth}")()
     assert count_params(ours) == count_params(theirs)
@@ -108,33 +108,33 @@ def test_duplicate_registration_refused():
 
 @pytest.mark.parametrize("alias", ["conv3", "layer3", "stage3", "CONV3"])
 def test_stage_aliases_resolve_to_the_same_module(alias):
-    model = meta_model("afi_resnet20")
+    model = create_meta_model("afi_resnet20")
     assert model.get_stage(alias) is model.layer3
 
 
 def test_unknown_stage_lists_valid_names():
-    model = meta_model("resnet50")
+    model = create_meta_model("resnet50")
     assert model.stage_names == ["conv1", "conv2", "conv3", "conv4"]
     with pytest.raises(StageError, match="conv1, conv2, conv3, conv4"):
         model.get_stage("conv5")
 
 
 def test_afi_stages_and_reduction_options():
-    full = count_params(meta_model("afi_resnet32"))
-    only1 = meta_model("afi_resnet32", afi_stages=[1])
+    full = count_params(create_meta_model("afi_resnet32"))
+    only1 = create_meta_model("afi_resnet32", afi_stages=[1])
     assert only1.afi_stages == (1,)
     assert all(n.startswith("layer1") for n in only1.afi_modules())
     assert count_params(only1) > full
-    r2 = meta_model("afi_resnet32", r=2)
+    r2 = create_meta_model("afi_resnet32", r=2)
     assert count_params(r2) > full
     assert next(iter(r2.afi_modules().values())).fc1.out_features == 4  # C/2 = 8 -> 8/2
     with pytest.raises(ValueError):
-        meta_model("afi_resnet32", afi_stages=[4])
+        create_meta_model("afi_resnet32", afi_stages=[4])
 
 
 def test_afi_wiring_follows_eq4():
     """Block i of a stage: conv1 halved for i >= 2, AFI(i) with i-1 inputs for i >= 3."""
-    model = meta_model("afi_resnet32")  # 5 blocks per stage
+    model = create_meta_model("afi_resnet32")  # 5 blocks per stage
     blocks = model.blocks("conv1")
     assert blocks[0].conv1.out_channels == 16 and blocks[0].join.afi is None
     assert blocks[1].conv1.out_channels == 8 and blocks[1].join.afi is None  # R(2) = X(1)
@@ -159,7 +159,7 @@ def test_probes_carry_r_in_afi_blocks_and_activation_in_baseline():
 
 @pytest.mark.parametrize("name", ALL)
 def test_classifier_surface(name):
-    model = meta_model(name, num_classes=11)
+    model = create_meta_model(name, num_classes=11)
     head = model.get_classifier()
     assert isinstance(head, torch.nn.Linear) and head.out_features == 11
     with torch.device("meta"):

@@ -79,7 +79,8 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Train, profile and analyse Attentive Feature Integration networks (AFI-Nets)."""
+    # A callback makes Typer build a group (the commands come from _LazyGroup); help= above.
+    pass
 
 
 #: Exceptions that mean "the user asked for something impossible", not "afictl has a bug".

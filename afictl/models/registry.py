@@ -145,7 +145,7 @@ def _skip_init() -> Iterator[None]:
 def create_meta_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
     """A registered model on the ``meta`` device: shapes only, no memory, no initialisation.
 
-    What counting needs (parameters, FLOPs, the memory account); ``to_empty`` gives it storage.
+    What counting needs (``afictl models``, ``flops``, the ``memory`` account).
     """
     with torch.device("meta"), _skip_init():
         return create_model(name, num_classes=num_classes, **kwargs)

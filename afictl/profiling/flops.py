@@ -35,7 +35,6 @@ __all__ = [
     "count_params",
     "flop_counter_count",
     "flops_report",
-    "meta_model",
     "stage_report",
     "thop_count",
 ]
@@ -126,11 +125,6 @@ def flop_counter_count(model: nn.Module, input_size: int, batch_size: int) -> in
     return int(counter.get_total_flops())
 
 
-def meta_model(arch: str, num_classes: int | None = None, **kwargs) -> nn.Module:
-    """A registered model on the ``meta`` device: shapes only, built in milliseconds."""
-    return create_meta_model(arch, num_classes=num_classes, **kwargs)
-
-
 @dataclass
 class FlopReport:
     """One row of ``afictl flops``."""
@@ -168,7 +162,7 @@ def count_flops(
     info = get_model_info(arch)
     size = input_size or info.input_size
     classes = num_classes or info.num_classes
-    model = meta_model(arch, classes, **model_kwargs)
+    model = create_meta_model(arch, classes, **model_kwargs)
     params = count_params(model)
     exact_flops = flop_counter_count(model, size, batch_size) if exact else 0
     c = thop_count(model, size, batch_size=1, copy_model=False)
@@ -245,7 +239,7 @@ def stage_report(
     **model_kwargs,
 ) -> list[StageReport]:
     info = get_model_info(arch)
-    model = meta_model(arch, num_classes or info.num_classes, **model_kwargs)
+    model = create_meta_model(arch, num_classes or info.num_classes, **model_kwargs)
     params = {attr: count_params(getattr(model, attr)) for attr in model.stage_attrs}
     c = thop_count(model, input_size or info.input_size, copy_model=False)
     rows = []

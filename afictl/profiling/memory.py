@@ -36,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import UserError
-from ..models import create_model, get_model_info
+from ..models import create_meta_model, create_model, get_model_info
 
 __all__ = [
     "MemoryAccount",
@@ -156,11 +156,13 @@ class MemoryAccount:
 def _build(arch: str, num_classes: int | None, device: str, memory_efficient: bool, **kwargs) -> nn.Module:
     if memory_efficient:
         kwargs["memory_efficient"] = True
-    with torch.device(device):
-        try:
+    try:
+        if device == "meta":
+            return create_meta_model(arch, num_classes=num_classes, **kwargs)
+        with torch.device(device):
             return create_model(arch, num_classes=num_classes, **kwargs)
-        except TypeError as exc:  # a builder without the option
-            raise UserError(f"{arch} does not take {', '.join(kwargs)}: {exc}") from None
+    except TypeError as exc:  # a builder without the option
+        raise UserError(f"{arch} does not take {', '.join(kwargs)}: {exc}") from None
 
 
 def account(
