@@ -8,7 +8,7 @@
 A checkpoint is a dict with at least::
 
     format: "afictl-checkpoint", version: 1,
-    arch: registry name, num_classes: int, model_kwargs: {"afi_stages": [...], "r": 4} or {},
+    arch: registry name, num_classes: int, model_kwargs: {"afi_stages": [...], "reduction": 4} or {},
     model: state_dict, epoch: int (epochs completed),
     config: the run's resolved configuration (dataset, data_root, input_size, ...),
     class_names: list[str] | None
@@ -95,6 +95,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return data
 
 
+def model_kwargs(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The model options a checkpoint records (``r``, the name before ``reduction``, accepted)."""
+    kw = dict(ckpt.get("model_kwargs") or {})
+    if "r" in kw:
+        kw["reduction"] = kw.pop("r")
+    return kw
+
+
 def model_from_checkpoint(
     path: str | Path, *, arch: str | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -108,7 +116,7 @@ def model_from_checkpoint(
     if arch is not None and saved != arch:
         raise CheckpointError(f"{ckpt['path']} holds a {saved} checkpoint, not {arch}")
     get_model_info(saved)
-    model = create_model(saved, num_classes=ckpt["num_classes"], **(ckpt.get("model_kwargs") or {}))
+    model = create_model(saved, num_classes=ckpt["num_classes"], **model_kwargs(ckpt))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

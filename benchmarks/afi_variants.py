@@ -3,8 +3,8 @@
 Every variant of the AFI model and the baseline run in one process, one step each in turn
 (baseline, variant 1, baseline, variant 2, ...), after warm-up; each variant's ratio is the
 median over repeats of (baseline time / variant time) of the steps timed next to each other.
-The switches are the ones the library exposes (``afictl.layers.afi.aggregation``,
-``FAST_OPTIONS``, ``afictl.layers.narrow_conv.NARROW``); docs/PERFORMANCE.md records results.
+The switches are the ones the library exposes (``afictl.layers.aggregation``: ``auto``,
+``plain``, ``fused``; ``afictl.layers.narrow_conv.NARROW``); docs/PERFORMANCE.md records results.
 The last variant is not an AFI-Net but an upper bound: AFI shapes with no aggregation at all
 (see :func:`no_aggregation`), the most any implementation of Eq. 2 could reach here.
 
@@ -23,21 +23,11 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn.functional as F
 
-import afictl.layers.afi as afi
 import afictl.layers.narrow_conv as narrow_conv
+from afictl.layers import aggregation
 from afictl.layers.afi_join import AFIJoin
 from afictl.models import create_model, get_model_info
 from afictl.profiling.bench import configure_allocator
-
-
-@contextmanager
-def option(name: str, value) -> Iterator[None]:
-    old = afi.FAST_OPTIONS[name]
-    afi.FAST_OPTIONS[name] = value
-    try:
-        yield
-    finally:
-        afi.FAST_OPTIONS[name] = old
 
 
 @contextmanager
@@ -59,27 +49,26 @@ def no_aggregation() -> Iterator[None]:
     is the convolutions, the ReLU and the concatenation, so the ratio measured with it is the
     most that a free Eq. 2 could give on this machine.
     """
-    old = AFIJoin.fused
+    old = AFIJoin._plain, AFIJoin._fused
 
-    def fused(self, h, pool, conv, bn=None):
-        x = torch.relu(h if bn is None else bn(h))
-        return conv(torch.cat([x, x], dim=1))
+    def bound(self, x, feats, first, norm, act, conv, attn=None):
+        xi = act(norm(narrow_conv.conv_narrow(first, x)))
+        return conv(torch.cat([xi, xi], dim=1))
 
-    AFIJoin.fused = fused
+    AFIJoin._plain = AFIJoin._fused = bound
     try:
         yield
     finally:
-        AFIJoin.fused = old
+        AFIJoin._plain, AFIJoin._fused = old
 
 
 # name -> (model kwargs, contexts to enter around each step)
 VARIANTS = {
-    "reference (list + addcmul_ Function, cat)": ({}, lambda: [afi.aggregation("reference")]),
-    "fast (buffer + bmm + fused conv, default)": ({}, lambda: []),
-    "fast, no paired narrow conv": ({}, lambda: [no_paired_conv()]),
-    "fast, interleaved [X, R] (no cat)": ({}, lambda: [option("interleave", True)]),
-    "fast, subnormal weights kept": ({}, lambda: [option("flush_negligible_weights", False)]),
-    "fast, memory_efficient=True": ({"memory_efficient": True}, lambda: []),
+    "default (auto: buffer in training, plain at inference)": ({}, lambda: []),
+    "plain everywhere (no buffer, no paired conv)": ({}, lambda: [aggregation("plain")]),
+    "default, no paired narrow conv": ({}, lambda: [no_paired_conv()]),
+    "fused (buffer also at inference)": ({}, lambda: [aggregation("fused")]),
+    "default, memory_efficient=True": ({"memory_efficient": True}, lambda: []),
     "bound: no aggregation (R(i) = X(i); not the model)": ({}, lambda: [no_aggregation()]),
 }
 

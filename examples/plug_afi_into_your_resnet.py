@@ -1,8 +1,9 @@
 """Plug the AFI module into your own residual network in a few lines.
 
-Each block halves its first convolution to X(i), asks its `AFIJoin` for the input of the
-next convolution ([X(i), R(i)], Eq. 4), and the stage shares one `FeaturePool` per forward
-(`afictl.models.Stage` does that for you). Run: python examples/plug_afi_into_your_resnet.py
+Each block halves its first convolution to X(i) and makes one call to its `AFIJoin`, naming
+the modules around the AFI point; the join returns the next convolution of [X(i), R(i)]
+(Eq. 4). The stage shares one `StageFeatures` (X(1..i-1)) per forward: `afictl.models.Stage`
+does that for you. The same model exports, traces and compiles. Run: python examples/plug_afi_into_your_resnet.py
 """
 
 from __future__ import annotations
@@ -20,21 +21,23 @@ class MyBlock(nn.Module):
     def __init__(self, channels: int, index: int | None) -> None:
         super().__init__()
         first = first_conv_width(channels, index)  # halved for blocks 2..n of an AFI stage
-        self.conv1 = nn.Sequential(nn.Conv2d(channels, first, 3, padding=1, bias=False),
-                                   nn.BatchNorm2d(first), nn.ReLU())
-        self.join = AFIJoin(channels, index, reduction=4)  # X(i) -> [X(i), R(i)]
-        self.conv2 = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-                                   nn.BatchNorm2d(channels))
+        self.conv1 = nn.Conv2d(channels, first, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(first)
+        self.relu = nn.ReLU()
+        self.join = AFIJoin(channels, index, reduction=4)  # X(i) -> conv2([X(i), R(i)])
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
 
-    def forward(self, x: torch.Tensor, pool=None) -> torch.Tensor:
-        return torch.relu(x + self.conv2(self.join(self.conv1(x), pool)))
+    def forward(self, x: torch.Tensor, feats=None) -> torch.Tensor:
+        out = self.join(x, feats, first=self.conv1, norm=self.bn1, act=self.relu, conv=self.conv2)
+        return torch.relu(x + self.bn2(out))
 
 
 def my_network(num_blocks: int = 4, channels: int = 16, num_classes: int = 10, afi: bool = True) -> nn.Module:
     blocks = [MyBlock(channels, i if afi else None) for i in range(1, num_blocks + 1)]
     return nn.Sequential(
         nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
-        Stage(*blocks),  # one FeaturePool per forward pass
+        Stage(*blocks),  # one StageFeatures per forward pass
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes),
     )
 

@@ -1,10 +1,11 @@
-"""The AFI module against a plain, obviously-correct reference of Eq. 1-2."""
+"""The plain AFI core (layers/afi.py) against a plain, obviously-correct reference of Eq. 1-2."""
 
 import pytest
 import torch
 from reference import assert_matches_reference
 
-from afictl.layers import AFIModule, FeaturePool, record_attention, weighted_sum
+from afictl.layers import AFIModule, StageFeatures, integrate, record_attention
+from afictl.layers.afi import negligible
 from afictl.models import create_model
 
 
@@ -17,25 +18,43 @@ def test_forward_and_backward_match_reference(n):
     assert_matches_reference(module, module(feats), feats, ref_feats)
 
 
-def test_weighted_sum_gradcheck():
+def test_integrate_gradcheck_and_no_grad_agree():
     feats = [torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     weights = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda w, *f: weighted_sum(f, w), (weights, *feats))
+    assert torch.autograd.gradcheck(lambda w, *f: integrate(f, w), (weights, *feats))
+    with torch.no_grad():  # the in-place running sum of inference
+        torch.testing.assert_close(integrate(feats, weights), integrate(feats, weights.detach()).detach())
 
 
-def test_pool_squeezes_each_feature_once(monkeypatch):
+def test_stage_features_squeeze_each_feature_once(monkeypatch):
     import afictl.layers.afi as afi
 
     calls = []
     original = afi.squeeze
     monkeypatch.setattr(afi, "squeeze", lambda x: calls.append(1) or original(x))
-    pool = FeaturePool()
+    feats = StageFeatures()
     for _ in range(4):
-        pool.add(torch.randn(1, 4, 3, 3))
-    mod = AFIModule(4, 3)
-    mod.forward_pool(pool)
-    AFIModule(4, 4).forward_pool(pool)
+        feats.append(torch.randn(1, 4, 3, 3))
+    feats.integrate(AFIModule(4, 3), 3)
+    feats.integrate(AFIModule(4, 4), 4)
     assert len(calls) == 4  # once per feature, not once per consumer
+    assert feats.integrate(None, 1) is feats.features[0]  # R(2) = X(1)
+
+
+def test_negligible_weights_are_zero_and_the_rest_still_sum_to_one():
+    """Scores 100 apart underflow float32's softmax to subnormals: weights() sets them to 0."""
+    module = AFIModule(channels=4, num_inputs=3)
+    with torch.no_grad():
+        module.fc1.weight.fill_(0.0)
+        module.fc1.weight[0, 0] = 1.0  # hidden unit 0 = z[:, 0]
+        module.fc2.weight.fill_(1.0)  # every channel's score = z[:, 0]
+    z = [torch.full((1, 4), v) for v in (0.0, 100.0, 1.0)]
+    plain = torch.softmax(module.score(torch.stack(z, 1)), dim=1)
+    assert 0 < plain[0, 0, 0] < torch.finfo(torch.float32).tiny  # a subnormal weight
+    s = module.weights(z)
+    assert (s[:, 0] == 0).all() and (s[:, 2] == 0).all()
+    torch.testing.assert_close(s.sum(dim=1), torch.ones(1, 4))
+    assert negligible(torch.float32) < 1e-30 and negligible(torch.float64) < 1e-290
 
 
 def test_softmax_weights_sum_to_one_per_channel():

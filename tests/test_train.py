@@ -70,7 +70,7 @@ def test_train_writes_run_files_and_json(capsys, tmp_path):
     for key, value in {"arch": "afi_resnet20", "dataset": "shapes", "data_root": None, "input_size": 32,
                        "eval_split": "eval", "data_size": 48, "seed": 1, "num_classes": 8}.items():
         assert config[key] == value and ckpt["config"][key] == value
-    assert ckpt["model_kwargs"] == config["model_kwargs"] == {"afi_stages": [1, 3], "r": 2}
+    assert ckpt["model_kwargs"] == config["model_kwargs"] == {"afi_stages": [1, 3], "reduction": 2}
     assert ckpt["arch"] == "afi_resnet20" and ckpt["class_names"][0] == "circle" and ckpt["epoch"] == 1
     for key in ("optimizer", "scheduler", "scaler", "rng"):
         assert key in ckpt

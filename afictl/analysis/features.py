@@ -95,28 +95,20 @@ def image_features(
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """X(1..n), R and S~ of ``module`` for a batch of one image; plus every module's S~.
 
-    Read through the block's ``join`` (forward hook: the stage's feature pool after the join
-    holds X(1..i), however the aggregation stores them) and its ``afi_out`` (R); a hook on the
-    join also keeps the block on its plain, unfused path.
+    Read with a forward hook on the module itself: its inputs are X(1..n), its output R (Eq. 2).
     """
-    join = next(m for m in model.modules() if getattr(m, "afi", None) is module)
-    n = module.num_inputs
     captured: dict[str, Any] = {}
 
-    def join_hook(_m, args, _out):
-        pool = args[1]
-        captured["inputs"] = [t.detach()[0].numpy().copy() for t in pool.features[:n]]
-
-    def out_hook(_m, _args, out):
+    def hook(_m, args, out):
+        captured["inputs"] = [t.detach()[0].numpy().copy() for t in args[0]]
         captured["output"] = out.detach()[0].numpy().copy()
 
-    handles = [join.register_forward_hook(join_hook), join.afi_out.register_forward_hook(out_hook)]
+    handle = module.register_forward_hook(hook)
     try:
         with torch.no_grad(), record_attention(model) as records:
             model(x)
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
     attention = records[module_name][0][0].numpy()
     every = {name: rec[0][0].numpy() for name, rec in records.items() if rec}
     return captured["inputs"], captured["output"], attention, every

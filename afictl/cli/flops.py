@@ -47,7 +47,7 @@ def flops_cli(
     if afi_stages is not None:
         kwargs["afi_stages"] = afi_stages
     if reduction is not None:
-        kwargs["r"] = reduction
+        kwargs["reduction"] = reduction
     for name in arch or []:
         get_model_info(name)  # unknown names fail before any counting
     if kwargs and any(not get_model_info(a).is_afi for a in arch or []):

@@ -7,17 +7,22 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from .afi import AFIModule, FeaturePool, squeeze, weighted_sum
-from .afi_join import AFIJoin, first_conv_width
+from .afi import AFIModule, StageFeatures, integrate, squeeze
+from .afi_fast import AGGREGATIONS, aggregation
+from .afi_join import AFIJoin, aggregation_path, first_conv_width, stage_features
 
 __all__ = [
     "AFIJoin",
     "AFIModule",
-    "FeaturePool",
+    "StageFeatures",
+    "AGGREGATIONS",
+    "aggregation",
+    "aggregation_path",
     "first_conv_width",
+    "integrate",
     "record_attention",
     "squeeze",
-    "weighted_sum",
+    "stage_features",
 ]
 
 

@@ -51,9 +51,9 @@ class GatherExcite(nn.Module):
         g = self.gather(x)
         if self.mlp is not None:
             g = self.mlp(g)
-        if g.shape[-2:] != x.shape[-2:]:
-            g = F.interpolate(g, size=x.shape[-2:], mode="nearest")
-        return x * torch.sigmoid(g)
+        if self.extent == 0:  # one descriptor per channel: broadcasting redistributes it
+            return x * torch.sigmoid(g)
+        return x * torch.sigmoid(F.interpolate(g, size=x.shape[-2:], mode="nearest"))
 
     def extra_repr(self) -> str:
         return f"extent={self.extent}"

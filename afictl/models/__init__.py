@@ -12,6 +12,7 @@ from . import (
 )
 from ._base import Backbone, Stage, StageError
 from .registry import (
+    AFI_OPTIONS,
     ModelInfo,
     UnknownModelError,
     counterpart,
@@ -23,6 +24,7 @@ from .registry import (
 )
 
 __all__ = [
+    "AFI_OPTIONS",
     "Backbone",
     "ModelInfo",
     "Stage",

@@ -19,23 +19,23 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..errors import StageError
-from ..layers import AFIModule, FeaturePool
+from ..layers import AFIModule, stage_features
 
 __all__ = ["Backbone", "Stage", "StageError", "parse_afi_stages"]
 
 
 class Stage(nn.Sequential):
-    """A stage of same-shape building blocks sharing one :class:`FeaturePool` per forward.
+    """A stage of same-shape building blocks sharing one features container per forward.
 
-    Blocks take ``(x, pool)``; baseline blocks ignore the pool. Being an ``nn.Sequential``
+    Blocks take ``(x, feats)`` (:class:`~afictl.layers.StageFeatures`, X(1..i-1) of the stage) and
+    hand it to their join; baseline blocks' joins ignore it. Being an ``nn.Sequential``
     keeps torchvision's state-dict keys (``layer1.0.conv1.weight``).
     """
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        # capacity: the fast aggregation keeps the stage's features in one buffer (layers/afi.py)
-        pool = FeaturePool(capacity=len(self))
+        feats = stage_features(self, x)  # plain lists, or the accelerated buffer (layers/afi_join.py)
         for block in self:
-            x = block(x, pool)
+            x = block(x, feats)
         return x
 
 

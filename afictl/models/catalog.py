@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .registry import create_meta_model, get_model_info, list_models
+from .registry import get_model_info, list_models
 
 __all__ = ["ModelRow", "catalog"]
 
@@ -24,13 +24,10 @@ class ModelRow:
 
 
 def catalog(include: str | list[str] = "*") -> list[ModelRow]:
-    """One row per registered model; parameters counted on the meta device (no allocation)."""
+    """One row per registered model, from the registry's metadata (nothing is built)."""
     rows = []
     for name in list_models(include):
         info = get_model_info(name)
-        model = create_meta_model(name)
-        params = sum(p.numel() for p in model.parameters())
-        rows.append(
-            ModelRow(name, info.family, info.input_size, info.home_dataset, info.num_classes, params, info.baseline)
-        )
+        rows.append(ModelRow(name, info.family, info.input_size, info.home_dataset, info.num_classes,
+                             info.num_params, info.baseline))
     return rows

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import AFIJoin, FeaturePool
+from ..layers import AFIJoin, StageFeatures
 from ._base import Backbone, Stage
 from .registry import register_model
 
@@ -32,8 +32,8 @@ class DenseLayer(nn.Module):
         self.conv = nn.Conv2d(inp, growth, 3, padding=1, bias=False)
         self.join = AFIJoin(growth)  # baseline probe: the new feature maps
 
-    def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
-        new = self.join(self.conv(F.relu(self.bn(x))), pool)
+    def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
+        new = self.join(F.relu(self.bn(x)), feats, first=self.conv)
         return torch.cat([x, new], dim=1)
 
 
@@ -89,11 +89,13 @@ class DenseNet(Backbone):
 # --- builders -------------------------------------------------------------------------------
 
 
-@register_model(family="densenet", input_size=32)
+@register_model(family="densenet", input_size=32, num_stages=3, num_params=1_060_132)
 def densenet40(**kwargs) -> DenseNet:
-    return DenseNet(40, **kwargs)
+    """DenseNet-40 (k = 12) for 32x32 inputs (Table 4 baseline)."""
+    return DenseNet(depth=40, **kwargs)
 
 
-@register_model(family="densenet", input_size=32)
+@register_model(family="densenet", input_size=32, num_stages=3, num_params=7_084_852)
 def densenet100(**kwargs) -> DenseNet:
-    return DenseNet(100, **kwargs)
+    """DenseNet-100 (k = 12) for 32x32 inputs (Table 4 baseline)."""
+    return DenseNet(depth=100, **kwargs)

@@ -28,10 +28,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from ..layers import AFIJoin, FeaturePool, first_conv_width
+from ..layers import AFIJoin, StageFeatures, first_conv_width
 from ..layers.attention import create_attn
 from ._base import Backbone, Stage, parse_afi_stages
 from .registry import register_model
@@ -71,6 +70,7 @@ class InvertedResidual(nn.Module):
         afi_index: int | None = None,
         reduction: int = 4,
         attn: str | None = None,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         act = nn.ReLU if cifar else nn.ReLU6
@@ -89,7 +89,8 @@ class InvertedResidual(nn.Module):
             nn.BatchNorm2d(oup),
         ]
         self.conv = nn.Sequential(*layers)
-        self.join = AFIJoin(hidden, afi_index, reduction)  # the stride is in the depthwise conv, after X
+        # the stride is in the depthwise conv, after X
+        self.join = AFIJoin(hidden, afi_index, reduction=reduction, memory_efficient=memory_efficient)
         # Table 9: attention on R(i), the AFI module's resulting feature (Eq. 2).
         self.attn = create_attn(attn, hidden // 2) if afi_index is not None and afi_index >= 2 else None
         # pytorch-cifar adds a projection shortcut where a stride-1 block changes the width.
@@ -102,13 +103,15 @@ class InvertedResidual(nn.Module):
         """The convolution whose activation the join receives (expansion, or depthwise if t = 1)."""
         return self.conv[0][0]
 
-    def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
-        layers = iter(self.conv)
-        out = self.join(next(layers)(x), pool)
-        if self.attn is not None:
-            half = out.shape[1] // 2
-            out = torch.cat([out[:, :half], self.attn(out[:, half:])], dim=1)
-        for layer in layers:
+    def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
+        # The join point: after the first ConvBNAct (the expansion; the depthwise one where
+        # t = 1 in torchvision's variant), before the next convolution.
+        first, nxt, *rest = self.conv
+        if isinstance(nxt, ConvBNAct):
+            nxt, *tail = nxt
+            rest = [*tail, *rest]
+        out = self.join(x, feats, first=first[0], norm=first[1], act=first[2], conv=nxt, attn=self.attn)
+        for layer in rest:
             out = layer(out)
         if self.use_res_connect:
             return x + out
@@ -151,9 +154,10 @@ class MobileNetV2(Backbone):
         cifar: bool = False,
         afi: bool = False,
         afi_stages: Sequence[int] | str | None = None,
-        r: int = 4,
+        reduction: int = 4,
         attn: str | None = None,
         dropout: float | None = None,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         if attn is not None and not afi:
@@ -163,14 +167,16 @@ class MobileNetV2(Backbone):
         self.cifar = cifar
         self.afi = afi
         self.afi_stages = parse_afi_stages(afi_stages, len(stages)) if afi else ()
-        self.reduction = r
+        self.reduction = reduction
+        self.memory_efficient = memory_efficient
         self.attn = attn
         self.stem = ConvBNAct(3, _STEM, 3, 1 if cifar else 2, act=act)
         self.stage_attrs = []
         for k, specs in enumerate(stages, start=1):
             on = k in self.afi_stages
             blocks = [
-                InvertedResidual(inp, oup, s, t, cifar=cifar, afi_index=i if on else None, reduction=r, attn=attn)
+                InvertedResidual(inp, oup, s, t, cifar=cifar, afi_index=i if on else None, reduction=reduction,
+                                 attn=attn, memory_efficient=memory_efficient)
                 for i, (inp, oup, s, t) in enumerate(specs, start=1)
             ]
             setattr(self, f"stage{k}", Stage(*blocks))
@@ -238,52 +244,66 @@ def _accept_torchvision_keys(module: MobileNetV2, state_dict: dict, prefix: str,
             state_dict[prefix + module._tv_keys[m.group(0)] + rest[m.end():]] = state_dict.pop(key)
 
 
-def _mobilenetv2(cifar: bool, afi: bool, **kwargs) -> MobileNetV2:
+def _mobilenetv2(*, cifar: bool, afi: bool, **kwargs) -> MobileNetV2:
     return MobileNetV2(cifar=cifar, afi=afi, **kwargs)
 
 
 # --- builders -------------------------------------------------------------------------------
-# CIFAR (Table 4, Table 9): the pytorch-cifar MobileNetV2, its AFI version and AFI + attention.
-
-
-@register_model(family="mobilenetv2", input_size=32)
-def mobilenetv2(**kwargs) -> MobileNetV2:
-    return _mobilenetv2(True, False, **kwargs)
-
-
-@register_model(family="mobilenetv2", input_size=32, baseline="mobilenetv2")
-def afi_mobilenetv2(**kwargs) -> MobileNetV2:
-    return _mobilenetv2(True, True, **kwargs)
-
-
-@register_model(family="mobilenetv2", input_size=32, baseline="mobilenetv2")
-def afi_mobilenetv2_se(**kwargs) -> MobileNetV2:
-    return _mobilenetv2(True, True, attn="se", **kwargs)
-
-
-@register_model(family="mobilenetv2", input_size=32, baseline="mobilenetv2")
-def afi_mobilenetv2_ge(**kwargs) -> MobileNetV2:
-    return _mobilenetv2(True, True, attn="ge", **kwargs)
-
-
-@register_model(family="mobilenetv2", input_size=32, baseline="mobilenetv2")
-def afi_mobilenetv2_cbam(**kwargs) -> MobileNetV2:
-    return _mobilenetv2(True, True, attn="cbam", **kwargs)
-
-
-@register_model(family="mobilenetv2", input_size=32, baseline="mobilenetv2")
-def afi_mobilenetv2_eca(**kwargs) -> MobileNetV2:
-    return _mobilenetv2(True, True, attn="eca", **kwargs)
-
-
+# CIFAR (Table 4, Table 9): the pytorch-cifar MobileNetV2, its AFI version and AFI + attention;
 # ImageNet (Table 5): torchvision's mobilenet_v2 and its AFI version.
 
 
-@register_model(family="mobilenetv2", input_size=224)
+@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_412_212,
+                options=("dropout",))
+def mobilenetv2(**kwargs) -> MobileNetV2:
+    """MobileNetV2 for 32x32 inputs (pytorch-cifar's, Table 4)."""
+    return _mobilenetv2(cifar=True, afi=False, **kwargs)
+
+
+@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_351_972, baseline="mobilenetv2",
+                options=("dropout", "attn"))
+def afi_mobilenetv2(**kwargs) -> MobileNetV2:
+    """AFI-MobileNetV2 for 32x32 inputs (Table 4)."""
+    return _mobilenetv2(cifar=True, afi=True, **kwargs)
+
+
+@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_450_888, baseline="mobilenetv2",
+                options=("dropout",))
+def afi_mobilenetv2_se(**kwargs) -> MobileNetV2:
+    """AFI-MobileNetV2 with SE on R(i) (Table 9)."""
+    return _mobilenetv2(cifar=True, afi=True, attn="se", **kwargs)
+
+
+@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_351_972, baseline="mobilenetv2",
+                options=("dropout",))
+def afi_mobilenetv2_ge(**kwargs) -> MobileNetV2:
+    """AFI-MobileNetV2 with Gather-Excite on R(i) (Table 9)."""
+    return _mobilenetv2(cifar=True, afi=True, attn="ge", **kwargs)
+
+
+@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_449_356, baseline="mobilenetv2",
+                options=("dropout",))
+def afi_mobilenetv2_cbam(**kwargs) -> MobileNetV2:
+    """AFI-MobileNetV2 with CBAM on R(i) (Table 9)."""
+    return _mobilenetv2(cifar=True, afi=True, attn="cbam", **kwargs)
+
+
+@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_352_016, baseline="mobilenetv2",
+                options=("dropout",))
+def afi_mobilenetv2_eca(**kwargs) -> MobileNetV2:
+    """AFI-MobileNetV2 with ECA on R(i) (Table 9)."""
+    return _mobilenetv2(cifar=True, afi=True, attn="eca", **kwargs)
+
+
+@register_model(family="mobilenetv2", input_size=224, num_stages=7, num_params=3_504_872,
+                options=("dropout",))
 def mobilenet_v2(**kwargs) -> MobileNetV2:
-    return _mobilenetv2(False, False, **kwargs)
+    """torchvision's MobileNetV2 (Table 5)."""
+    return _mobilenetv2(cifar=False, afi=False, **kwargs)
 
 
-@register_model(family="mobilenetv2", input_size=224, baseline="mobilenet_v2")
+@register_model(family="mobilenetv2", input_size=224, num_stages=7, num_params=3_444_632, baseline="mobilenet_v2",
+                options=("dropout", "attn"))
 def afi_mobilenet_v2(**kwargs) -> MobileNetV2:
-    return _mobilenetv2(False, True, **kwargs)
+    """AFI-MobileNetV2 for ImageNet (Table 5)."""
+    return _mobilenetv2(cifar=False, afi=True, **kwargs)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UnknownModelError
+from ..errors import UnknownModelError, UserError
 
 __all__ = [
+    "AFI_OPTIONS",
     "ModelInfo",
     "UnknownModelError",
     "counterpart",
@@ -29,9 +30,15 @@ __all__ = [
 ]
 
 
+#: The options every AFI model takes: stages with AFI blocks (Table 7), the reduction ratio r of
+#: the scoring function (Table 8), and recomputation of [X(i), R(i)] in backward (Table 6).
+AFI_OPTIONS = ("afi_stages", "reduction", "memory_efficient")
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the tools know about a registered name without building the model."""
+    """What the tools know about a registered name without building the model (declared once,
+    at registration; tests/test_models.py checks the counts against the built models)."""
 
     name: str
     family: str
@@ -40,10 +47,18 @@ class ModelInfo:
     num_classes: int
     baseline: str | None  # the baseline of an AFI model; None for baselines
     builder: Callable[..., nn.Module]
+    num_stages: int  # residual stages conv1..convK
+    num_params: int  # parameters at the home dataset's number of classes
+    options: tuple[str, ...]  # keyword options the builder takes besides num_classes
 
     @property
     def is_afi(self) -> bool:
         return self.baseline is not None
+
+    @property
+    def stage_names(self) -> list[str]:
+        """The paper's names of the stages: conv1..convK."""
+        return [f"conv{i}" for i in range(1, self.num_stages + 1)]
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -53,10 +68,16 @@ def register_model(
     *,
     family: str,
     input_size: int,
+    num_stages: int,
+    num_params: int,
     baseline: str | None = None,
+    options: tuple[str, ...] = (),
     name: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a builder under its function name (or ``name``)."""
+    """Register a builder under its function name (or ``name``), with what it accepts and measures.
+
+    An AFI model (one with a ``baseline``) takes :data:`AFI_OPTIONS` besides ``options``.
+    """
     if input_size not in (32, 224):
         raise ValueError("input_size must be 32 (CIFAR) or 224 (ImageNet)")
 
@@ -73,6 +94,9 @@ def register_model(
             num_classes=100 if cifar else 1000,
             baseline=baseline,
             builder=fn,
+            num_stages=num_stages,
+            num_params=num_params,
+            options=(*AFI_OPTIONS, *options) if baseline else tuple(options),
         )
         return fn
 
@@ -114,8 +138,15 @@ def counterpart(name: str) -> str | None:
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
-    """Build a registered model; ``num_classes`` defaults to its home dataset's."""
+    """Build a registered model; ``num_classes`` defaults to its home dataset's.
+
+    Options other than the registered ones are refused with one line naming those it takes.
+    """
     info = get_model_info(name)
+    unknown = sorted(set(kwargs) - set(info.options))
+    if unknown:
+        takes = ", ".join(info.options) if info.options else "no options besides num_classes"
+        raise UserError(f"{name} does not take {', '.join(unknown)}; it takes {takes}")
     model = info.builder(num_classes=num_classes or info.num_classes, **kwargs)
     model.arch = name  # type: ignore[assignment]
     return model

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..layers import AFIJoin, FeaturePool, first_conv_width
-from ..layers.narrow_conv import conv_narrow
+from ..layers import AFIJoin, StageFeatures, first_conv_width
 from ._base import Backbone, Stage, parse_afi_stages
 from .registry import register_model
 
@@ -55,19 +54,13 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         # the stride is in conv1, before X
-        self.join = AFIJoin(planes, afi_index, reduction, memory_efficient=memory_efficient)
+        self.join = AFIJoin(planes, afi_index, reduction=reduction, memory_efficient=memory_efficient)
 
-    def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
+    def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        if self.join.fuses(pool, self.conv1, self.relu, self.conv2):
-            # X(i) = ReLU(bn1(conv1(x))) goes straight into the stage buffer, conv2 reads
-            # [X(i), R(i)] from it (layers/afi_join.py); same numbers as the plain path below.
-            out = self.join.fused(conv_narrow(self.conv1, x), pool, self.conv2, bn=self.bn1)
-        else:
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.conv2(self.join(out, pool))
-        out = self.bn2(out)
-        return self.relu(out + identity)
+        # conv2([X(i), R(i)]) with X(i) = relu(bn1(conv1(x))) in an AFI block, else conv2(X(i))
+        out = self.join(x, feats, first=self.conv1, norm=self.bn1, act=self.relu, conv=self.conv2)
+        return self.relu(self.bn2(out) + identity)
 
 
 class Bottleneck(nn.Module):
@@ -99,15 +92,12 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         # the stride is in conv2
-        self.join = AFIJoin(width, afi_index, reduction, seed_stride=stride, memory_efficient=memory_efficient)
+        self.join = AFIJoin(width, afi_index, reduction=reduction, seed_stride=stride,
+                            memory_efficient=memory_efficient)
 
-    def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
+    def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        if self.join.fuses(pool, self.conv1, self.relu, self.conv2):
-            out = self.join.fused(conv_narrow(self.conv1, x), pool, self.conv2, bn=self.bn1)
-        else:
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.conv2(self.join(out, pool))
+        out = self.join(x, feats, first=self.conv1, norm=self.bn1, act=self.relu, conv=self.conv2)
         out = self.relu(self.bn2(out))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
@@ -125,7 +115,7 @@ class ResNet(Backbone):
         cifar: bool = False,
         afi: bool = False,
         afi_stages: Sequence[int] | str | None = None,
-        r: int = 4,
+        reduction: int = 4,
         groups: int = 1,
         width_per_group: int = 64,
         widths: Sequence[int] | None = None,
@@ -137,7 +127,7 @@ class ResNet(Backbone):
         # AFI blocks recompute [X(i), R(i)] in backward instead of storing it (Table 6, [38]).
         self.memory_efficient = memory_efficient
         self.afi_stages = parse_afi_stages(afi_stages, len(layers)) if afi else ()
-        self.reduction = r
+        self.reduction = reduction
         self.groups = groups
         self.base_width = width_per_group
         # widths / stem_kernel: other CIFAR bottleneck networks (ResNeXt-29: 64-128-256, 1x1 stem).
@@ -192,7 +182,7 @@ class ResNet(Backbone):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
-def _cifar(depth: int, afi: bool, **kwargs) -> ResNet:
+def _resnet_cifar(*, depth: int, afi: bool, **kwargs) -> ResNet:
     n = (depth - 2) // 6
     return ResNet(BasicBlock, [n, n, n], cifar=True, afi=afi, **kwargs)
 
@@ -200,92 +190,109 @@ def _cifar(depth: int, afi: bool, **kwargs) -> ResNet:
 _IMAGENET_LAYERS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 
 
-def _imagenet(depth: int, afi: bool, **kwargs) -> ResNet:
+def _resnet_imagenet(*, depth: int, afi: bool, **kwargs) -> ResNet:
     return ResNet(Bottleneck, _IMAGENET_LAYERS[depth], afi=afi, **kwargs)
 
 
 # --- builders -------------------------------------------------------------------------------
 # CIFAR: ResNet-(6N+2) with projection shortcuts, N = 3, 5, 7, 9, 18 (Table 1, Table 4).
+# num_params: at 100 classes (CIFAR) / 1000 (ImageNet), checked by tests/test_models.py.
 
 
-@register_model(family="resnet", input_size=32)
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=278_324)
 def resnet20(**kwargs) -> ResNet:
-    return _cifar(20, False, **kwargs)
+    """ResNet-20 for 32x32 inputs (Table 1)."""
+    return _resnet_cifar(depth=20, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, baseline="resnet20")
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=230_388, baseline="resnet20")
 def afi_resnet20(**kwargs) -> ResNet:
-    return _cifar(20, True, **kwargs)
+    """AFI-ResNet-20 for 32x32 inputs (Table 4)."""
+    return _resnet_cifar(depth=20, afi=True, **kwargs)
 
 
-@register_model(family="resnet", input_size=32)
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=472_756)
 def resnet32(**kwargs) -> ResNet:
-    return _cifar(32, False, **kwargs)
+    """ResNet-32 for 32x32 inputs (Table 1)."""
+    return _resnet_cifar(depth=32, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, baseline="resnet32")
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=377_556, baseline="resnet32")
 def afi_resnet32(**kwargs) -> ResNet:
-    return _cifar(32, True, **kwargs)
+    """AFI-ResNet-32 for 32x32 inputs (Table 4)."""
+    return _resnet_cifar(depth=32, afi=True, **kwargs)
 
 
-@register_model(family="resnet", input_size=32)
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=667_188)
 def resnet44(**kwargs) -> ResNet:
-    return _cifar(44, False, **kwargs)
+    """ResNet-44 for 32x32 inputs (Table 1)."""
+    return _resnet_cifar(depth=44, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, baseline="resnet44")
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=524_724, baseline="resnet44")
 def afi_resnet44(**kwargs) -> ResNet:
-    return _cifar(44, True, **kwargs)
+    """AFI-ResNet-44 for 32x32 inputs (Table 4)."""
+    return _resnet_cifar(depth=44, afi=True, **kwargs)
 
 
-@register_model(family="resnet", input_size=32)
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=861_620)
 def resnet56(**kwargs) -> ResNet:
-    return _cifar(56, False, **kwargs)
+    """ResNet-56 for 32x32 inputs (Table 1)."""
+    return _resnet_cifar(depth=56, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, baseline="resnet56")
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=671_892, baseline="resnet56")
 def afi_resnet56(**kwargs) -> ResNet:
-    return _cifar(56, True, **kwargs)
+    """AFI-ResNet-56 for 32x32 inputs (Table 4)."""
+    return _resnet_cifar(depth=56, afi=True, **kwargs)
 
 
-@register_model(family="resnet", input_size=32)
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=1_736_564)
 def resnet110(**kwargs) -> ResNet:
-    return _cifar(110, False, **kwargs)
+    """ResNet-110 for 32x32 inputs (Table 1)."""
+    return _resnet_cifar(depth=110, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, baseline="resnet110")
+@register_model(family="resnet", input_size=32, num_stages=3, num_params=1_334_148, baseline="resnet110")
 def afi_resnet110(**kwargs) -> ResNet:
-    return _cifar(110, True, **kwargs)
+    """AFI-ResNet-110 for 32x32 inputs (Table 4)."""
+    return _resnet_cifar(depth=110, afi=True, **kwargs)
 
 
 # ImageNet: torchvision's ResNet-50/101/152 (v1.5) and their AFI versions (Table 5).
 
 
-@register_model(family="resnet", input_size=224)
+@register_model(family="resnet", input_size=224, num_stages=4, num_params=25_557_032)
 def resnet50(**kwargs) -> ResNet:
-    return _imagenet(50, False, **kwargs)
+    """torchvision's ResNet-50 (v1.5)."""
+    return _resnet_imagenet(depth=50, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=224, baseline="resnet50")
+@register_model(family="resnet", input_size=224, num_stages=4, num_params=23_805_736, baseline="resnet50")
 def afi_resnet50(**kwargs) -> ResNet:
-    return _imagenet(50, True, **kwargs)
+    """AFI-ResNet-50 (Table 5)."""
+    return _resnet_imagenet(depth=50, afi=True, **kwargs)
 
 
-@register_model(family="resnet", input_size=224)
+@register_model(family="resnet", input_size=224, num_stages=4, num_params=44_549_160)
 def resnet101(**kwargs) -> ResNet:
-    return _imagenet(101, False, **kwargs)
+    """torchvision's ResNet-101 (v1.5)."""
+    return _resnet_imagenet(depth=101, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=224, baseline="resnet101")
+@register_model(family="resnet", input_size=224, num_stages=4, num_params=40_704_552, baseline="resnet101")
 def afi_resnet101(**kwargs) -> ResNet:
-    return _imagenet(101, True, **kwargs)
+    """AFI-ResNet-101 (Table 5)."""
+    return _resnet_imagenet(depth=101, afi=True, **kwargs)
 
 
-@register_model(family="resnet", input_size=224)
+@register_model(family="resnet", input_size=224, num_stages=4, num_params=60_192_808)
 def resnet152(**kwargs) -> ResNet:
-    return _imagenet(152, False, **kwargs)
+    """torchvision's ResNet-152 (v1.5)."""
+    return _resnet_imagenet(depth=152, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=224, baseline="resnet152")
+@register_model(family="resnet", input_size=224, num_stages=4, num_params=54_624_040, baseline="resnet152")
 def afi_resnet152(**kwargs) -> ResNet:
-    return _imagenet(152, True, **kwargs)
+    """AFI-ResNet-152 (Table 5)."""
+    return _resnet_imagenet(depth=152, afi=True, **kwargs)

@@ -18,7 +18,7 @@ from .resnet import Bottleneck, ResNet
 __all__ = ["resnext29_32x4d", "resnext50_32x4d"]
 
 
-def _resnext29(afi: bool, **kwargs) -> ResNet:
+def _resnext29(*, afi: bool, **kwargs) -> ResNet:
     # Bottleneck width = planes * width_per_group / 64 * groups: planes 64-128-256 with 32 groups
     # of 4 give the group widths 128-256-512 and, x4, the outputs 256-512-1024.
     return ResNet(
@@ -27,28 +27,32 @@ def _resnext29(afi: bool, **kwargs) -> ResNet:
     )
 
 
-def _resnext50(afi: bool, **kwargs) -> ResNet:
+def _resnext50(*, afi: bool, **kwargs) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, afi=afi, **kwargs)
 
 
 # --- builders -------------------------------------------------------------------------------
 
 
-@register_model(family="resnext", input_size=32)
+@register_model(family="resnext", input_size=32, num_stages=3, num_params=4_866_468)
 def resnext29_32x4d(**kwargs) -> ResNet:
-    return _resnext29(False, **kwargs)
+    """ResNeXt-29 (32x4d) for 32x32 inputs (Table 4)."""
+    return _resnext29(afi=False, **kwargs)
 
 
-@register_model(family="resnext", input_size=32, baseline="resnext29_32x4d")
+@register_model(family="resnext", input_size=32, num_stages=3, num_params=4_219_556, baseline="resnext29_32x4d")
 def afi_resnext29_32x4d(**kwargs) -> ResNet:
-    return _resnext29(True, **kwargs)
+    """AFI-ResNeXt-29 (32x4d) for 32x32 inputs (Table 4)."""
+    return _resnext29(afi=True, **kwargs)
 
 
-@register_model(family="resnext", input_size=224)
+@register_model(family="resnext", input_size=224, num_stages=4, num_params=25_028_904)
 def resnext50_32x4d(**kwargs) -> ResNet:
-    return _resnext50(False, **kwargs)
+    """torchvision's ResNeXt-50 (32x4d)."""
+    return _resnext50(afi=False, **kwargs)
 
 
-@register_model(family="resnext", input_size=224, baseline="resnext50_32x4d")
+@register_model(family="resnext", input_size=224, num_stages=4, num_params=21_666_600, baseline="resnext50_32x4d")
 def afi_resnext50_32x4d(**kwargs) -> ResNet:
-    return _resnext50(True, **kwargs)
+    """AFI-ResNeXt-50 (32x4d) (Table 5)."""
+    return _resnext50(afi=True, **kwargs)

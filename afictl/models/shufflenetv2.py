@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..layers import AFIJoin, FeaturePool, first_conv_width
+from ..layers import AFIJoin, StageFeatures, first_conv_width
 from ._base import Backbone, Stage, parse_afi_stages
 from .registry import register_model
 
@@ -40,8 +40,7 @@ BLOCKS = (4, 8, 4)  # units per stage, the down-sampling unit included
 
 def channel_shuffle(x: Tensor, groups: int = 2) -> Tensor:
     """(B, g*c, H, W) -> interleave the g groups channel by channel."""
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
@@ -51,7 +50,8 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1)
 class ShuffleUnit(nn.Module):
     """A basic unit (``stride=1``, input split in halves) or a down-sampling unit (``stride=2``)."""
 
-    def __init__(self, inp: int, oup: int, stride: int = 1, *, afi_index: int | None = None, reduction: int = 4) -> None:
+    def __init__(self, inp: int, oup: int, stride: int = 1, *, afi_index: int | None = None, reduction: int = 4,
+                 memory_efficient: bool = False) -> None:
         super().__init__()
         if stride == 1 and inp != oup:
             raise ValueError("a stride-1 ShuffleNetV2 unit keeps its width")
@@ -70,16 +70,16 @@ class ShuffleUnit(nn.Module):
         self.conv3 = nn.Conv2d(branch, branch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(branch)
         self.relu = nn.ReLU(inplace=True)
-        self.join = AFIJoin(branch, afi_index, reduction, seed_stride=stride)  # stride is in conv2
+        self.join = AFIJoin(branch, afi_index, reduction=reduction, seed_stride=stride,  # stride in conv2
+                            memory_efficient=memory_efficient)
 
-    def forward(self, x: Tensor, pool: FeaturePool | None = None) -> Tensor:
+    def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
         if self.branch1 is None:
             keep, x = x.chunk(2, dim=1)
         else:
             keep = self.branch1(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.join(out, pool)
-        out = self.bn2(self.conv2(out))
+        out = self.join(x, feats, first=self.conv1, norm=self.bn1, act=self.relu, conv=self.conv2)
+        out = self.bn2(out)
         out = self.relu(self.bn3(self.conv3(out)))
         return channel_shuffle(torch.cat([keep, out], dim=1))
 
@@ -94,7 +94,8 @@ class ShuffleNetV2(Backbone):
         width: float = 1.0,
         afi: bool = False,
         afi_stages: Sequence[int] | str | None = None,
-        r: int = 4,
+        reduction: int = 4,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         if width not in WIDTHS:
@@ -102,7 +103,8 @@ class ShuffleNetV2(Backbone):
         *widths, last = WIDTHS[width]
         self.afi = afi
         self.afi_stages = parse_afi_stages(afi_stages, len(widths)) if afi else ()
-        self.reduction = r
+        self.reduction = reduction
+        self.memory_efficient = memory_efficient
         self.conv1 = nn.Conv2d(3, 24, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         self.relu = nn.ReLU(inplace=True)
@@ -110,8 +112,9 @@ class ShuffleNetV2(Backbone):
         inp = 24
         for k, (w, n) in enumerate(zip(widths, BLOCKS, strict=True), start=1):
             on = k in self.afi_stages
-            units = [ShuffleUnit(inp, w, 2, afi_index=1 if on else None, reduction=r)]
-            units += [ShuffleUnit(w, w, 1, afi_index=i if on else None, reduction=r) for i in range(2, n + 1)]
+            kw = dict(reduction=reduction, memory_efficient=memory_efficient)
+            units = [ShuffleUnit(inp, w, 2, afi_index=1 if on else None, **kw)]
+            units += [ShuffleUnit(w, w, 1, afi_index=i if on else None, **kw) for i in range(2, n + 1)]
             setattr(self, f"layer{k}", Stage(*units))
             self.stage_attrs.append(f"layer{k}")
             inp = w
@@ -134,11 +137,14 @@ class ShuffleNetV2(Backbone):
 # CIFAR (Table 4): ShuffleNetV2 1x of pytorch-cifar and its AFI version.
 
 
-@register_model(family="shufflenetv2", input_size=32)
+@register_model(family="shufflenetv2", input_size=32, num_stages=3, num_params=1_356_104, options=("width",))
 def shufflenetv2(**kwargs) -> ShuffleNetV2:
+    """ShuffleNetV2 1x for 32x32 inputs (Table 4)."""
     return ShuffleNetV2(**kwargs)
 
 
-@register_model(family="shufflenetv2", input_size=32, baseline="shufflenetv2")
+@register_model(family="shufflenetv2", input_size=32, num_stages=3, num_params=1_245_556,
+                baseline="shufflenetv2", options=("width",))
 def afi_shufflenetv2(**kwargs) -> ShuffleNetV2:
+    """AFI-ShuffleNetV2 1x for 32x32 inputs (Table 4)."""
     return ShuffleNetV2(afi=True, **kwargs)

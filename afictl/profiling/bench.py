@@ -203,7 +203,7 @@ def bench(
     if threads is not None:
         torch.set_num_threads(threads)
     allocator = configure_allocator(allocator_cache) if device == "cpu" else "cuda-caching"
-    from ..layers.afi import aggregation_impl
+    from ..layers import aggregation_path
 
     rows = []
     for afi_name, base_name in pairs:
@@ -213,10 +213,7 @@ def bench(
         afi_kwargs = {"memory_efficient": True} if memory_efficient else {}
         models = {}
         for name, kwargs in ((afi_name, afi_kwargs), (base_name, {})):
-            try:
-                model = create_model(name, num_classes=num_classes, **kwargs).to(device)
-            except TypeError as exc:
-                raise UserError(f"{name} does not take memory_efficient: {exc}") from None
+            model = create_model(name, num_classes=num_classes, **kwargs).to(device)  # options checked
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
             models[name] = model
@@ -261,7 +258,7 @@ def bench(
                 amp=amp,
                 compile=compile,
                 memory_efficient=memory_efficient,
-                aggregation=aggregation_impl(),
+                aggregation="plain" if compile else aggregation_path(x, grad=mode == "train"),
                 allocator=allocator,
                 timer=timer,
                 torch_version=torch.__version__,

@@ -25,7 +25,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers import AFIModule
-from ..layers.afi import aggregation
 from ..models import create_meta_model, get_model_info
 
 __all__ = [
@@ -95,11 +94,11 @@ def thop_count(model: nn.Module, input_size: int, batch_size: int = 1, *, copy_m
         device = torch.device("cpu")
     counts = _AFICounts()
     x = torch.empty(batch_size, 3, input_size, input_size, device=device).normal_()
-    with aggregation("reference"):  # thop's AFIModule rule hooks the module's own forward
-        macs, _params, layers = profile(
-            target, inputs=(x,), custom_ops={AFIModule: _afi_rule(counts), nn.BatchNorm2d: _batchnorm_rule}, verbose=False,
-            ret_layer_info=True,
-        )
+    # thop hooks every module, so every block runs the plain path and its AFIModule's forward
+    macs, _params, layers = profile(
+        target, inputs=(x,), custom_ops={AFIModule: _afi_rule(counts), nn.BatchNorm2d: _batchnorm_rule}, verbose=False,
+        ret_layer_info=True,
+    )
     return ThopCount(float(macs), counts.scoring, counts.aggregation, layers)
 
 
@@ -118,9 +117,9 @@ def flop_counter_count(model: nn.Module, input_size: int, batch_size: int) -> in
     device = next(model.parameters()).device
     x = torch.empty(batch_size, 3, input_size, input_size, device=device)
     counter = FlopCounterMode(display=False)
-    # The reference aggregation: counts describe the math, not the fast path's kernels (its
-    # weighted sums are batched matmuls, which FlopCounterMode would count).
-    with torch.no_grad(), aggregation("reference"), counter:
+    # Without gradients every AFI block runs the plain path: counts describe the math (Eq. 2's
+    # multiply-adds), not the accelerated path's batched matmuls.
+    with torch.no_grad(), counter:
         model.eval()(x)
     return int(counter.get_total_flops())
 

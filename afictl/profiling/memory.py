@@ -27,11 +27,14 @@ import resource
 import subprocess
 import sys
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -82,8 +85,8 @@ class _LiveBytes(TorchDispatchMode):
 
     Every operator output is seen at dispatch; a storage is counted once when it first
     appears and released by a weakref finalizer when it is freed. ``peak_at`` names the
-    innermost module running when the peak was reached, found by walking the Python stack
-    (module hooks would change what runs: they select the plain AFI path).
+    innermost module running when the peak was reached (module hooks keep the stack of running
+    modules; without gradients every AFI block runs its plain path anyway).
     """
 
     def __init__(self, model: nn.Module, known: list[Tensor]) -> None:
@@ -96,6 +99,7 @@ class _LiveBytes(TorchDispatchMode):
         self.peak = 0
         self.peak_at = ""
         self.names = {id(m): name for name, m in model.named_modules()}
+        self.running: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -109,17 +113,26 @@ class _LiveBytes(TorchDispatchMode):
                     weakref.finalize(storage, self._free, key)
                     if self.current > self.peak:
                         self.peak = self.current
-                        self.peak_at = self._innermost_module()
+                        self.peak_at = self.running[-1] if self.running else ""
         return out
 
-    def _innermost_module(self) -> str:
-        frame = sys._getframe(2)
-        while frame is not None:
-            owner = frame.f_locals.get("self")
-            if owner is not None and id(owner) in self.names:
-                return self.names[id(owner)] or "(model)"
-            frame = frame.f_back
-        return ""
+    @contextmanager
+    def tracking_modules(self) -> Iterator[None]:
+        """Keep ``running`` (the stack of the model's modules being run) while the block runs."""
+        def enter(module, _args):
+            if id(module) in self.names:
+                self.running.append(self.names[id(module)] or "(model)")
+
+        def leave(module, _args, _out):
+            if id(module) in self.names and self.running:
+                self.running.pop()
+
+        handles = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def _free(self, key: int) -> None:
         self.current -= self.live.pop(key, 0)
@@ -130,7 +143,7 @@ def inference_peak(model: nn.Module, x: Tensor) -> tuple[int, str]:
     and the module running at the peak."""
     model.eval()
     tracker = _LiveBytes(model, [*model.parameters(), *model.buffers(), x])
-    with torch.no_grad(), tracker:
+    with torch.no_grad(), tracker.tracking_modules(), tracker:
         model(x)
     return tracker.peak + x.untyped_storage().nbytes(), tracker.peak_at
 
@@ -156,13 +169,10 @@ class MemoryAccount:
 def _build(arch: str, num_classes: int | None, device: str, memory_efficient: bool, **kwargs) -> nn.Module:
     if memory_efficient:
         kwargs["memory_efficient"] = True
-    try:
-        if device == "meta":
-            return create_meta_model(arch, num_classes=num_classes, **kwargs)
-        with torch.device(device):
-            return create_model(arch, num_classes=num_classes, **kwargs)
-    except TypeError as exc:  # a builder without the option
-        raise UserError(f"{arch} does not take {', '.join(kwargs)}: {exc}") from None
+    if device == "meta":  # the registry refuses options a model does not take (one line)
+        return create_meta_model(arch, num_classes=num_classes, **kwargs)
+    with torch.device(device):
+        return create_model(arch, num_classes=num_classes, **kwargs)
 
 
 def account(

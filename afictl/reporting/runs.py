@@ -30,10 +30,12 @@ def _model_kwargs(config: dict) -> dict:
     kw = dict(config.get("model_kwargs") or {})
     if "afi_stages" not in kw and config.get("afi_stages") is not None:
         kw["afi_stages"] = config["afi_stages"]
-    if "r" not in kw:
+    if "r" in kw:  # checkpoints and configs written before the option was named ``reduction``
+        kw["reduction"] = kw.pop("r")
+    if "reduction" not in kw:
         for key in ("reduction", "r"):
             if config.get(key) is not None:
-                kw["r"] = config[key]
+                kw["reduction"] = config[key]
     return kw
 
 
@@ -58,7 +60,7 @@ def read_run(run_dir: Path) -> dict | None:
         "arch": config.get("arch"),
         "dataset": config.get("dataset"),
         "afi_stages": normalise_stages(kw.get("afi_stages")),
-        "reduction": int(kw["r"]) if kw.get("r") is not None else None,
+        "reduction": int(kw["reduction"]) if kw.get("reduction") is not None else None,
         "epochs": epochs,
         "epochs_done": done,
         "complete": epochs is None or done >= int(epochs),

@@ -120,7 +120,7 @@ class TrainConfig:
         if self.afi_stages is not None:
             kw["afi_stages"] = list(self.afi_stages)
         if self.reduction is not None:
-            kw["r"] = int(self.reduction)
+            kw["reduction"] = int(self.reduction)
         return kw
 
     def milestone_epochs(self) -> list[float]:

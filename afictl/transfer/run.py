@@ -99,8 +99,9 @@ def transfer_pair(
         kw = pre.get("model_kwargs") or {}  # the pretrained network's AFI options
         if "afi_stages" in kw:
             options["afi_stages"] = kw["afi_stages"]
-        if "r" in kw:
-            options["reduction"] = kw["r"]
+        for key in ("reduction", "r"):  # "r": checkpoints written before the rename
+            if key in kw:
+                options["reduction"] = kw[key]
         cfg = resolve_config(options)
         result = train(cfg, datasets=(train_ds, eval_ds), overwrite=True)
     if result.interrupted:
