@@ -14,7 +14,8 @@ MEMORY_KEYS = {"arch", "baseline", "batch_size", "device", "train_bytes", "basel
                "train_ratio", "infer_bytes", "baseline_infer_bytes", "infer_ratio", "saved_bytes",
                "infer_activation_bytes", "param_bytes", "infer_peak_module", "memory_efficient"}
 BENCH_KEYS = {"arch", "baseline", "mode", "batch_size", "images_per_sec", "baseline_images_per_sec",
-              "speed_ratio", "repeats", "threads", "channels_last", "amp", "compile", "allocator"}
+              "speed_ratio", "repeats", "threads", "channels_last", "amp", "compile", "allocator",
+              "warmup_seconds", "baseline_warmup_seconds"}
 
 
 def test_memory_json_has_the_interface_keys(capsys):

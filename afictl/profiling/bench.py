@@ -97,6 +97,8 @@ class BenchRow:
     memory_efficient: bool
     aggregation: str
     allocator: str
+    warmup_seconds: float  # the warm-up steps' time: with compile, compilation included
+    baseline_warmup_seconds: float
     timer: str
     torch_version: str
 
@@ -127,7 +129,8 @@ class _Runner:
         self.mode, self.x, self.y, self.amp = mode, x, y, amp
         self.device = x.device.type
         self.model = model.train(mode == "train")
-        self.forward: Callable = torch.compile(model) if compile else model
+        # fullgraph: AFI models compile to one graph (their stages take the plain path there)
+        self.forward: Callable = torch.compile(model, fullgraph=True) if compile else model
         self.optimizer = (
             torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if mode == "train" else None
         )
@@ -224,9 +227,7 @@ def bench(
         y = torch.randint(0, classes, (batch_size,), device=device)
         for mode in modes:
             runners = [_Runner(models[n], mode, x, y, amp=amp, compile=compile) for n in (afi_name, base_name)]
-            for _ in range(warmup):
-                for r in runners:
-                    r.step()
+            warm = [r.timed(warmup) for r in runners]  # with --compile: includes compilation
             times: list[list[float]] = [[], []]
             for rep in range(repeats):
                 order = (0, 1) if rep % 2 == 0 else (1, 0)
@@ -247,6 +248,8 @@ def bench(
                 baseline_images_per_sec=round(batch_size * iters / med_base, 2),
                 speed_ratio=round(statistics.median(ratios), 4),
                 ms_per_step=round(1000 * med_afi / iters, 3),
+                warmup_seconds=round(warm[0], 3),
+                baseline_warmup_seconds=round(warm[1], 3),
                 baseline_ms_per_step=round(1000 * med_base / iters, 3),
                 ratio_min=round(min(ratios), 4),
                 ratio_max=round(max(ratios), 4),

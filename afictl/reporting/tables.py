@@ -56,9 +56,7 @@ def pick_run(runs: pd.DataFrame, arch: str, dataset: str, *, afi_stages: str | N
         return None
     info = get_model_info(arch) if arch in set(list_models()) else None
     if info is not None and info.is_afi:
-        from ..models import create_meta_model
-
-        all_stages = ",".join(str(i) for i in range(1, len(create_meta_model(arch).stage_attrs) + 1))
+        all_stages = ",".join(str(i) for i in range(1, info.num_stages + 1))
         stages = sel["afi_stages"].fillna(all_stages)
         sel = sel[stages == (afi_stages or all_stages)]
         sel = sel[sel["reduction"].fillna(4).astype(int) == (reduction or 4)]
