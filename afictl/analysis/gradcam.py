@@ -1,14 +1,17 @@
 """Grad-CAM heatmaps of one or more checkpoints on the same images (paper section 4.2, Figure 3).
 
-The heatmaps come from pytorch-grad-cam (``GradCAM``, used as a context manager so its hooks are
-removed afterwards). The target layer is ``model.feature_layer()`` (the last block of the last
-stage) unless a module path is given. Each heatmap also gets the paper's "area paid most
-attention to": the share of the input with activation above half the maximum.
+The heatmaps come from pytorch-grad-cam: Grad-CAM by default, or any of the CAM methods in
+:data:`METHODS` (each used as a context manager so its hooks are removed afterwards). The target
+layer is ``model.feature_layer()`` (the last block of the last stage) unless a module path is
+given; FullGrad uses every bias of the network instead. Each heatmap also gets the paper's "area
+paid most attention to": the share of the input with activation above half the maximum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,58 @@ from ..errors import UserError
 from ..models import StageError, UnknownModelError
 from .inputs import class_name, load_image, model_input, resolve_class, thumbnail, view_of
 
-__all__ = ["CamResult", "GradCamReport", "attention_area", "grad_cam", "resolve_layer", "run_gradcam"]
+__all__ = [
+    "CAM_BATCH_SIZE",
+    "METHODS",
+    "CamMethod",
+    "CamResult",
+    "GradCamReport",
+    "attention_area",
+    "grad_cam",
+    "resolve_layer",
+    "resolve_method",
+    "run_gradcam",
+]
+
+
+@dataclass(frozen=True)
+class CamMethod:
+    """One CAM method of pytorch-grad-cam, by the name ``--method`` takes."""
+
+    name: str  # the --method name
+    title: str  # how figures and tables name it
+    cls: str  # the pytorch_grad_cam class
+    gradients: bool = True  # needs a backward pass (else it runs under no_grad)
+    per_channel: bool = False  # one forward pass per channel of the target, in batches
+
+
+#: The CAM methods of pytorch-grad-cam 1.5.7 that ``afictl gradcam --method`` offers.
+METHODS: dict[str, CamMethod] = {m.name: m for m in (
+    CamMethod("gradcam", "Grad-CAM", "GradCAM"),
+    CamMethod("gradcam++", "Grad-CAM++", "GradCAMPlusPlus"),
+    CamMethod("xgradcam", "XGrad-CAM", "XGradCAM"),
+    CamMethod("hirescam", "HiResCAM", "HiResCAM"),
+    CamMethod("scorecam", "Score-CAM", "ScoreCAM", gradients=False, per_channel=True),
+    CamMethod("eigencam", "Eigen-CAM", "EigenCAM", gradients=False),
+    CamMethod("eigengradcam", "EigenGrad-CAM", "EigenGradCAM"),
+    CamMethod("layercam", "LayerCAM", "LayerCAM"),
+    CamMethod("ablationcam", "Ablation-CAM", "AblationCAM", gradients=False, per_channel=True),
+    CamMethod("fullgrad", "FullGrad", "FullGrad"),
+)}
+
+#: Images per forward pass of Score-CAM and Ablation-CAM (each pass masks or ablates one channel
+#: of the target layer: 64 channels on a CIFAR ResNet, 2048 on ResNet-50).
+CAM_BATCH_SIZE = 32
+
+
+def resolve_method(name: str | CamMethod) -> CamMethod:
+    """A :data:`METHODS` entry by name; case, ``-``, ``_`` and spaces are ignored (``Grad-CAM++``)."""
+    if isinstance(name, CamMethod):
+        return name
+    key = "".join(c for c in str(name).lower() if c not in "-_ ")
+    if key not in METHODS:
+        raise UserError(f"unknown CAM method {name!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[key]
 
 
 @dataclass
@@ -41,6 +95,7 @@ class CamResult:
     target_probability: float
     attention_area: float
     layer: str
+    method: str
     heatmap: np.ndarray = field(repr=False)  # (S, S) in [0, 1], at the model's input size
     view: np.ndarray = field(repr=False)  # (h, w, 3) in [0, 1]: what the model saw
 
@@ -57,6 +112,12 @@ class GradCamReport:
     originals: dict[str, np.ndarray]
     checkpoints: list[str]
     errors: list[str]
+    method: str = "gradcam"
+
+    @property
+    def title(self) -> str:
+        """The method's name in figures and tables (``Grad-CAM``, ``Score-CAM``, ...)."""
+        return resolve_method(self.method).title
 
     def rows(self) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.results]
@@ -94,18 +155,175 @@ def resolve_layer(model: nn.Module, layer: str | None) -> tuple[nn.Module, str]:
 
 
 def grad_cam(
-    model: nn.Module, batch: torch.Tensor, layer: nn.Module, targets: Sequence[int] | None = None
+    model: nn.Module,
+    batch: torch.Tensor,
+    layer: nn.Module | None,
+    targets: Sequence[int] | None = None,
+    *,
+    method: str | CamMethod = "gradcam",
+    batch_size: int = CAM_BATCH_SIZE,
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """Heatmaps (B, S, S) in [0, 1] and the logits, for ``targets`` or the predicted classes."""
+    """Heatmaps (B, S, S) in [0, 1] and the logits, for ``targets`` or the predicted classes.
+
+    ``method`` is a :data:`METHODS` name; FullGrad ignores ``layer`` (it may be None). Score-CAM
+    and Ablation-CAM run ``batch_size`` images per forward pass, one image at a time. The model
+    is left as it came: same modules, no hooks, same train/eval mode.
+    """
+    spec = resolve_method(method)
+    if layer is None and spec.name != "fullgrad":
+        raise ValueError(f"{spec.title} needs a target layer")
     # pytorch-grad-cam pulls in scikit-learn and OpenCV (2 s): import it only when a CAM is drawn.
-    from pytorch_grad_cam import GradCAM
+    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cam_targets = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-    with torch.enable_grad(), GradCAM(model=model, target_layers=[layer]) as cam:
-        heat = cam(input_tensor=batch, targets=cam_targets)
-        logits = cam.outputs.detach()
-    return np.clip(heat.astype(np.float32), 0.0, 1.0), logits
+    if spec.name == "fullgrad":
+        cam_cls, kwargs = _ordered_fullgrad(), {"target_layers": []}
+    elif spec.name == "ablationcam":
+        cam_cls, kwargs = _ablation_cam(), {"target_layers": [layer], "batch_size": batch_size}
+    else:
+        cam_cls, kwargs = getattr(pytorch_grad_cam, spec.cls), {"target_layers": [layer]}
+    # Score-CAM and Ablation-CAM loop over the images themselves: one at a time bounds the memory
+    # (Score-CAM holds every masked copy of an image) and costs nothing.
+    step = 1 if spec.per_channel else max(len(batch), 1)
+    training = model.training
+    heats, logits = [], []
+    try:
+        with _quiet_progress(), torch.enable_grad() if spec.gradients else torch.no_grad(), \
+                cam_cls(model=model, **kwargs) as cam:
+            cam.batch_size = batch_size  # Score-CAM reads it if set (else 16)
+            for start in range(0, len(batch), step):
+                chunk_targets = None if cam_targets is None else cam_targets[start:start + step]
+                try:
+                    heats.append(cam(input_tensor=batch[start:start + step], targets=chunk_targets))
+                except IndexError as exc:  # the CAM's __exit__ would print and swallow it
+                    raise RuntimeError(f"{spec.title} failed: {exc}") from exc
+                logits.append(cam.outputs.detach())
+    finally:
+        model.train(training)
+    heat = np.concatenate(heats).astype(np.float32)
+    return np.clip(np.nan_to_num(heat, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0), torch.cat(logits)
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No tqdm bar per image from Score-CAM and Ablation-CAM on stderr (afictl prints one table)."""
+    from pytorch_grad_cam import ablation_cam, score_cam
+
+    class _NoBar:
+        @staticmethod
+        def tqdm(iterable: Any, *args: Any, **kwargs: Any) -> Any:
+            return iterable
+
+    saved = ablation_cam.tqdm, score_cam.tqdm
+    ablation_cam.tqdm = score_cam.tqdm = _NoBar
+    try:
+        yield
+    finally:
+        ablation_cam.tqdm, score_cam.tqdm = saved
+
+
+@functools.cache
+def _ablation_cam() -> type:
+    """pytorch-grad-cam's AblationCAM, able to ablate a building block, sign-safe, restoring.
+
+    - AblationCAM swaps the target module for an ``AblationLayer`` (which returns the cached
+      activations with a batch of channels ablated) and calls it in the target's place; that
+      layer takes the input alone, but a building block is called ``block(x, feats)`` (its
+      stage's features container): "takes 2 positional arguments but 3 were given". The stand-in
+      here takes whatever the target takes; given more than the input it also runs the target on
+      them, so that what a block hands its stage (its X(i), computed from its input, which the
+      ablation leaves alone) is there for the blocks after it as in a normal forward.
+    - The channel weights are (score - ablated score) / |score| rather than / score: a negative
+      class score (an untrained model, a non-predicted class) no longer flips every weight.
+    - The target goes back into the model even when a forward pass fails half-way.
+    """
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayer
+    from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
+
+    class TargetAblationLayer(AblationLayer):
+        def __init__(self, target: nn.Module) -> None:
+            super().__init__()
+            self._target = [target]  # in a list: not a submodule of the stand-in
+
+        def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if args or kwargs:
+                self._target[0](x, *args, **kwargs)
+            return super().__call__(x)
+
+    class TargetAblationCAM(AblationCAM):
+        def __init__(self, model: nn.Module, target_layers: list[nn.Module], batch_size: int) -> None:
+            # a fresh stand-in each time: AblationCAM's default is one instance shared by all
+            super().__init__(model, target_layers, ablation_layer=TargetAblationLayer(target_layers[0]),
+                             batch_size=batch_size)
+
+        def get_cam_weights(self, input_tensor: torch.Tensor, target_layer: nn.Module, targets: Any,
+                            activations: Any, grads: Any) -> np.ndarray:
+            try:
+                weights = super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+            finally:
+                if any(m is self.ablation_layer for m in self.model.modules()):
+                    replace_layer_recursive(self.model, self.ablation_layer, target_layer)
+            scores = np.float32([target(out).cpu().item() for target, out in zip(targets, self.outputs, strict=True)])
+            return weights * np.sign(scores)[:, None]
+
+    return TargetAblationCAM
+
+
+@functools.cache
+def _ordered_fullgrad() -> type:
+    """pytorch-grad-cam's FullGrad with each bias paired with its own layer's gradient.
+
+    FullGrad (1.5.7) pairs the biases, in module order, with the gradients in the order backward
+    produced them reversed, which only holds for a chain: a residual block whose downsample
+    branch has a BatchNorm (ResNeXt) pairs a 128-channel bias with a 256-channel gradient and
+    fails. Here each gradient is recorded under its layer; a layer the forward did not reach is
+    left out, one run twice counts twice. Without any bias-carrying layer (Conv2d with a bias,
+    BatchNorm2d) the heatmap is the input x gradient term alone.
+    """
+    from pytorch_grad_cam import FullGrad
+
+    class OrderedFullGrad(FullGrad):
+        def __init__(self, model: nn.Module, target_layers: Sequence[nn.Module] = (), **kwargs: Any) -> None:
+            # an empty list: FullGrad prints a warning on stdout when given target layers
+            super().__init__(model, list(target_layers), **kwargs)
+            self._all_bias = self.bias_data
+            self._grads: dict[tuple[int, int], torch.Tensor] = {}
+            self._calls: dict[int, int] = {}
+            self.activations_and_grads.release()  # its hooks record the gradients in one list
+            self.activations_and_grads.handles = [
+                layer.register_forward_hook(functools.partial(self._keep_gradient, i))
+                for i, layer in enumerate(self.target_layers)
+            ]
+
+        def _keep_gradient(self, index: int, module: nn.Module, inputs: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return
+            key = (index, self._calls.get(index, 0))
+            self._calls[index] = key[1] + 1
+
+            def store(grad: torch.Tensor) -> None:
+                self._grads[key] = grad.detach().cpu()
+
+            output.register_hook(store)
+
+        def forward(self, input_tensor: torch.Tensor, targets: Any, eigen_smooth: bool = False) -> np.ndarray:
+            self._grads.clear()
+            self._calls.clear()
+            return super().forward(input_tensor, targets, eigen_smooth)
+
+        def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: Any, eigen_smooth: bool) -> Any:
+            keys = sorted(self._grads)
+            self.activations_and_grads.gradients = [self._grads[k] for k in keys]
+            self.bias_data = [self._all_bias[i] for i, _ in keys]
+            try:
+                return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)
+            finally:
+                self.bias_data = self._all_bias
+                self._grads.clear()
+
+    return OrderedFullGrad
 
 
 def run_gradcam(
@@ -114,8 +332,14 @@ def run_gradcam(
     *,
     target_class: str | None = None,
     layer: str | None = None,
+    method: str = "gradcam",
 ) -> GradCamReport:
-    """Grad-CAM of every image under every checkpoint; bad inputs become error lines."""
+    """A CAM (``method``, Grad-CAM by default) of every image under every checkpoint; bad inputs
+    become error lines. An unknown method, or ``layer`` with FullGrad, is a :class:`UserError`."""
+    cam = resolve_method(method)
+    if cam.name == "fullgrad" and layer is not None:
+        raise UserError("--layer does not apply to --method fullgrad (it uses the bias of every "
+                        "convolution and BatchNorm of the network)")
     errors: list[str] = []
     loaded: dict[str, Image.Image] = {}
     for path in images:
@@ -128,7 +352,10 @@ def run_gradcam(
     for ckpt_path in checkpoints:
         try:
             model, ckpt = model_from_checkpoint(ckpt_path)
-            target_layer, layer_name = resolve_layer(model, layer)
+            if cam.name == "fullgrad":
+                target_layer, layer_name = None, "all biases"
+            else:
+                target_layer, layer_name = resolve_layer(model, layer)
             target = None if target_class is None else resolve_class(ckpt, target_class)
         except (UserError, UnknownModelError) as exc:
             errors.append(str(exc))
@@ -143,7 +370,7 @@ def run_gradcam(
         names = list(loaded)
         batch = torch.stack([spec.tensor(loaded[n]) for n in names])
         targets = None if target is None else [target] * len(names)
-        heat, logits = grad_cam(model, batch, target_layer, targets)
+        heat, logits = grad_cam(model, batch, target_layer, targets, method=cam)
         probs = torch.softmax(logits.float(), dim=1)
         for i, name in enumerate(names):
             pred = int(probs[i].argmax())
@@ -160,8 +387,9 @@ def run_gradcam(
                 target_probability=round(float(probs[i, tgt]), 6),
                 attention_area=round(attention_area(heat[i]), 6),
                 layer=layer_name,
+                method=cam.name,
                 heatmap=heat[i],
                 view=view_of(loaded[name], spec.input_size),
             ))
     originals = {n: thumbnail(img) for n, img in loaded.items()}
-    return GradCamReport(results, list(loaded), originals, used, errors)
+    return GradCamReport(results, list(loaded), originals, used, errors, method=cam.name)

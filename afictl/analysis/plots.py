@@ -55,7 +55,8 @@ def _short(path: str, width: int = 34) -> str:
 
 
 def gradcam_figure(report: GradCamReport, path: str | Path, dpi: int = _DPI) -> Path:
-    """Figure 3: one row per image, the original then one Grad-CAM panel per checkpoint.
+    """Figure 3: one row per image, the original then one CAM panel per checkpoint; the title
+    names the method (Grad-CAM, Score-CAM, ...).
 
     ``dpi`` sets the raster resolution (photos make large PNGs: 110 dpi is about 90 KB per panel).
     """
@@ -86,7 +87,7 @@ def gradcam_figure(report: GradCamReport, path: str | Path, dpi: int = _DPI) -> 
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Grad-CAM (area: share above half the maximum)", fontsize=9)
+    fig.suptitle(f"{report.title} (area: share above half the maximum)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path, dpi)
 
