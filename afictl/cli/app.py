@@ -18,7 +18,7 @@ from ..errors import StageError, UnknownModelError, UserError
 #: need neither torchvision nor matplotlib do not pay for importing them (seconds each).
 COMMANDS = (
     "models", "train", "eval", "flops", "memory", "bench", "gradcam", "selectivity", "features",
-    "report", "transfer",
+    "report", "transfer", "export",
 )
 
 

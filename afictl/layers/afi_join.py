@@ -151,8 +151,11 @@ class AFIJoin(nn.Module):
         first_out = conv_narrow(first, x) if narrow else first(x)
         xi = _apply(act, _apply(norm, first_out))
         n = self.index - 1
+        # memory-efficient in eager training (features still listed: the attn variants);
+        # never under hooks, which would see the recomputation run a second time
         listed = isinstance(feats, BufferedFeatures) and not feats.buffered
-        if conv is not None and self.memory_efficient and listed:
+        if (conv is not None and self.memory_efficient and listed
+                and not has_hooks(self.afi_out, self.afi, attn, conv)):
             out = self._recomputed(xi, feats, n, conv, attn)
             feats.append(xi)
             return out

@@ -1,0 +1,405 @@
+"""Export a model to ONNX or a torch.export program (``.pt2``), verified against eager PyTorch.
+
+- ONNX through the torch.export-based exporter (``torch.onnx.export(..., dynamo=True)``),
+  weights inside the file (no external data), run back with ONNX Runtime.
+- ``pt2`` through ``torch.export.export`` + ``torch.export.save``, run back with
+  ``torch.export.load(path).module()``.
+- The batch dimension is dynamic (``Dim("batch", min=1)``); height, width and channels are
+  fixed at the traced input. The example batch must be 2 or more: torch.export specialises a
+  batch of 1 to a constant ("0/1 specialisation"). The file then accepts any batch from 1 up.
+- Verification: the written file runs on seeded ``N(0, 1)`` inputs at batches 1 and B + 1 (both
+  differ from the traced batch B, so a batch fixed by mistake fails here) and is compared with
+  the eager model in fp32 under ``no_grad``. It passes when
+  ``max|file - eager| <= rtol * max|eager|`` (default ``rtol = 1e-4``), both maxima over every
+  output element of both batches. The bound is relative to the largest output because fp32
+  rounding grows with the activations, and the outputs of these networks span 1e-9 (random
+  MobileNetV2) to 1e11 (random DenseNet-100, whose BatchNorm statistics are still the identity):
+  an absolute floor such as ``rtol * max(1, max|eager|)`` would pass any file whose outputs are
+  near zero, an all-zero one included. Kernels that sum in another order (ONNX Runtime's MLAS
+  against ATen, BatchNorm folded into the convolutions) differ by at most 1.3e-6 of the largest
+  output on every baseline of the registry (measured, random weights); ``.pt2`` files match
+  exactly. 1e-4 leaves a margin of about 100 over that and still catches a file with
+  train-mode BatchNorm (0.8 of the largest output and more) or with the weights of a single
+  convolution scaled by 1.001 (6e-4 to 1e-3; resnet20, densenet40, mobilenet_v2).
+- Atomic: the exporter writes a temporary file in the target folder, which is verified there
+  and only then renamed over the target (``os.replace``); an export or a verification that
+  fails leaves the target as it was and no temporary file behind.
+
+``onnx``, ``onnxruntime`` and ``onnxscript`` are the optional extra ``afictl[export]``;
+``pt2`` needs nothing beyond torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "DEFAULT_RTOL",
+    "EXPORT_FORMATS",
+    "ExportError",
+    "ExportResult",
+    "MissingExtraError",
+    "export",
+    "export_model",
+    "infer_format",
+    "require_onnx",
+    "tolerance",
+    "verify_file",
+]
+
+EXPORT_FORMATS = ("onnx", "pt2")
+#: The lowest opset the torch.export-based ONNX exporter implements; lower opsets would go
+#: through onnx's version converter, which fails on these networks and then silently keeps 18.
+DEFAULT_OPSET = 18
+#: Relative tolerance of the verification (see the module docstring).
+DEFAULT_RTOL = 1e-4
+INSTALL_HINT = 'pip install -e ".[export]" (from a checkout) or pip install "afictl[export]"'
+_ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")
+_INPUT_NAME, _OUTPUT_NAME = "images", "logits"
+
+
+class ExportError(UserError):
+    """The exporter could not convert the model, or the file could not be written."""
+
+
+class MissingExtraError(UserError):
+    """An optional dependency of ``afictl[export]`` is not installed."""
+
+
+@dataclass
+class ExportResult:
+    """What ``export_model`` did: the file, the exporter's settings and the verification."""
+
+    arch: str | None
+    format: str
+    path: str
+    written: bool  # False when verification failed: the target was left as it was
+    bytes: int
+    opset: int | None  # ONNX only
+    input_shape: str  # e.g. "batch x 3 x 32 x 32": the batch is dynamic
+    input_size: int
+    export_batch: int
+    verify_batches: list[int] = field(default_factory=list)
+    max_abs_diff: float | None = None  # over every output element of every verify batch
+    max_abs_eager: float | None = None
+    rtol: float = DEFAULT_RTOL
+    tolerance: float | None = None  # the absolute bound: rtol * max_abs_eager
+    passed: bool | None = None  # None: not verified (verify=False)
+    export_seconds: float = 0.0
+    verify_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def require_onnx() -> None:
+    """Raise :class:`MissingExtraError` (one line, what to install) unless the ONNX extra is there."""
+    missing = []
+    for name in _ONNX_MODULES:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingExtraError(f"export to onnx needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def infer_format(path: str | Path, format: str | None = None) -> str:
+    """The export format: ``format`` if given, else the suffix of ``path`` (.onnx or .pt2).
+
+    A known suffix that contradicts ``format`` (``model.onnx`` with ``pt2``) is an error.
+    """
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if format is not None:
+        fmt = str(format).lower()
+        if fmt not in EXPORT_FORMATS:
+            raise UserError(f"unknown export format {format!r}: choose onnx or pt2")
+        if suffix in EXPORT_FORMATS and suffix != fmt:
+            raise UserError(f"{Path(path).name} has the suffix .{suffix} but the format is {fmt}")
+        return fmt
+    if suffix in EXPORT_FORMATS:
+        return suffix
+    raise UserError(f"cannot tell the export format of {Path(path).name}: name it .onnx or .pt2, or give --format onnx|pt2")
+
+
+def tolerance(max_abs_eager: float, rtol: float = DEFAULT_RTOL) -> float:
+    """The largest difference verification accepts: ``rtol * max|eager|`` (module docstring)."""
+    return rtol * max_abs_eager
+
+
+def _inputs(batch: int, input_size: int, channels: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, input_size, input_size, generator=g)
+
+
+def _outputs(value: Any) -> list[torch.Tensor]:
+    """Every tensor of a model output (a tensor, or nested tuples/lists/dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _outputs(v)]
+    return [torch.as_tensor(value)]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep the exporters' progress lines, warnings and log records (torch.fx's guard warnings
+    print whole graphs) off stdout and stderr: stdout is for results, stderr for one error line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+              contextlib.redirect_stderr(io.StringIO())):  # torch.export prints partial graphs there
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line`` of the innermost cause (the ONNX exporter wraps torch.export's
+    error in a "step 1/3" banner), without terminal colour codes."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    first = (re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _dynamic_batch() -> tuple[dict[int, Any]]:
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    with _quiet():
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, opset_version=opset,
+            dynamic_shapes=_dynamic_batch(), input_names=[_INPUT_NAME], output_names=[_OUTPUT_NAME],
+            external_data=False, verbose=False,
+        )
+    import onnx
+
+    written = {o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import}
+    if written.get("", written.get("ai.onnx")) != opset:
+        raise ExportError(f"the exporter wrote opset {written.get('')} instead of {opset}: use --opset {DEFAULT_OPSET} or later")
+
+
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with _quiet():
+        program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
+        torch.export.save(program, str(path))
+
+
+def _runner(path: Path, format: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """A function running the file at ``path`` on a batch: its outputs as CPU tensors."""
+    if format == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: [torch.from_numpy(y) for y in session.run(None, {name: x.numpy()})]
+    with _quiet():
+        module = torch.export.load(str(path)).module()
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return _outputs(module(x))
+
+    return run
+
+
+def verify_file(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    format: str | None = None,
+    batches: Sequence[int] = (1, 3),
+    input_size: int,
+    channels: int = 3,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Run an exported file and ``model`` (eager, no_grad) on the same seeded random batches.
+
+    Returns ``(max|file - eager|, max|eager|)`` over every output element of every batch.
+    """
+    path = Path(path)
+    run = _runner(path, format or infer_format(path))
+    diff = peak = 0.0
+    for i, batch in enumerate(batches):
+        x = _inputs(batch, input_size, channels, seed + 1 + i)
+        with torch.no_grad():
+            expected = [t.detach().float().cpu() for t in _outputs(model(x))]
+        got = run(x)
+        if len(got) != len(expected) or any(g.shape != e.shape for g, e in zip(got, expected, strict=False)):
+            shapes = ", ".join(str(tuple(t.shape)) for t in got)
+            raise ExportError(f"{path.name} at batch {batch} gives outputs of shape {shapes}, "
+                              f"the model {', '.join(str(tuple(t.shape)) for t in expected)}")
+        for g, e in zip(got, expected, strict=True):
+            d = (g.float() - e).abs().max().item() if e.numel() else 0.0
+            diff = max(diff, math.inf if math.isnan(d) else d)  # a NaN anywhere fails
+            peak = max(peak, e.abs().max().item() if e.numel() else 0.0)
+    return diff, peak
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def export_model(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    format: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    batch_size: int = 2,
+    input_size: int,
+    channels: int = 3,
+    verify: bool = True,
+    rtol: float = DEFAULT_RTOL,
+    seed: int = 0,
+    arch: str | None = None,
+) -> ExportResult:
+    """Export ``model`` (put in eval mode) to ``path`` with a dynamic batch, and verify the file.
+
+    ``format`` is ``onnx`` or ``pt2`` (default: the suffix of ``path``). The model is traced
+    on a seeded random batch of ``batch_size`` (2 or more) images of
+    ``channels x input_size x input_size``. With ``verify`` the file is run at batches 1 and
+    ``batch_size + 1`` and compared with the eager model before it replaces ``path``; when the
+    difference exceeds ``rtol * max|eager|`` the result says ``passed=False,
+    written=False`` and ``path`` is left as it was. Exporter failures raise
+    :class:`ExportError`; a missing ONNX extra :class:`MissingExtraError`.
+    """
+    path = Path(path)
+    fmt = infer_format(path, format)
+    if batch_size < 2:
+        raise UserError("the example batch must be 2 or more (torch.export fixes a batch of 1); "
+                        "the exported file accepts any batch")
+    if fmt == "onnx":
+        require_onnx()
+        if opset < DEFAULT_OPSET:
+            raise UserError(f"--opset {opset}: the torch.export-based ONNX exporter writes opset {DEFAULT_OPSET} or later")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give a file name ending in .{fmt}")
+    arch = arch or getattr(model, "arch", None)
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{fmt}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the renamed file
+    result = ExportResult(
+        arch=arch, format=fmt, path=str(path), written=False, bytes=0,
+        opset=opset if fmt == "onnx" else None,
+        input_shape=f"batch x {channels} x {input_size} x {input_size}", input_size=input_size,
+        export_batch=batch_size, rtol=rtol,
+    )
+    try:
+        start = time.perf_counter()
+        example = _inputs(batch_size, input_size, channels, seed)
+        try:
+            if fmt == "onnx":
+                _export_onnx(model, example, tmp, opset)
+            else:
+                _export_pt2(model, example, tmp)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"could not export {arch or type(model).__name__} to {fmt}: {_reason(exc)}") from exc
+        result.export_seconds = time.perf_counter() - start
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        result.bytes = tmp.stat().st_size
+        if verify:
+            start = time.perf_counter()
+            batches = [1, batch_size + 1]
+            try:
+                diff, peak = verify_file(tmp, model, format=fmt, batches=batches,
+                                         input_size=input_size, channels=channels, seed=seed)
+            except UserError:
+                raise
+            except Exception as exc:
+                raise ExportError(f"the exported {fmt} file of {arch or type(model).__name__} does not run: "
+                                  f"{_reason(exc)}") from exc
+            result.verify_seconds = time.perf_counter() - start
+            result.verify_batches = batches
+            result.max_abs_diff, result.max_abs_eager = diff, peak
+            result.tolerance = tolerance(peak, rtol)
+            result.passed = bool(diff <= result.tolerance)  # NaN fails
+            if not result.passed:
+                return result
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        result.written = True
+        return result
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export(
+    output: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    format: str | None = None,
+    **kwargs: Any,
+) -> ExportResult:
+    """Export a registered architecture (random weights) or a checkpoint; see :func:`export_model`.
+
+    ``input_size`` defaults to the checkpoint's training resolution, else the registry's (32 or
+    224). ``output`` defaults to ``./<arch>.<format>`` (format default: onnx).
+    """
+    from .models import create_model, get_model_info
+
+    if checkpoint is None and arch is None:
+        raise UserError("give --arch NAME (random weights) or --checkpoint FILE")
+    if output is not None:
+        format = infer_format(output, format)
+    format = format or "onnx"
+    if format == "onnx":
+        require_onnx()  # before building anything
+    if checkpoint is not None:
+        if num_classes is not None:
+            raise UserError("--num-classes applies to --arch only: a checkpoint has its own")
+        from .checkpoint import model_from_checkpoint
+
+        model, ckpt = model_from_checkpoint(checkpoint, arch=arch)
+        arch = ckpt["arch"]
+        recorded = (ckpt.get("config") or {}).get("input_size") or ckpt.get("input_size")
+        size = input_size or int(recorded or get_model_info(arch).input_size)
+    else:
+        info = get_model_info(arch)
+        model = create_model(arch, num_classes=num_classes).eval()
+        size = input_size or info.input_size
+    output = Path(output) if output is not None else Path(f"{arch}.{format}")
+    return export_model(model, output, format=format, input_size=size, arch=arch, **kwargs)
