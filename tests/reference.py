@@ -22,14 +22,14 @@ def assert_matches_reference(module, out, feats, ref_feats):
     w1 = module.fc1.weight.detach().clone().requires_grad_(True)
     w2 = module.fc2.weight.detach().clone().requires_grad_(True)
     ref = reference_afi(ref_feats, w1, w2)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    assert_close_scaled(out, ref, 1e-10, "R")
     grad = torch.randn_like(out)
     out.backward(grad)
     ref.backward(grad)
     for f, rf in zip(feats, ref_feats, strict=True):
-        torch.testing.assert_close(f.grad, rf.grad, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(module.fc1.weight.grad, w1.grad, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(module.fc2.weight.grad, w2.grad, rtol=1e-9, atol=1e-11)
+        assert_close_scaled(f.grad, rf.grad, 1e-9, "dL/dX")
+    assert_close_scaled(module.fc1.weight.grad, w1.grad, 1e-9, "dL/dW1")
+    assert_close_scaled(module.fc2.weight.grad, w2.grad, 1e-9, "dL/dW2")
 
 
 def assert_close_scaled(actual, expected, rel=1e-9, msg="", floor=0.0):
