@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Format", "human", "render", "to_frame", "write_text"]
+__all__ = ["Format", "check_writable", "human", "render", "to_frame", "write_text"]
 
 
 class Format(StrEnum):
@@ -106,6 +106,34 @@ def render_text(
     widths = [max([len(str(c))] + [len(str(v)) for v in view[c]]) for c in view.columns]
     Console(file=buf, width=sum(widths) + 3 * len(widths) + 1, force_terminal=False).print(table)
     return buf.getvalue().rstrip("\n")
+
+
+def check_writable(output: Path) -> None:
+    """Fail now, not after hours of work, when ``output`` could not be written later: a folder,
+    a path under a regular file, a read-only or full place. :class:`~afictl.errors.UserError`
+    naming the path and the OS reason; nothing is left behind (a probe file is removed)."""
+    import errno
+    import tempfile
+
+    from .errors import UserError
+
+    output = Path(output)
+    try:
+        if output.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        if output.exists():
+            with open(output, "ab"):  # appends nothing: the contents stay
+                pass
+            return
+        parent = output.parent
+        while not parent.exists() and parent != parent.parent:  # the folder write_text would create under
+            parent = parent.parent
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a folder")
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
 def write_text(text: str, output: Path) -> Path:

@@ -43,7 +43,8 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    # DecompressionBombError: the header claims more pixels than PIL agrees to decode
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path} is not a readable image ({reason[:120]})") from None
 

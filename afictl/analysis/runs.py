@@ -7,13 +7,12 @@ baseline of an AFI model, or the AFI model of a baseline) trained on the same da
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..checkpoint import CHECKPOINT_FORMAT
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import UserError
 from ..models import counterpart, get_model_info
 
@@ -40,20 +39,18 @@ def _meta(path: Path) -> dict[str, Any] | None:
     """Architecture and dataset of a checkpoint without reading its weights.
 
     ``mmap=True`` maps the tensors instead of reading them, so scanning many ImageNet runs stays
-    cheap; ``weights_only=True`` as everywhere. Unreadable files are skipped, not fatal: a run
-    being written by a training job must not break an analysis of the others.
+    cheap; read and checked by :func:`afictl.checkpoint.load_checkpoint` as everywhere. A file
+    that is refused (unsafe, corrupt, crafted) is skipped with a one-line warning naming it, not
+    fatal: one bad run folder must not break an analysis of the others.
     """
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        data = load_checkpoint(path, mmap=True)
+        if "arch" not in data:
+            raise CheckpointError(f"{path} is not a complete afictl checkpoint (no arch)")
+    except CheckpointError as exc:
+        print(f"afictl: warning: {str(exc)[:300]}; skipped", file=sys.stderr)
         return None
     config = data.get("config") or {}
-    try:
-        get_model_info(data.get("arch"))
-    except Exception:
-        return None
     return {"arch": data["arch"], "dataset": config.get("dataset")}
 
 

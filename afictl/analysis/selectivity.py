@@ -1,18 +1,23 @@
 """Class selectivity index per channel (Morcos et al. 2018; paper section 4.2, Figure 6).
 
-For every channel of the measured tensor: the spatially averaged post-ReLU activity, averaged per
-class over the evaluation set (class-conditional means mu_k), then
+For every channel of the measured tensor: the spatially averaged activity, averaged per class
+over the evaluation set (class-conditional means mu_k), then
 
-    index = (mu_max - mu_rest) / (mu_max + mu_rest),   mu_rest = mean of the other classes' mu_k
+    index = (mu_max - mu_rest) / (|mu_max| + |mu_rest|),   mu_rest = mean of the other classes' mu_k
 
 which lies in [0, 1]: 0 for a channel whose mean activity is the same for every class, 1 for one
-that fires for a single class only. A channel whose class means are all zero never fires: it has
-no selectivity (0/0); it is flagged ``dead``, given index 0 by convention, and left out of the
-means and plots (never NaN).
+that fires for a single class only. For post-ReLU activity (means >= 0) this is Morcos et al.'s
+``(mu_max - mu_rest) / (mu_max + mu_rest)``; the absolute values keep it in [0, 1] for a probe
+that is not post-ReLU (DenseNet's, below), whose values are measured as they are, never clamped.
+A channel whose class means are all zero never fires: it has no selectivity (0/0); it is flagged
+``dead``, given index 0 by convention, and left out of the means and plots (never NaN).
 
 The tensor measured is the ``afi_out`` probe of each block (``model.probes(stage)``): the AFI
 output R(i) in AFI blocks 2..n, and the activation of the first convolution in block 1 and in
-baseline blocks (the same position, as in the paper's Figure 6).
+baseline blocks (the same position, as in the paper's Figure 6). Those are post-ReLU in the
+ResNet, ResNeXt, MobileNetV2 and ShuffleNetV2 families (R(i) is a convex combination of
+post-activation features); DenseNet's probe is a dense layer's raw convolution output, about half
+of it negative (docs/ANALYSES.md, tests/test_bad_inputs.py).
 """
 
 from __future__ import annotations
@@ -46,17 +51,17 @@ __all__ = [
 def selectivity_index(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index and dead mask per channel from class-conditional means of shape (K classes, C).
 
-    Classes are the rows that were observed; K >= 2. Activity is post-ReLU, so means are >= 0.
+    Classes are the rows that were observed; K >= 2. Means may be negative (a probe that is not
+    post-ReLU): the denominator is ``|mu_max| + |mu_rest|``, which is ``mu_max + mu_rest`` for
+    non-negative means.
     """
     means = np.asarray(means, dtype=np.float64)
     if means.ndim != 2 or means.shape[0] < 2:
         raise ValueError("selectivity needs class means of shape (K >= 2 classes, C channels)")
-    if (means < 0).any():
-        raise ValueError("class means must be non-negative (post-ReLU activity)")
     k = means.shape[0]
     mu_max = means.max(axis=0)
     mu_rest = (means.sum(axis=0) - mu_max) / (k - 1)
-    denom = mu_max + mu_rest
+    denom = np.abs(mu_max) + np.abs(mu_rest)
     dead = denom <= 0.0
     index = np.zeros_like(mu_max)
     np.divide(mu_max - mu_rest, denom, out=index, where=~dead)
@@ -86,8 +91,8 @@ def class_means(
 ) -> ClassMeans:
     """Accumulate per-class sums of each probe's spatially averaged activity over ``batches``.
 
-    Streaming: only (K, C) sums are kept, so any dataset size fits. The activity is clamped at
-    zero (post-ReLU), which is a no-op for the probes of the model zoo.
+    Streaming: only (K, C) sums are kept, so any dataset size fits. The activity is taken as the
+    probe carries it: post-ReLU probes are >= 0 already, and a raw one (DenseNet's) keeps its sign.
     """
     sums: list[torch.Tensor | None] = [None] * len(probes)
     counts = torch.zeros(num_classes, dtype=torch.float64)
@@ -95,7 +100,7 @@ def class_means(
 
     def make_hook(i: int):
         def hook(_m, _inp, out):
-            current[i] = out.detach().clamp_min(0).mean(dim=(2, 3)).double()
+            current[i] = out.detach().mean(dim=(2, 3)).double()
 
         return hook
 

@@ -21,3 +21,12 @@ ArchOpt = Annotated[
     list[str] | None,
     typer.Option("--arch", "-a", help="Registered architecture name (repeatable); see `afictl models`."),
 ]
+
+
+def absolute_path(option: str, path: Path | None) -> str | None:
+    """A path option made absolute (``~`` expanded) after its check in afictl/validate.py."""
+    if path is None:
+        return None
+    from ..validate import check_option
+
+    return str(Path(check_option(option, str(path))).expanduser().absolute())

@@ -83,8 +83,17 @@ def _root() -> None:
     pass
 
 
-#: Exceptions that mean "the user asked for something impossible", not "afictl has a bug".
-USER_ERRORS = (UserError, UnknownModelError, StageError, FileNotFoundError)
+#: Exceptions that mean "the user asked for something impossible", not "afictl has a bug":
+#: besides ours, what the operating system refuses (a missing file, no permission, a full disk:
+#: OSError names the path and the reason) and images PIL will not open (see _pil_error).
+USER_ERRORS = (UserError, UnknownModelError, StageError, OSError)
+
+
+def _pil_error(exc: BaseException) -> bool:
+    """An image PIL refuses (a decompression bomb; UnidentifiedImageError is an OSError).
+    Looked up only when PIL is loaded: commands that read no image never import it."""
+    image = sys.modules.get("PIL.Image")
+    return image is not None and isinstance(exc, image.DecompressionBombError | image.UnidentifiedImageError)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -107,9 +116,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 130)
     except click.ClickException as exc:
         _fail(exc.format_message().replace("\n", " "))
+    except BrokenPipeError:  # an OSError: `afictl models | head` is not an error
+        sys.exit(0)
     except USER_ERRORS as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    except BrokenPipeError:
-        sys.exit(0)
+    except Exception as exc:
+        if not _pil_error(exc):
+            raise
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if isinstance(rv, int) and rv:
         sys.exit(rv)

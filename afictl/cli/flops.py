@@ -12,6 +12,7 @@ from ..models import get_model_info, list_models
 from ..profiling.compare import paper_table
 from ..profiling.flops import flops_report, stage_report
 from ..render import Format, human, render
+from ..validate import check_option, check_stages_of
 from ._util import ArchOpt, FormatOpt, OutputOpt
 
 _PCT = "{:+.2f}%".format
@@ -44,8 +45,10 @@ def flops_cli(
     per multiply-accumulate) at the same batch.
     """
     kwargs = {}
-    if afi_stages is not None:
-        kwargs["afi_stages"] = afi_stages
+    if afi_stages is not None:  # the check train uses (afictl/validate.py)
+        kwargs["afi_stages"] = check_option("afi_stages", afi_stages)
+        for name in arch or []:
+            check_stages_of(kwargs["afi_stages"], name, get_model_info(name).num_stages)
     if reduction is not None:
         kwargs["reduction"] = reduction
     for name in arch or []:

@@ -38,6 +38,10 @@ def report_cli(
     wrong = [t for t in tables if t not in TABLE_BUILDERS]
     if wrong:
         raise UserError(f"no paper table {wrong[0]} to report; choose from {', '.join(map(str, TABLE_BUILDERS))}")
+    needs_runs = sorted(set(tables) - {3, 6})  # Tables 3 and 6 come from --transfer/--memory files
+    if needs_runs and not runs.is_dir():
+        raise UserError(f"--runs {runs}: no such folder (Tables {', '.join(map(str, needs_runs))} are built "
+                        "from its run folders); pass the folder of your runs, or --table 3 / --table 6")
     rep = make_report(output, runs_dir=runs, formats=formats, tables=tables, cifar_dataset=cifar_dataset,
                       imagenet_dataset=imagenet_dataset, memory_files=memory, transfer_files=transfer)
     if show:

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from ..render import Format, human, render, write_text
-from ._util import FormatOpt, OutputOpt
+from ..render import Format, check_writable, human, render, write_text
+from ._util import FormatOpt, OutputOpt, absolute_path
 
 _DATA = "Data"
 _RECIPE = "Recipe (each overrides the recipe and --config)"
@@ -61,14 +61,14 @@ def train_cli(
     """Train ARCH on a dataset with the paper's recipe (section 4.3).
 
     Writes <run>/config.json, metrics.csv, metrics.jsonl, last.pt (every epoch) and best.pt (best
-    eval top-1). SIGINT/SIGTERM finish the current step, write last.pt and exit 0; continue with
-    --resume RUN. Under torchrun (`torchrun --nproc_per_node=N -m afictl train ...`) it trains
-    with DDP. With --format json the last line on stdout is one JSON object.
+    eval top-1). SIGINT/SIGTERM finish the current step, write last.pt and exit 130/143 (128 + the
+    signal's number); continue with --resume RUN. One run at a time per folder. Under torchrun
+    (`torchrun --nproc_per_node=N -m afictl train ...`) it trains with DDP. With --format json the last line on stdout is one JSON object.
     """
     from ..train import load_resume, resolve_config, train
 
     options = dict(
-        arch=arch, dataset=data, data_root=str(data_root.expanduser().absolute()) if data_root else None, download=download,
+        arch=arch, dataset=data, data_root=absolute_path("data_root", data_root), download=download,
         data_size=data_size, input_size=input_size, bad_images=bad_images, recipe=recipe, epochs=epochs,
         batch_size=batch_size, lr=lr, lr_milestones=lr_milestones, lr_gamma=lr_gamma,
         lr_reference_batch=lr_reference_batch, warmup_epochs=warmup_epochs, momentum=momentum,
@@ -77,18 +77,25 @@ def train_cli(
         channels_last=channels_last, compile=compile_, sync_bn=sync_bn, workers=workers, threads=threads,
         tensorboard=tensorboard, run_dir=str(run_dir) if run_dir else None,
     )
+    if output is not None:  # before training, not after it
+        check_writable(output)
     if resume is not None:
         if config is not None:
             from ..errors import UserError
 
             raise UserError("--config cannot be combined with --resume (the run keeps its configuration)")
+        from ..validate import check_options
+
         arch_opt = options.pop("arch")
         options.pop("run_dir")
+        options = check_options(options)  # what resolve_config checks for a new run
         cfg, ckpt = load_resume(resume, options, arch=arch_opt)
         result = train(cfg, resume=ckpt)
     else:
         result = train(resolve_config(options, config), overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:
+        if result.exit_code:  # stopped by a signal: not a finished run (every process says so)
+            raise typer.Exit(result.exit_code)
         return
     row = result.to_dict()
     if fmt is Format.json:  # one object, so that the last stdout line parses on its own
@@ -97,6 +104,8 @@ def train_cli(
             write_text(text, output)
         else:
             print(text)
+        if result.exit_code:
+            raise typer.Exit(result.exit_code)
         return
     render(
         [row], fmt, output,
@@ -105,3 +114,5 @@ def train_cli(
                     "best_top1": "{:.2f}".format, "images_per_sec": "{:.0f}".format},
         title="training run" + (f" (interrupted by {result.interrupted})" if result.interrupted else ""),
     )
+    if result.exit_code:  # 143 after SIGTERM, 130 after SIGINT, once last.pt is written
+        raise typer.Exit(result.exit_code)

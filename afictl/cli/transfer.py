@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..checkpoint import load_checkpoint, validate_checkpoint
 from ..errors import UserError
 from ..render import Format, render
 from ..transfer.protocol import all_pairs
@@ -47,6 +48,7 @@ def transfer_cli(
                  "workers": workers, "seed": seed}
     for src, tgt in pairs:  # every pair's domains and classes, before any training
         check_pair(data_root, src, tgt)
+    validate_checkpoint(load_checkpoint(checkpoint), model=True)  # and the checkpoint
     results = []
     for i, (src, tgt) in enumerate(pairs, 1):
         typer.echo(f"[{i}/{len(pairs)}] fine-tune on {src}, evaluate on {tgt}", err=True)

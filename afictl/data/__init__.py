@@ -8,7 +8,7 @@ from .datasets import (
     default_data_root,
     resolve_data_root,
 )
-from .errors import BrokenImage, CorruptImageError, DataMissingError
+from .errors import BrokenImage, CorruptImageError, DataMissingError, UnsafeDataError
 from .loaders import Batch, collate_skip_broken, make_loader
 from .shapes import SHAPE_CLASSES, ShapesDataset
 from .transforms import NORMALIZATION, eval_transform, normalization, train_transform
@@ -23,6 +23,7 @@ __all__ = [
     "DataMissingError",
     "DatasetSpec",
     "ShapesDataset",
+    "UnsafeDataError",
     "build_dataset",
     "collate_skip_broken",
     "dataset_spec",

@@ -79,7 +79,11 @@ def resolve_data_root(name: str, root: str | Path | None) -> Path | None:
     ``None`` for generated datasets."""
     if not dataset_spec(name).needs_root:
         return None
-    return Path(root).expanduser().absolute() if root is not None else default_data_root(name)
+    if root is None:
+        return default_data_root(name)
+    from ..validate import check_option  # every command's --data-root passes here
+
+    return Path(check_option("data_root", str(root))).expanduser().absolute()
 
 
 class SubsetWithClasses(Dataset):

@@ -6,11 +6,15 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 
-__all__ = ["BrokenImage", "CorruptImageError", "DataMissingError"]
+__all__ = ["BrokenImage", "CorruptImageError", "DataMissingError", "UnsafeDataError"]
 
 
 class DataMissingError(UserError):
     """A dataset that is not where we looked: the message names the folder and what it expects."""
+
+
+class UnsafeDataError(UserError):
+    """A data file refused unread: a pickle naming more than its format holds, or malformed."""
 
 
 class CorruptImageError(UserError):

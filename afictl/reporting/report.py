@@ -37,16 +37,46 @@ class Report:
     runs: int = 0
 
 
-def read_json_rows(paths: list[Path]) -> list[dict]:
-    """Rows from JSON files written by `afictl memory/transfer --format json --output F`."""
+_NUMBER = (int, float, type(None))
+_TEXT = (str, type(None))
+#: the fields the tables read from each row: name -> (accepted types, required)
+MEMORY_FIELDS = {"arch": ((str,), True), "baseline": (_TEXT, False), "batch_size": (_NUMBER, False),
+                 "device": (_TEXT, False)} | {
+    k: (_NUMBER, False) for k in ("train_bytes", "infer_bytes", "baseline_train_bytes", "baseline_infer_bytes")}
+TRANSFER_FIELDS = {"arch": ((str,), True), "pair": ((str,), True), "top1": (_NUMBER, True)}
+
+
+def read_json_rows(paths: list[Path], fields: dict[str, tuple[tuple[type, ...], bool]] | None = None,
+                   command: str = "memory") -> list[dict]:
+    """Rows from JSON files written by `afictl memory/transfer --format json --output F`;
+    with ``fields``, a row without a required field or with a value of the wrong type is a
+    :class:`UserError` naming the file, the row and the field."""
     rows: list[dict] = []
     for p in paths:
         try:
             data = json.loads(Path(p).read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read {p}: {exc}") from None
-        rows += data if isinstance(data, list) else [data]
+        data = data if isinstance(data, list) else [data]
+        for i, row in enumerate(data, 1):
+            problem = _row_problem(row, fields) if fields else None
+            if problem:
+                raise UserError(f"{p}: row {i} {problem}; expected the output of "
+                                f"`afictl {command} --format json --output FILE`")
+        rows += data
     return rows
+
+
+def _row_problem(row: object, fields: dict[str, tuple[tuple[type, ...], bool]]) -> str | None:
+    if not isinstance(row, dict):
+        return f"is {type(row).__name__}, not an object"
+    for name, (types, required) in fields.items():
+        if name not in row:
+            if required:
+                return f"has no {name!r}"
+        elif isinstance(row[name], bool) or not isinstance(row[name], types):
+            return f"has {name} = {row[name]!r}"
+    return None
 
 
 def _latex(df: pd.DataFrame, title: str) -> str:
@@ -79,7 +109,8 @@ def make_report(
     runs = collect_runs(runs_dir)
     built = build_tables(
         runs, cifar_dataset=cifar_dataset, imagenet_dataset=imagenet_dataset,
-        memory_rows=read_json_rows(memory_files or []), transfer_rows=read_json_rows(transfer_files or []),
+        memory_rows=read_json_rows(memory_files or [], MEMORY_FIELDS, "memory"),
+        transfer_rows=read_json_rows(transfer_files or [], TRANSFER_FIELDS, "transfer"),
         tables=tables,
     )
     report = Report(built, runs=len(runs))

@@ -17,6 +17,7 @@ Recipes (section 4.3 of the paper):
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 from ..data import dataset_spec, resolve_data_root
 from ..errors import UserError
 from ..models import get_model_info
+from ..validate import OPTION_CHECKS, check_option, check_options, check_stages_of
 
 __all__ = [
     "RECIPES",
@@ -61,8 +63,6 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: Keys that may change when a run is resumed (they do not change what is learned).
 RUNTIME_KEYS = frozenset({"epochs", "workers", "threads", "device", "tensorboard", "bad_images", "data_root"})
-
-AMP_CHOICES = ("none", "bf16", "fp16")
 
 
 @dataclass
@@ -150,9 +150,12 @@ def parse_milestones(items: list | str | None, epochs: int) -> list[float]:
     for item in items:
         text = str(item).strip()
         try:
-            out.append(float(text[:-1]) / 100 * epochs if text.endswith("%") else float(text))
+            value = float(text[:-1]) / 100 * epochs if text.endswith("%") else float(text)
         except ValueError:
-            raise UserError(f"bad lr milestone {text!r}: use epochs (30) or percent of training (50%)") from None
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"bad lr milestone {text!r}: use epochs (30) or percent of training (50%)")
+        out.append(value)
     return sorted(out)
 
 
@@ -169,7 +172,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read: {str(exc).splitlines()[0]}") from None
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -191,6 +197,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} cannot be parsed: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold key = value pairs")
+    if not all(isinstance(k, str) for k in data):
+        raise UserError(f"{path}: keys must be names, got {sorted(map(repr, data))[0]}")
     data = {k.replace("-", "_"): v for k, v in data.items()}
     derived = {"lr_effective", "model_kwargs", "num_classes", "world_size", "run_dir"}
     valid = {f.name for f in fields(TrainConfig)}
@@ -201,43 +209,35 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _check(cfg: TrainConfig) -> None:
-    def positive(name: str, value: float | None, allow_zero: bool = False) -> None:
-        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-            raise UserError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-    positive("epochs", cfg.epochs)
-    positive("batch_size", cfg.batch_size)
-    positive("lr", cfg.lr)
-    positive("lr_gamma", cfg.lr_gamma)
-    positive("lr_reference_batch", cfg.lr_reference_batch)
-    for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
-        positive(name, getattr(cfg, name), allow_zero=True)
-    positive("workers", cfg.workers, allow_zero=True)
-    positive("threads", cfg.threads)
-    positive("data_size", cfg.data_size)
-    positive("input_size", cfg.input_size)
-    if cfg.amp not in AMP_CHOICES:
-        raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {cfg.amp!r}")
-    if cfg.lr_schedule not in ("step", "inv"):
-        raise UserError(f"lr_schedule must be step or inv, got {cfg.lr_schedule!r}")
-    positive("backbone_lr_mult", cfg.backbone_lr_mult, allow_zero=True)
-    if cfg.bad_images not in ("skip", "stop"):
-        raise UserError(f"--bad-images must be skip or stop, got {cfg.bad_images!r}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise UserError(f"--device must be cpu, cuda or auto, got {cfg.device!r}")
-    if cfg.eval_split != "eval":
-        raise UserError(f"eval_split must be 'eval', got {cfg.eval_split!r}")
+    """Every value's type and range (afictl/validate.py, one check per option), then what
+    depends on two of them."""
+    for f in fields(cfg):
+        if f.name in OPTION_CHECKS:
+            setattr(cfg, f.name, check_option(f.name, getattr(cfg, f.name)))
     parse_milestones(cfg.lr_milestones, cfg.epochs)
+    if not math.isfinite(cfg.lr_effective):
+        raise UserError(f"--lr {cfg.lr:g} x batch {cfg.batch_size} / {cfg.lr_reference_batch} is not a finite number")
 
 
-def _int_list(value: Any, name: str) -> list[int] | None:
-    if value is None:
-        return None
-    items = value.replace(" ", ",").split(",") if isinstance(value, str) else list(value)
+def _check_input_size(cfg: TrainConfig) -> None:
+    """An input size other than the model's own: one forward pass on the meta device (shapes
+    only, milliseconds) shows whether the network takes it (the AFI ImageNet ResNets need stage
+    maps that line up: 224 and 96 do, 100 does not)."""
+    info = get_model_info(cfg.arch)
+    if cfg.input_size == info.input_size:
+        return
+    import torch
+
+    from ..models.registry import create_meta_model
+
     try:
-        return sorted({int(v) for v in items if str(v) != ""})
-    except ValueError:
-        raise UserError(f"--{name} takes stage numbers like 1,2,3, got {value!r}") from None
+        model = create_meta_model(cfg.arch, num_classes=2, **cfg.model_kwargs).eval()
+        with torch.no_grad():
+            model(torch.empty(2, 3, cfg.input_size, cfg.input_size, device="meta"))
+    except (RuntimeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:100]
+        raise UserError(f"--input-size {cfg.input_size}: {cfg.arch} cannot take {cfg.input_size}-pixel "
+                        f"inputs ({reason}); multiples of 32 work") from None
 
 
 def resolve_config(options: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
@@ -246,21 +246,24 @@ def resolve_config(options: dict[str, Any], config_file: str | Path | None = Non
     Fills the dataset (the architecture's home dataset), the input size (the files' size, else the
     model's), the recipe (the paper's for the data) and checks every value.
     """
-    merged = load_config_file(config_file) if config_file else {}
-    merged.update({k: v for k, v in options.items() if v is not None})
+    # Types and ranges first, each value named with where it came from: a config file's
+    # `epochs = "ten"` is one line here, not a TypeError in the training loop. None: not given.
+    merged = check_options(load_config_file(config_file), str(config_file)) if config_file else {}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    merged.update({k: v for k, v in check_options(options).items() if v is not None})
     if not merged.get("arch"):
         raise UserError("--arch is required (see `afictl models`)")
     info = get_model_info(merged["arch"])
     dataset = merged.get("dataset") or info.home_dataset
     spec = dataset_spec(dataset)
-    input_size = merged.get("input_size") or spec.native_size or info.input_size
+    input_size = next(v for v in (merged.get("input_size"), spec.native_size, info.input_size) if v is not None)
     recipe = merged.get("recipe") or default_recipe(dataset, input_size)
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     values = {**RECIPES[recipe], **merged, "dataset": dataset, "input_size": int(input_size), "recipe": recipe}
-    values["afi_stages"] = _int_list(values.get("afi_stages"), "afi-stages")
-    if (values["afi_stages"] is not None or values.get("reduction") is not None) and not info.is_afi:
+    if (values.get("afi_stages") is not None or values.get("reduction") is not None) and not info.is_afi:
         raise UserError(f"{info.name} has no AFI modules: --afi-stages and --reduction apply to AFI models")
+    check_stages_of(values.get("afi_stages") or [], info.name, info.num_stages)
     if values.get("amp") is None:
         values["amp"] = "none"
     try:
@@ -272,6 +275,7 @@ def resolve_config(options: dict[str, Any], config_file: str | Path | None = Non
     if cfg.data_size is None and dataset == "shapes":
         cfg.data_size = spec.default_size
     _check(cfg)
+    _check_input_size(cfg)
     return cfg
 
 

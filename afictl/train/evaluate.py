@@ -10,6 +10,7 @@ from typing import Any
 from ..checkpoint import CheckpointError, model_from_checkpoint
 from ..data import build_dataset, make_loader
 from ..models import get_model_info
+from ..validate import check_options
 from .config import default_workers
 from .distributed import DistContext, pick_device
 from .engine import evaluate
@@ -37,6 +38,11 @@ def evaluate_checkpoint(
     ``data`` defaults to the dataset the checkpoint was trained on; when it is that dataset, the
     recorded root, size and seed are used unless given. ``arch``, when given, must match.
     """
+    # The options first (afictl/validate.py, shared with train): one line before any loading.
+    opts = check_options(dict(split=split, data_size=data_size, batch_size=batch_size, workers=workers,
+                              device=device, amp=amp, bad_images=bad_images))
+    split, data_size, batch_size, workers = opts["split"], opts["data_size"], opts["batch_size"], opts["workers"]
+    device, amp, bad_images = opts["device"], opts["amp"], opts["bad_images"]
     dev = pick_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, arch=arch, map_location=dev)
     config = ckpt.get("config") or {}

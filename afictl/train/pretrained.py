@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, validate_checkpoint
 
 __all__ = ["load_pretrained"]
 
@@ -20,6 +20,7 @@ def load_pretrained(model: nn.Module, path: str | Path, arch: str) -> dict:
     ckpt = load_checkpoint(path)
     if ckpt.get("arch") != arch:
         raise CheckpointError(f"{ckpt['path']} holds a {ckpt.get('arch')} checkpoint, not {arch}")
+    validate_checkpoint(ckpt, model=True)
     head_ids = {id(p) for p in model.get_classifier().parameters()}
     head = {name for name, p in model.named_parameters() if id(p) in head_ids}
     state = {k: v for k, v in ckpt["model"].items() if k not in head}

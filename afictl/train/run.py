@@ -2,13 +2,20 @@
 
 ``train(cfg)`` is what ``afictl train`` calls; it returns a :class:`TrainResult`. Files of a run
 (rank 0 only): ``config.json``, ``metrics.csv``, ``metrics.jsonl``, ``last.pt`` (every epoch,
-and when stopped by SIGINT/SIGTERM), ``best.pt`` (best eval top-1), all written atomically.
+and when stopped by SIGINT/SIGTERM), ``best.pt`` (best eval top-1), all written atomically, and
+``.lock`` (:mod:`.lock`: rank 0 holds the folder for the run's whole life; one writer per folder).
+
+``last.pt`` is the run's record; everything else follows it: it is saved first at the end of an
+epoch, metrics and ``best.pt`` after it, and a resumed run rewrites the metrics files and, when
+a kill fell between the two saves, ``best.pt`` from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -20,13 +27,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint, validate_checkpoint
 from ..data import build_dataset, make_loader
 from ..errors import UserError
 from ..models import create_model, get_model_info
 from . import distributed as D
 from .config import RUNTIME_KEYS, TrainConfig, default_workers
 from .engine import NonFiniteLossError, evaluate, train_epoch
+from .lock import RunLock
 from .metrics import MetricsLog, Sums
 from .optim import build_optimizer, build_scheduler
 from .pretrained import load_pretrained
@@ -58,6 +66,17 @@ class TrainResult:
     completed: bool
     interrupted: str | None = None
 
+    @property
+    def exit_code(self) -> int:
+        """0, or 128 + the number of the signal that stopped the run (143 SIGTERM, 130 SIGINT;
+        143 when another DDP process got the signal), as shells and schedulers expect."""
+        if self.interrupted is None:
+            return 0
+        try:
+            return 128 + signal.Signals[self.interrupted].value
+        except KeyError:
+            return 128 + signal.SIGTERM.value
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values; NaN (nothing evaluated yet) becomes None, so the JSON is strict."""
         return {k: None if isinstance(v, float) and v != v else v for k, v in asdict(self).items()}
@@ -85,7 +104,11 @@ def load_resume(run_dir: str | Path, overrides: dict[str, Any], arch: str | None
         raise CheckpointError(f"{path} holds a {saved} checkpoint, not {arch}; drop --arch or pick another run")
     if "optimizer" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} was not written by afictl train (no optimizer state); cannot resume it")
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    try:
+        cfg = TrainConfig.from_dict(ckpt["config"])
+    except (TypeError, AttributeError):  # not a dict, or without the fields every run records
+        raise CheckpointError(f"{path} records an incomplete config; cannot resume it") from None
+    validate_checkpoint(ckpt, resume=cfg)  # before anything of the run folder is rewritten
     fixed = {k: v for k, v in overrides.items() if v is not None and k not in RUNTIME_KEYS and getattr(cfg, k, v) != v}
     if fixed:
         raise UserError(
@@ -113,12 +136,62 @@ def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     return train_ds, eval_ds
 
 
-def _make_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
+def _make_run_dir(cfg: TrainConfig, overwrite: bool) -> tuple[Path, RunLock]:
+    """The new run's folder, locked (a live run there is named first, then a finished one)."""
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg.arch, cfg.dataset)
-    if (run_dir / "last.pt").exists() and not overwrite:
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass --overwrite")
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    lock = RunLock(run_dir).acquire()
+    if (run_dir / "last.pt").exists() and not overwrite:
+        lock.release()
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass --overwrite")
+    return run_dir, lock
+
+
+def _restored_sums(resume: dict, ctx: D.DistContext) -> Sums:
+    """This process's running sums of an interrupted epoch. Each rank gets its own when the run
+    resumes on as many processes as it stopped on; otherwise rank 0 takes the total and the
+    others start from zero, so the epoch's metrics (a sum over ranks) are still right."""
+    ranks = resume.get("partial_ranks")
+    if ranks is not None:
+        if not (isinstance(ranks, list) and all(
+                isinstance(r, list) and len(r) == 5 and all(isinstance(v, int | float) for v in r) for r in ranks)):
+            raise CheckpointError(f"{resume.get('path', 'checkpoint')}: partial_ranks must be five numbers per process")
+        if len(ranks) == ctx.world:
+            return Sums.from_list(ranks[ctx.rank])
+    total = resume.get("partial", Sums().as_list())
+    if len(total) != 5:
+        raise CheckpointError(f"{resume.get('path', 'checkpoint')}: partial must be five numbers")
+    return Sums.from_list(total) if ctx.is_main else Sums()
+
+
+def _best_epoch(resume: dict, history: list[dict], best: float) -> int:
+    """The epoch whose model best.pt should hold: recorded in last.pt (older checkpoints: the first
+    epoch of the history with the best eval top-1), 0 before any."""
+    recorded = resume.get("best_epoch")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 0:
+        return recorded
+    return next((int(r["epoch"]) for r in history if r.get("eval_top1") == best), 0)
+
+
+def _repair_best(run_dir: Path, resume: dict, best_epoch: int, log) -> None:
+    """Make best.pt the epoch last.pt records as the best. A kill between the two saves of an
+    epoch leaves best.pt one improvement behind (or absent); that epoch is last.pt's own, so
+    best.pt is rewritten from it."""
+    if best_epoch < 1:
+        return
+    path = run_dir / "best.pt"
+    try:
+        held = int(load_checkpoint(path)["epoch"]) if path.is_file() else None
+    except CheckpointError:
+        held = None
+    if held == best_epoch:
+        return
+    was = f"epoch {held}" if held is not None else "nothing readable" if path.exists() else "nothing"
+    if best_epoch == int(resume["epoch"]) and not int(resume.get("step", 0)):
+        save_checkpoint(path, {k: v for k, v in resume.items() if k not in ("path", "format", "version")})
+        log(f"afictl: repaired {path}: it held {was}, the run's best is epoch {best_epoch} (rewritten from last.pt)")
+    else:
+        log(f"afictl: warning: {path} holds {was} but the run's best is epoch {best_epoch}; it cannot be restored")
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -151,15 +224,16 @@ def train(
     ctx = D.setup(cfg.device)
     auto_threads = ctx.device.type == "cpu" and not cfg.deterministic
     try:
-        with deterministic_mode(cfg.deterministic), cpu_threads(cfg.threads, auto_threads) as note:
+        with deterministic_mode(cfg.deterministic), cpu_threads(cfg.threads, auto_threads) as note, \
+                contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
             cfg.threads = torch.get_num_threads()  # recorded: a resumed run uses the same count
-            return _train(ctx, cfg, resume, datasets, overwrite, note)
+            return _train(ctx, cfg, resume, datasets, overwrite, note, held)
     finally:
         D.cleanup()
 
 
 def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, overwrite: bool,
-           note: str = "") -> TrainResult:
+           note: str = "", held: contextlib.ExitStack | None = None) -> TrainResult:
     if cfg.batch_size % ctx.world:
         raise UserError(f"--batch-size {cfg.batch_size} (global) does not split evenly over {ctx.world} processes")
     if cfg.amp == "fp16" and ctx.device.type != "cuda":
@@ -197,7 +271,7 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
 
-    epoch, step, best, history = 0, 0, -1.0, []
+    epoch, step, best, best_epoch, history = 0, 0, -1.0, 0, []
     partial, partial_seconds = Sums(), 0.0
     if resume is not None:
         _unwrap(model).load_state_dict(resume["model"])
@@ -206,7 +280,8 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
         scaler.load_state_dict(resume["scaler"])
         epoch, step = int(resume["epoch"]), int(resume.get("step", 0))
         best, history = float(resume.get("best_top1", -1.0)), list(resume.get("metrics", []))
-        partial = Sums.from_list(resume.get("partial", Sums().as_list()))
+        best_epoch = _best_epoch(resume, history, best)
+        partial = _restored_sums(resume, ctx)  # this rank's own sums, not rank 0's
         partial_seconds = float(resume.get("partial_seconds", 0.0))
         rngs = resume.get("rng") or []
         if len(rngs) == ctx.world:
@@ -224,9 +299,14 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
 
     run_dir = Path(cfg.run_dir) if resume is not None else None
     problem = None
-    if ctx.is_main and run_dir is None:
+    if ctx.is_main:  # only rank 0 writes, so only rank 0 holds the folder
         try:
-            run_dir = _make_run_dir(cfg, overwrite)
+            if run_dir is None:
+                run_dir, lock = _make_run_dir(cfg, overwrite)
+            else:
+                lock = RunLock(run_dir).acquire()
+            if held is not None:
+                held.callback(lock.release)
         except (UserError, OSError) as exc:
             problem = str(exc)
     # every rank learns the folder (its name has rank 0's timestamp) or rank 0's error
@@ -240,9 +320,11 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
         _write_json(run_dir / "config.json", cfg.to_dict())
         log_file = MetricsLog(run_dir, cfg.tensorboard)
         log_file.rewrite(history)
+        if resume is not None:
+            _repair_best(run_dir, resume, best_epoch, lambda m: _log(ctx, None, m))
     info = get_model_info(cfg.arch)
 
-    def payload(done_epochs: int, done_steps: int, sums: Sums, seconds: float, rngs: list) -> dict[str, Any]:
+    def payload(done_epochs: int, done_steps: int, sums: list[list[float]], seconds: float, rngs: list) -> dict[str, Any]:
         return {
             "arch": cfg.arch,
             "num_classes": cfg.num_classes,
@@ -258,19 +340,24 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
             "class_names": classes,
             "metrics": history,
             "best_top1": best,
-            "partial": sums.as_list(),
+            "best_epoch": best_epoch,  # what best.pt holds once this checkpoint's epoch is saved
+            "partial": [sum(col) for col in zip(*sums, strict=True)],  # every rank's sums added
+            "partial_ranks": sums,  # each rank's own (restored per rank on as many processes)
             "partial_seconds": seconds,
             "input_size": cfg.input_size,
             "home_dataset": info.home_dataset,
         }
 
-    def gather_rng() -> list:
-        state = get_rng_state()
+    def gather(state: Any) -> list:
+        """Every rank's ``state``, in rank order."""
         if not ctx.distributed:
             return [state]
         out: list = [None] * ctx.world
         torch.distributed.all_gather_object(out, state)
         return out
+
+    def gather_rng() -> list:
+        return gather(get_rng_state())
 
     total_steps = cfg.epochs * steps_per_epoch
     progress = TrainProgress(ctx.is_main, total_steps, min(total_steps, epoch * steps_per_epoch + step))
@@ -307,9 +394,9 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
                     "try a lower --lr or --amp none"
                 )
             if out.stopped:
-                rngs = gather_rng()
+                rngs, sums = gather_rng(), gather(out.sums.as_list())
                 if ctx.is_main:
-                    save_checkpoint(run_dir / "last.pt", payload(epoch, out.steps, out.sums, out.seconds, rngs))
+                    save_checkpoint(run_dir / "last.pt", payload(epoch, out.steps, sums, out.seconds, rngs))
                 D.barrier()
                 interrupted = out.stopped
                 _log(ctx, progress, (
@@ -343,10 +430,13 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
             history.append(row)
             improved = top1 > best
             best = max(best, top1)
+            best_epoch = epoch if improved else best_epoch
             rngs = gather_rng()
             if ctx.is_main:
-                data = payload(epoch, 0, Sums(), 0.0, rngs)
-                save_checkpoint(run_dir / "last.pt", data)  # checkpoint first: metrics follow it
+                data = payload(epoch, 0, [Sums().as_list()] * ctx.world, 0.0, rngs)
+                # last.pt first: metrics and best.pt follow it; a kill before best.pt is saved is
+                # repaired by the next start from last.pt's best_epoch (_repair_best)
+                save_checkpoint(run_dir / "last.pt", data)
                 if improved:
                     save_checkpoint(run_dir / "best.pt", data)
                 log_file.append(row)

@@ -55,13 +55,14 @@ def domain_code(name: str) -> str:
 
 
 def resolve_domain(root: Path, name: str) -> Path:
-    """The folder of a domain under ``root``: Office-Home names, codes, or any folder name."""
+    """The folder of a domain under ``root``: Office-Home names, codes, or the name of a folder
+    directly under ``root``; nothing else (no path: ``Clipart/../..`` is not a domain)."""
     canon = _canonical(name)
     candidates = DOMAINS[canon][1] if canon in DOMAINS else (name,)
-    for folder in candidates:
-        if (root / folder).is_dir():
-            return root / folder
     listed = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for folder in candidates:
+        if folder in listed:  # a child of root by name: never a path that leaves it
+            return root / folder
     raise UserError(
         f"domain {name!r} not found under {root} (looked for {', '.join(candidates)}; "
         f"found: {', '.join(listed) or 'nothing'})"

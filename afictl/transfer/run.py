@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, validate_checkpoint
 from ..data import eval_transform, train_transform
 from ..data.folders import SafeImageFolder
 from ..errors import UserError
@@ -68,7 +68,7 @@ def transfer_pair(
 ) -> TransferResult:
     """Fine-tune ``checkpoint`` on ``source``, evaluate on ``target`` (resuming if started)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    pre = load_checkpoint(checkpoint)
+    pre = validate_checkpoint(load_checkpoint(checkpoint), model=True)  # before any folder is made
     arch = pre["arch"]
     input_size = int((pre.get("config") or {}).get("input_size") or get_model_info(arch).input_size)
     src_classes = check_pair(data_root, source, target)
@@ -78,7 +78,10 @@ def transfer_pair(
                                transform=train_transform("imagenet", input_size))
     eval_ds = SafeImageFolder(tgt_dir, classes=src_classes, on_error="mark",
                               transform=eval_transform("imagenet", input_size))
-    run_dir = out_dir / f"{arch}-{domain_code(source)}-{domain_code(target)}"
+    name = f"{arch}-{domain_code(source)}-{domain_code(target)}"
+    if Path(name).name != name or "\\" in name:  # a path, not a name: it would leave out_dir
+        raise UserError(f"the run folder of {source}:{target} would leave --run-root {out_dir}; refused")
+    run_dir = out_dir / name
     pair = f"{domain_code(source)}:{domain_code(target)}"
 
     reused = False
