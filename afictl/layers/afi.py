@@ -65,13 +65,12 @@ class StageFeatures:
 
     A feature's squeeze does not change between the later blocks that read it, so it is
     computed once, when the feature is appended. A plain container of tensors: tracers see
-    every tensor operation. ``capacity`` is the number of blocks of the stage; ``eager``: the
-    forward runs eagerly on ordinary tensors, so kernels chosen for speed may replace modules'
-    own calls where they compute the same numbers (layers/narrow_conv.py).
+    every tensor operation. ``eager``: the forward runs eagerly on ordinary tensors, so kernels
+    chosen for speed may replace modules' own calls where they compute the same numbers
+    (layers/narrow_conv.py).
     """
 
-    def __init__(self, capacity: int | None = None, *, eager: bool = False) -> None:
-        self.capacity = capacity
+    def __init__(self, *, eager: bool = False) -> None:
         self.eager = eager
         self.features: list[Tensor] = []
         self.squeezed: list[Tensor] = []

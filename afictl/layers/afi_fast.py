@@ -409,24 +409,14 @@ class BufferedFeatures(StageFeatures):
 
     Until then (block 1's seed, or blocks that take the plain path because of hooks) they are
     the plain lists; afterwards :meth:`append` and :meth:`integrate` work on the buffer, and
-    ``features`` lists read-only views of it.
+    ``features`` is empty (the plain lists moved in).
     """
 
     def __init__(self, capacity: int, *, recompute: bool = False) -> None:
-        super().__init__(capacity, eager=True)
+        super().__init__(eager=True)
         self.buffered = False
         self._stage = _StageBuffer(capacity)
         self._stage.recompute = recompute
-
-    @property
-    def recompute(self) -> bool:
-        return self._stage.recompute
-
-    def view_features(self) -> list[Tensor]:
-        """X(1..k) as read-only views of the buffer (once buffered), else the list."""
-        if not self.buffered:
-            return self.features
-        return [self._stage.ensure()[:, :, k].detach() for k in range(len(self))]
 
     def append(self, x: Tensor) -> None:
         if not self.buffered:

@@ -74,7 +74,7 @@ def stage_features(stage: nn.Sequential, x: Tensor) -> StageFeatures:
     join = getattr(stage[0], "join", None)
     if join is not None and join.index is not None and aggregation_path(x) == "fused":
         return BufferedFeatures(len(stage), recompute=join.memory_efficient)
-    return StageFeatures(len(stage), eager=accelerated(x))
+    return StageFeatures(eager=accelerated(x))
 
 
 def _apply(module: nn.Module | None, x: Tensor) -> Tensor:
