@@ -68,7 +68,9 @@ class CheckpointWriteError(CheckpointError):
 
 def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
     kept = "the previous checkpoint there is intact" if path.is_file() else "nothing was written"
-    return CheckpointWriteError(f"cannot write checkpoint {path}: {exc.strerror or exc}; {kept}", exc.errno)
+    return CheckpointWriteError(
+        f"cannot write checkpoint {path}: {exc.strerror or exc}; {kept}", exc.errno
+    )
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -134,7 +136,16 @@ def load_checkpoint(
 
 #: Pickle opcodes that call or import something: what ``weights_only`` refuses in a stream that
 #: is otherwise well formed.
-_CALLING_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+_CALLING_OPCODES = {
+    "GLOBAL",
+    "STACK_GLOBAL",
+    "REDUCE",
+    "INST",
+    "OBJ",
+    "NEWOBJ",
+    "NEWOBJ_EX",
+    "BUILD",
+}
 
 
 def _refusal(path: Path, exc: Exception) -> str:
@@ -143,8 +154,10 @@ def _refusal(path: Path, exc: Exception) -> str:
     text = str(exc)
     if "Unsupported global" in text:
         name = text.split("Unsupported global:", 1)[1].split(" was not", 1)[0].strip()
-        return (f"{path} is not a safe checkpoint: it holds Python objects beyond tensors and plain "
-                f"types ({name[:80]}), and was refused without running them")
+        return (
+            f"{path} is not a safe checkpoint: it holds Python objects beyond tensors and plain "
+            f"types ({name[:80]}), and was refused without running them"
+        )
     try:  # the pickle stream: data.pkl of torch's zip format, or the file itself (legacy / plain)
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
@@ -156,8 +169,10 @@ def _refusal(path: Path, exc: Exception) -> str:
     except Exception:
         ops = None
     if ops is not None and ops & _CALLING_OPCODES:
-        return (f"{path} is not a safe checkpoint: it holds Python objects beyond tensors and plain "
-                "types, and was refused without running them")
+        return (
+            f"{path} is not a safe checkpoint: it holds Python objects beyond tensors and plain "
+            "types, and was refused without running them"
+        )
     return f"{path} is not a checkpoint: the file is corrupt, truncated or not a torch file ({type(exc).__name__})"
 
 
@@ -180,13 +195,18 @@ def _check_model_kwargs(where: str, arch: str, kw: Any) -> dict[str, Any]:
     unknown = sorted(str(k) for k in set(kw) - set(info.options))
     if unknown:
         takes = ", ".join(info.options) or "no options"
-        raise CheckpointError(f"{where}: model_kwargs {', '.join(unknown)} are not options of {arch} (it takes {takes})")
+        raise CheckpointError(
+            f"{where}: model_kwargs {', '.join(unknown)} are not options of {arch} (it takes {takes})"
+        )
     stages = kw.get("afi_stages")
     if stages is not None and not (
-        isinstance(stages, (list, tuple)) and stages
+        isinstance(stages, (list, tuple))
+        and stages
         and all(_is_int(s) and 1 <= s <= info.num_stages for s in stages)
     ):
-        raise CheckpointError(f"{where}: model_kwargs afi_stages must be stage numbers in 1..{info.num_stages}, got {stages!r:.60}")
+        raise CheckpointError(
+            f"{where}: model_kwargs afi_stages must be stage numbers in 1..{info.num_stages}, got {stages!r:.60}"
+        )
     checks = {
         "reduction": (lambda v: _is_int(v) and 1 <= v <= 4096, "an integer in 1..4096"),
         "memory_efficient": (lambda v: isinstance(v, bool), "true or false"),
@@ -196,37 +216,55 @@ def _check_model_kwargs(where: str, arch: str, kw: Any) -> dict[str, Any]:
     }
     for key, (ok, what) in checks.items():
         if key in kw and not ok(kw[key]):
-            raise CheckpointError(f"{where}: model_kwargs {key} must be {what}, got {kw[key]!r:.60}")
+            raise CheckpointError(
+                f"{where}: model_kwargs {key} must be {what}, got {kw[key]!r:.60}"
+            )
     return kw
 
 
-def _check_weights(where: str, arch: str, num_classes: int, kw: dict[str, Any], state: dict) -> nn.Module:
+def _check_weights(
+    where: str, arch: str, num_classes: int, kw: dict[str, Any], state: dict
+) -> nn.Module:
     """The model of ``arch`` on the meta device, after checking that ``state`` fits it exactly."""
     try:
         meta = create_meta_model(arch, num_classes=num_classes, **kw)
     except (UserError, ValueError, TypeError, ZeroDivisionError) as exc:
-        raise CheckpointError(f"{where}: its model options do not build {arch} ({str(exc).splitlines()[0][:120]})") from None
+        raise CheckpointError(
+            f"{where}: its model options do not build {arch} ({str(exc).splitlines()[0][:120]})"
+        ) from None
     expected = meta.state_dict()
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     if missing or extra:
-        what = (f"missing {', '.join(missing[:3])}" if missing else "") + ("; " if missing and extra else "") + (
-            f"unexpected {', '.join(map(str, extra[:3]))}" if extra else "")
+        what = (
+            (f"missing {', '.join(missing[:3])}" if missing else "")
+            + ("; " if missing and extra else "")
+            + (f"unexpected {', '.join(map(str, extra[:3]))}" if extra else "")
+        )
         raise CheckpointError(f"{where}: weights do not fit {arch} ({what})")
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
             raise CheckpointError(
                 f"{where}: weights do not fit {arch} ({key} has shape {tuple(state[key].shape)}, "
-                f"expected {tuple(ref.shape)})")
+                f"expected {tuple(ref.shape)})"
+            )
     return meta
 
 
 def _same_kind(saved: Any, fresh: Any) -> bool:
     """Plain data of the same structure: dict keys, list lengths, number/bool/str/None kinds."""
     if isinstance(fresh, dict):
-        return isinstance(saved, dict) and set(saved) == set(fresh) and all(_same_kind(saved[k], fresh[k]) for k in fresh)
+        return (
+            isinstance(saved, dict)
+            and set(saved) == set(fresh)
+            and all(_same_kind(saved[k], fresh[k]) for k in fresh)
+        )
     if isinstance(fresh, (list, tuple)):
-        return isinstance(saved, (list, tuple)) and len(saved) == len(fresh) and all(map(_same_kind, saved, fresh))
+        return (
+            isinstance(saved, (list, tuple))
+            and len(saved) == len(fresh)
+            and all(map(_same_kind, saved, fresh))
+        )
     if isinstance(fresh, bool):
         return isinstance(saved, bool)
     if _is_number(fresh):
@@ -243,51 +281,93 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
     from .train.state import get_rng_state, set_rng_state
 
     if cfg.arch != ckpt["arch"]:
-        raise CheckpointError(f"{where}: its config records arch {cfg.arch!r} but it holds a {ckpt['arch']} checkpoint")
+        raise CheckpointError(
+            f"{where}: its config records arch {cfg.arch!r} but it holds a {ckpt['arch']} checkpoint"
+        )
     try:
         kw = cfg.model_kwargs
     except (TypeError, ValueError):
-        raise CheckpointError(f"{where}: its config records afi_stages/reduction that are not numbers") from None
-    meta = _check_weights(where, cfg.arch, ckpt["num_classes"], _check_model_kwargs(where, cfg.arch, kw), ckpt["model"])
+        raise CheckpointError(
+            f"{where}: its config records afi_stages/reduction that are not numbers"
+        ) from None
+    meta = _check_weights(
+        where,
+        cfg.arch,
+        ckpt["num_classes"],
+        _check_model_kwargs(where, cfg.arch, kw),
+        ckpt["model"],
+    )
     try:
         optimizer = build_optimizer(meta, cfg)
         scheduler = build_scheduler(optimizer, cfg, 1)
     except Exception as exc:
-        raise CheckpointError(f"{where}: its config cannot build the optimizer ({str(exc).splitlines()[0][:100]})") from None
+        raise CheckpointError(
+            f"{where}: its config cannot build the optimizer ({str(exc).splitlines()[0][:100]})"
+        ) from None
     saved = ckpt["optimizer"]
     groups = saved.get("param_groups") if isinstance(saved, dict) else None
     state = saved.get("state") if isinstance(saved, dict) else None
-    if not isinstance(groups, list) or not isinstance(state, dict) or set(saved) != {"state", "param_groups"}:
-        raise CheckpointError(f"{where}: the optimizer state is not an SGD state dict (state, param_groups)")
+    if (
+        not isinstance(groups, list)
+        or not isinstance(state, dict)
+        or set(saved) != {"state", "param_groups"}
+    ):
+        raise CheckpointError(
+            f"{where}: the optimizer state is not an SGD state dict (state, param_groups)"
+        )
     if len(groups) != len(optimizer.param_groups):
-        raise CheckpointError(f"{where}: the optimizer state has {len(groups)} parameter groups, the run has {len(optimizer.param_groups)}")
+        raise CheckpointError(
+            f"{where}: the optimizer state has {len(groups)} parameter groups, the run has {len(optimizer.param_groups)}"
+        )
     shapes: dict[int, tuple] = {}
     for i, (group, fresh) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
         ids = group.get("params") if isinstance(group, dict) else None
-        if not isinstance(ids, list) or not all(_is_int(p) for p in ids) or len(ids) != len(fresh["params"]):
-            raise CheckpointError(f"{where}: optimizer parameter group {i} does not list the run's {len(fresh['params'])} parameters")
+        if (
+            not isinstance(ids, list)
+            or not all(_is_int(p) for p in ids)
+            or len(ids) != len(fresh["params"])
+        ):
+            raise CheckpointError(
+                f"{where}: optimizer parameter group {i} does not list the run's {len(fresh['params'])} parameters"
+            )
         for key, value in group.items():
             if key != "params" and key in fresh and not _same_kind(value, fresh[key]):
-                raise CheckpointError(f"{where}: optimizer parameter group {i} has {key} = {value!r:.40}")
-        shapes.update({p: tuple(param.shape) for p, param in zip(ids, fresh["params"], strict=True)})
+                raise CheckpointError(
+                    f"{where}: optimizer parameter group {i} has {key} = {value!r:.40}"
+                )
+        shapes.update(
+            {p: tuple(param.shape) for p, param in zip(ids, fresh["params"], strict=True)}
+        )
     if len(shapes) != sum(len(g["params"]) for g in groups):
         raise CheckpointError(f"{where}: the optimizer state lists a parameter twice")
     for key, entry in state.items():
         if key not in shapes or not isinstance(entry, dict):
-            raise CheckpointError(f"{where}: the optimizer state has an entry {key!r:.40} for no parameter of the run")
+            raise CheckpointError(
+                f"{where}: the optimizer state has an entry {key!r:.40} for no parameter of the run"
+            )
         for name, value in entry.items():
             if isinstance(value, torch.Tensor):
                 if value.dim() and tuple(value.shape) != shapes[key]:
-                    raise CheckpointError(f"{where}: optimizer {name} of parameter {key} has shape "
-                                          f"{tuple(value.shape)}, the parameter {shapes[key]}")
+                    raise CheckpointError(
+                        f"{where}: optimizer {name} of parameter {key} has shape "
+                        f"{tuple(value.shape)}, the parameter {shapes[key]}"
+                    )
             elif value is not None and not _is_number(value):
-                raise CheckpointError(f"{where}: optimizer state {name} of parameter {key} is a {type(value).__name__}")
+                raise CheckpointError(
+                    f"{where}: optimizer state {name} of parameter {key} is a {type(value).__name__}"
+                )
     if not _same_kind(ckpt["scheduler"], scheduler.state_dict()):
-        raise CheckpointError(f"{where}: the scheduler state does not fit the run's learning-rate schedule")
+        raise CheckpointError(
+            f"{where}: the scheduler state does not fit the run's learning-rate schedule"
+        )
     scaler = ckpt["scaler"]
     scaler_keys = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
-    if not isinstance(scaler, dict) or not set(scaler) <= scaler_keys or not all(map(_is_number, scaler.values())) or (
-            cfg.amp == "fp16" and set(scaler) != scaler_keys):
+    if (
+        not isinstance(scaler, dict)
+        or not set(scaler) <= scaler_keys
+        or not all(map(_is_number, scaler.values()))
+        or (cfg.amp == "fp16" and set(scaler) != scaler_keys)
+    ):
         raise CheckpointError(f"{where}: the gradient-scaler state is not one afictl train writes")
     rngs = ckpt.get("rng") or []
     if not isinstance(rngs, list):
@@ -302,16 +382,22 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
         set_rng_state(before)
     partial = ckpt.get("partial", [])
     if not isinstance(partial, list) or not all(map(_is_number, partial)):
-        raise CheckpointError(f"{where}: partial (the running sums of an interrupted epoch) must be numbers")
+        raise CheckpointError(
+            f"{where}: partial (the running sums of an interrupted epoch) must be numbers"
+        )
     for key in ("best_top1", "partial_seconds"):
         if key in ckpt and not _is_number(ckpt[key]):
-            raise CheckpointError(f"{where}: {key} must be a number, not {type(ckpt[key]).__name__}")
+            raise CheckpointError(
+                f"{where}: {key} must be a number, not {type(ckpt[key]).__name__}"
+            )
     metrics = ckpt.get("metrics", [])
     if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
         raise CheckpointError(f"{where}: metrics must be a list of rows")
 
 
-def validate_checkpoint(ckpt: dict[str, Any], *, model: bool = False, resume: Any = None) -> dict[str, Any]:
+def validate_checkpoint(
+    ckpt: dict[str, Any], *, model: bool = False, resume: Any = None
+) -> dict[str, Any]:
     """Check a loaded checkpoint before anything uses it; :class:`CheckpointError` (one line,
     naming the file and the field) otherwise. Returns ``ckpt``.
 
@@ -334,7 +420,9 @@ def validate_checkpoint(ckpt: dict[str, Any], *, model: bool = False, resume: An
         need += ("optimizer", "scheduler", "scaler", "config", "epoch")
     absent = [k for k in need if k not in ckpt]
     if absent:
-        raise CheckpointError(f"{where} is not a complete afictl checkpoint (no {', '.join(absent)})")
+        raise CheckpointError(
+            f"{where} is not a complete afictl checkpoint (no {', '.join(absent)})"
+        )
     arch = ckpt.get("arch")
     if "arch" in ckpt:
         if not isinstance(arch, str):
@@ -345,30 +433,53 @@ def validate_checkpoint(ckpt: dict[str, Any], *, model: bool = False, resume: An
             raise CheckpointError(f"{where}: {exc}") from None
     n = ckpt.get("num_classes")
     if "num_classes" in ckpt and not (_is_int(n) and 1 <= n <= MAX_CLASSES):
-        raise CheckpointError(f"{where}: num_classes must be an integer in 1..{MAX_CLASSES:,}, got {n!r:.40}")
+        raise CheckpointError(
+            f"{where}: num_classes must be an integer in 1..{MAX_CLASSES:,}, got {n!r:.40}"
+        )
     if "model_kwargs" in ckpt and arch is not None:
         _check_model_kwargs(where, arch, ckpt["model_kwargs"] or {})
     state = ckpt.get("model")
-    if "model" in ckpt and not (isinstance(state, dict) and all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided for k, v in state.items())):
+    if "model" in ckpt and not (
+        isinstance(state, dict)
+        and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided
+            for k, v in state.items()
+        )
+    ):
         raise CheckpointError(f"{where}: model must map weight names to tensors")
     for key in ("epoch", "step"):
         if key in ckpt and not (_is_int(ckpt[key]) and ckpt[key] >= 0):
-            raise CheckpointError(f"{where}: {key} must be a non-negative integer, got {ckpt[key]!r:.40}")
+            raise CheckpointError(
+                f"{where}: {key} must be a non-negative integer, got {ckpt[key]!r:.40}"
+            )
     names = ckpt.get("class_names")
-    if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)
-                                  and (n is None or len(names) == n)):
-        raise CheckpointError(f"{where}: class_names must be {n if n is not None else 'one'} class name(s)")
+    if names is not None and not (
+        isinstance(names, list)
+        and all(isinstance(c, str) for c in names)
+        and (n is None or len(names) == n)
+    ):
+        raise CheckpointError(
+            f"{where}: class_names must be {n if n is not None else 'one'} class name(s)"
+        )
     config = ckpt.get("config")
     if config is not None and not isinstance(config, dict):
         raise CheckpointError(f"{where}: config must be a dict, not {type(config).__name__}")
     config = config or {}
     if config.get("arch") is not None and config.get("arch") != arch:
-        raise CheckpointError(f"{where}: it holds a {arch} checkpoint but its config records arch {config['arch']!r:.40}; refused")
+        raise CheckpointError(
+            f"{where}: it holds a {arch} checkpoint but its config records arch {config['arch']!r:.40}; refused"
+        )
     for key in ("dataset", "data_root", "eval_split"):
         if config.get(key) is not None and not isinstance(config[key], str):
-            raise CheckpointError(f"{where}: config {key} must be a string, not {type(config[key]).__name__}")
-    for key, source in (("input_size", config), ("input_size", ckpt), ("data_size", config), ("seed", config)):
+            raise CheckpointError(
+                f"{where}: config {key} must be a string, not {type(config[key]).__name__}"
+            )
+    for key, source in (
+        ("input_size", config),
+        ("input_size", ckpt),
+        ("data_size", config),
+        ("seed", config),
+    ):
         value = source.get(key)
         if value is not None and not (_is_int(value) and (key == "seed" or 1 <= value <= 100_000)):
             raise CheckpointError(f"{where}: {key} must be a positive integer, got {value!r:.40}")
@@ -406,6 +517,8 @@ def model_from_checkpoint(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt['path']}: weights do not fit {saved} ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{ckpt['path']}: weights do not fit {saved} ({str(exc).splitlines()[0]})"
+        ) from None
     model.to(map_location).eval()
     return model, ckpt

@@ -137,7 +137,9 @@ def infer_format(path: str | Path, format: str | None = None) -> str:
         return fmt
     if suffix in EXPORT_FORMATS:
         return suffix
-    raise UserError(f"cannot tell the export format of {Path(path).name}: name it .onnx or .pt2, or give --format onnx|pt2")
+    raise UserError(
+        f"cannot tell the export format of {Path(path).name}: name it .onnx or .pt2, or give --format onnx|pt2"
+    )
 
 
 def tolerance(max_abs_eager: float, rtol: float = DEFAULT_RTOL) -> float:
@@ -168,8 +170,11 @@ def _quiet() -> Iterator[None]:
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
-              contextlib.redirect_stderr(io.StringIO())):  # torch.export prints partial graphs there
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):  # torch.export prints partial graphs there
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -192,15 +197,26 @@ def _dynamic_batch() -> tuple[dict[int, Any]]:
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     with _quiet():
         torch.onnx.export(
-            model, (example,), str(path), dynamo=True, opset_version=opset,
-            dynamic_shapes=_dynamic_batch(), input_names=[_INPUT_NAME], output_names=[_OUTPUT_NAME],
-            external_data=False, verbose=False,
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            dynamic_shapes=_dynamic_batch(),
+            input_names=[_INPUT_NAME],
+            output_names=[_OUTPUT_NAME],
+            external_data=False,
+            verbose=False,
         )
     import onnx
 
-    written = {o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import}
+    written = {
+        o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+    }
     if written.get("", written.get("ai.onnx")) != opset:
-        raise ExportError(f"the exporter wrote opset {written.get('')} instead of {opset}: use --opset {DEFAULT_OPSET} or later")
+        raise ExportError(
+            f"the exporter wrote opset {written.get('')} instead of {opset}: use --opset {DEFAULT_OPSET} or later"
+        )
 
 
 def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -249,10 +265,14 @@ def verify_file(
         with torch.no_grad():
             expected = [t.detach().float().cpu() for t in _outputs(model(x))]
         got = run(x)
-        if len(got) != len(expected) or any(g.shape != e.shape for g, e in zip(got, expected, strict=False)):
+        if len(got) != len(expected) or any(
+            g.shape != e.shape for g, e in zip(got, expected, strict=False)
+        ):
             shapes = ", ".join(str(tuple(t.shape)) for t in got)
-            raise ExportError(f"{path.name} at batch {batch} gives outputs of shape {shapes}, "
-                              f"the model {', '.join(str(tuple(t.shape)) for t in expected)}")
+            raise ExportError(
+                f"{path.name} at batch {batch} gives outputs of shape {shapes}, "
+                f"the model {', '.join(str(tuple(t.shape)) for t in expected)}"
+            )
         for g, e in zip(got, expected, strict=True):
             d = (g.float() - e).abs().max().item() if e.numel() else 0.0
             diff = max(diff, math.inf if math.isnan(d) else d)  # a NaN anywhere fails
@@ -301,12 +321,16 @@ def export_model(
     path = Path(path)
     fmt = infer_format(path, format)
     if batch_size < 2:
-        raise UserError("the example batch must be 2 or more (torch.export fixes a batch of 1); "
-                        "the exported file accepts any batch")
+        raise UserError(
+            "the example batch must be 2 or more (torch.export fixes a batch of 1); "
+            "the exported file accepts any batch"
+        )
     if fmt == "onnx":
         require_onnx()
         if opset < DEFAULT_OPSET:
-            raise UserError(f"--opset {opset}: the torch.export-based ONNX exporter writes opset {DEFAULT_OPSET} or later")
+            raise UserError(
+                f"--opset {opset}: the torch.export-based ONNX exporter writes opset {DEFAULT_OPSET} or later"
+            )
     if path.is_dir():
         raise UserError(f"{path} is a folder: give a file name ending in .{fmt}")
     arch = arch or getattr(model, "arch", None)
@@ -317,10 +341,16 @@ def export_model(
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the renamed file
     result = ExportResult(
-        arch=arch, format=fmt, path=str(path), written=False, bytes=0,
+        arch=arch,
+        format=fmt,
+        path=str(path),
+        written=False,
+        bytes=0,
         opset=opset if fmt == "onnx" else None,
-        input_shape=f"batch x {channels} x {input_size} x {input_size}", input_size=input_size,
-        export_batch=batch_size, rtol=rtol,
+        input_shape=f"batch x {channels} x {input_size} x {input_size}",
+        input_size=input_size,
+        export_batch=batch_size,
+        rtol=rtol,
     )
     try:
         start = time.perf_counter()
@@ -333,7 +363,9 @@ def export_model(
         except UserError:
             raise
         except Exception as exc:
-            raise ExportError(f"could not export {arch or type(model).__name__} to {fmt}: {_reason(exc)}") from exc
+            raise ExportError(
+                f"could not export {arch or type(model).__name__} to {fmt}: {_reason(exc)}"
+            ) from exc
         result.export_seconds = time.perf_counter() - start
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -342,13 +374,22 @@ def export_model(
             start = time.perf_counter()
             batches = [1, batch_size + 1]
             try:
-                diff, peak = verify_file(tmp, model, format=fmt, batches=batches,
-                                         input_size=input_size, channels=channels, seed=seed)
+                diff, peak = verify_file(
+                    tmp,
+                    model,
+                    format=fmt,
+                    batches=batches,
+                    input_size=input_size,
+                    channels=channels,
+                    seed=seed,
+                )
             except UserError:
                 raise
             except Exception as exc:
-                raise ExportError(f"the exported {fmt} file of {arch or type(model).__name__} does not run: "
-                                  f"{_reason(exc)}") from exc
+                raise ExportError(
+                    f"the exported {fmt} file of {arch or type(model).__name__} does not run: "
+                    f"{_reason(exc)}"
+                ) from exc
             result.verify_seconds = time.perf_counter() - start
             result.verify_batches = batches
             result.max_abs_diff, result.max_abs_eager = diff, peak

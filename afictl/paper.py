@@ -76,8 +76,20 @@ def paper_row(arch: str) -> PaperRow | None:
 
 
 # Table 3: Office-Home accuracy (%) after fine-tuning on A and testing on B.
-OFFICE_HOME_PAIRS = ["Ar:Cl", "Ar:Pr", "Ar:Rw", "Cl:Ar", "Cl:Pr", "Cl:Rw",
-                     "Pr:Ar", "Pr:Cl", "Pr:Rw", "Rw:Ar", "Rw:Cl", "Rw:Pr"]
+OFFICE_HOME_PAIRS = [
+    "Ar:Cl",
+    "Ar:Pr",
+    "Ar:Rw",
+    "Cl:Ar",
+    "Cl:Pr",
+    "Cl:Rw",
+    "Pr:Ar",
+    "Pr:Cl",
+    "Pr:Rw",
+    "Rw:Ar",
+    "Rw:Cl",
+    "Rw:Pr",
+]
 TABLE3: dict[str, list[float]] = {
     "resnet50": [34.9, 50.0, 58.0, 37.4, 41.9, 46.2, 38.5, 31.2, 60.4, 53.9, 41.2, 59.9],
     "afi_resnet50": [42.0, 64.0, 71.6, 48.2, 56.8, 61.5, 48.5, 36.4, 69.5, 63.7, 45.3, 75.5],
@@ -85,7 +97,10 @@ TABLE3: dict[str, list[float]] = {
 TABLE3_AVG = {"resnet50": 46.1, "afi_resnet50": 56.9}
 
 # Table 6: memory (MiB) at batch 64, training and inference.
-TABLE6 = {"resnet50": {"train_mib": 7447, "infer_mib": 3827}, "afi_resnet50": {"train_mib": 7001, "infer_mib": 2671}}
+TABLE6 = {
+    "resnet50": {"train_mib": 7447, "infer_mib": 3827},
+    "afi_resnet50": {"train_mib": 7001, "infer_mib": 2671},
+}
 
 # Table 7: CIFAR-100 top-1 with AFI blocks in one stage only ("all" = the full AFI model of Table 4).
 TABLE7: dict[str, dict[str, float]] = {
@@ -98,6 +113,10 @@ TABLE8 = {1: 76.21, 2: 76.21, 4: 76.19, 8: 76.11}
 
 # Table 9: CIFAR-100 top-1 of MobileNetV2 with AFI and an attention module on its result.
 TABLE9 = {
-    "mobilenetv2": 75.20, "afi_mobilenetv2": 75.94, "afi_mobilenetv2_se": 76.15,
-    "afi_mobilenetv2_ge": 76.22, "afi_mobilenetv2_cbam": 76.51, "afi_mobilenetv2_eca": 76.76,
+    "mobilenetv2": 75.20,
+    "afi_mobilenetv2": 75.94,
+    "afi_mobilenetv2_se": 76.15,
+    "afi_mobilenetv2_ge": 76.22,
+    "afi_mobilenetv2_cbam": 76.51,
+    "afi_mobilenetv2_eca": 76.76,
 }

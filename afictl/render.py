@@ -83,7 +83,9 @@ def render_text(
     view = view.copy()
     for col, f in (formatters or {}).items():
         if col in view.columns:
-            view[col] = view[col].map(lambda v, f=f: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f(v))
+            view[col] = view[col].map(
+                lambda v, f=f: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f(v)
+            )
     view = view.astype(object).where(view.notna(), "")
     if fmt is Format.markdown:
         head = "| " + " | ".join(map(str, view.columns)) + " |"
@@ -126,7 +128,9 @@ def check_writable(output: Path) -> None:
                 pass
             return
         parent = output.parent
-        while not parent.exists() and parent != parent.parent:  # the folder write_text would create under
+        while (
+            not parent.exists() and parent != parent.parent
+        ):  # the folder write_text would create under
             parent = parent.parent
         if not parent.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a folder")

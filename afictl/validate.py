@@ -106,8 +106,16 @@ def _device(value: Any) -> str:
 
 
 def _milestones(value: Any) -> list | str:
-    items = value if isinstance(value, list | tuple) else [value] if isinstance(value, int | float | str) else None
-    if items is None or any(isinstance(v, bool) or not isinstance(v, int | float | str) for v in items):
+    items = (
+        value
+        if isinstance(value, list | tuple)
+        else [value]
+        if isinstance(value, int | float | str)
+        else None
+    )
+    if items is None or any(
+        isinstance(v, bool) or not isinstance(v, int | float | str) for v in items
+    ):
         raise _Invalid(f"takes epochs (30,60) or percent of training (50%,75%), got {value!r}")
     return list(value) if isinstance(value, list | tuple) else value
 
@@ -120,8 +128,10 @@ def _parse_stages(value: Any) -> list[int]:
             raise _Invalid(f"takes stage numbers like 1,2,3, got {value!r}")
         return sorted({int(s) for s in items})
     items = list(value) if isinstance(value, list | tuple) else [value]
-    if any(isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer()))
-           for v in items):
+    if any(
+        isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer()))
+        for v in items
+    ):
         raise _Invalid(f"takes stage numbers like 1,2,3, got {value!r}")
     return sorted({int(v) for v in items})
 
@@ -208,5 +218,7 @@ def check_option(name: str, value: Any, source: str | None = None) -> Any:
 def check_options(values: dict[str, Any], source: str | None = None) -> dict[str, Any]:
     """Every known option of ``values`` checked and normalised; ``None`` means "not given" and
     unknown keys pass through unchanged."""
-    return {k: check_option(k, v, source) if k in OPTION_CHECKS and v is not None else v
-            for k, v in values.items()}
+    return {
+        k: check_option(k, v, source) if k in OPTION_CHECKS and v is not None else v
+        for k, v in values.items()
+    }

@@ -82,8 +82,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--no-allocator-cache", action="store_true")
-    ap.add_argument("--timer", choices=["wall", "cpu"], default="wall",
-                    help="cpu: process CPU time (ignores preemption on a shared machine; one thread)")
+    ap.add_argument(
+        "--timer",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time (ignores preemption on a shared machine; one thread)",
+    )
     ap.add_argument("--only", nargs="*", help="substrings of the variants to run")
     args = ap.parse_args()
     if args.threads:
@@ -95,7 +99,9 @@ def main() -> None:
     y = torch.randint(0, info.num_classes, (args.batch_size,))
     torch.manual_seed(0)
     base = create_model(info.baseline)
-    variants = {k: v for k, v in VARIANTS.items() if not args.only or any(s in k for s in args.only)}
+    variants = {
+        k: v for k, v in VARIANTS.items() if not args.only or any(s in k for s in args.only)
+    }
     models = {}
     for name, (kwargs, _) in variants.items():
         torch.manual_seed(0)
@@ -132,15 +138,19 @@ def main() -> None:
             base_times.append(tb)
             times[name].append(tv)
             ratios[name].append(tb / tv)
-    print(f"{args.arch} vs {info.baseline}, {args.mode}, batch {args.batch_size}, {size}x{size}, "
-          f"{torch.get_num_threads()} threads, allocator {allocator}, {args.timer} timer, {args.repeats} repeats; "
-          f"baseline median {1000 * statistics.median(base_times):.1f} ms")
+    print(
+        f"{args.arch} vs {info.baseline}, {args.mode}, batch {args.batch_size}, {size}x{size}, "
+        f"{torch.get_num_threads()} threads, allocator {allocator}, {args.timer} timer, {args.repeats} repeats; "
+        f"baseline median {1000 * statistics.median(base_times):.1f} ms"
+    )
     print("| variant | ms / step (median) | speed ratio (median) | min | max |")
     print("|---|---|---|---|---|")
     for name in models:
         r = ratios[name]
-        print(f"| {name} | {1000 * statistics.median(times[name]):.1f} | {statistics.median(r):.3f} "
-              f"| {min(r):.3f} | {max(r):.3f} |")
+        print(
+            f"| {name} | {1000 * statistics.median(times[name]):.1f} | {statistics.median(r):.3f} "
+            f"| {min(r):.3f} | {max(r):.3f} |"
+        )
 
 
 if __name__ == "__main__":

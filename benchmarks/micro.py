@@ -43,7 +43,14 @@ def paired(x, w):
 
 def convs(batch: int) -> None:
     print("| convolution | forward ms | fwd+bwd ms |\n|---|---|---|")
-    for cin, cout, hw in [(16, 16, 32), (16, 8, 32), (32, 32, 16), (32, 16, 16), (64, 64, 8), (64, 32, 8)]:
+    for cin, cout, hw in [
+        (16, 16, 32),
+        (16, 8, 32),
+        (32, 32, 16),
+        (32, 16, 16),
+        (64, 64, 8),
+        (64, 32, 8),
+    ]:
         x = torch.randn(batch, cin, hw, hw, requires_grad=True)
         w = torch.randn(cout, cin, 3, 3, requires_grad=True)
         g = torch.randn(batch, cout, hw, hw)
@@ -72,7 +79,9 @@ def sums(batch: int) -> None:
 
     print("| stage-1 weighted sum, 17 inputs | ms |\n|---|---|")
     print(f"| addcmul_ chain | {timed(chain):.2f} |")
-    print(f"| one bmm over the buffer | {timed(lambda: torch.bmm(rows, buf.view(batch * c, n, hw))):.2f} |")
+    print(
+        f"| one bmm over the buffer | {timed(lambda: torch.bmm(rows, buf.view(batch * c, n, hw))):.2f} |"
+    )
     print(f"| sum over the same bytes | {timed(lambda: buf.sum(2)):.2f} |")
 
 
@@ -85,8 +94,15 @@ def cache(batch: int) -> None:
     with torch.no_grad():
         warm = timed(lambda: F.conv2d(x, w, padding=1))
         bmm = timed(lambda: torch.bmm(mixing, buf[:, :, :12].reshape(batch * 8, 12, 1024)))
-        after_bmm = timed(lambda: (torch.bmm(mixing, buf[:, :, :12].reshape(batch * 8, 12, 1024)),
-                                   F.conv2d(x, w, padding=1))) - bmm
+        after_bmm = (
+            timed(
+                lambda: (
+                    torch.bmm(mixing, buf[:, :, :12].reshape(batch * 8, 12, 1024)),
+                    F.conv2d(x, w, padding=1),
+                )
+            )
+            - bmm
+        )
         stream = timed(lambda: big.add_(1.0))
         after_stream = timed(lambda: (big.add_(1.0), F.conv2d(x, w, padding=1))) - stream
     print("| 16 -> 16 convolution | ms |\n|---|---|")

@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> dict[str, collections.Counter]:
             for event in prof.key_averages():
                 self_ms[name][event.key] += event.self_cpu_time_total / 1000 / args.repeats
     names = list(models)
-    print(f"{args.arch} vs {info.baseline}, {args.mode}, batch {args.batch_size}, {size}x{size}, "
-          f"{args.threads} thread(s), {args.repeats} repeats; ms per step unprofiled (CPU time): "
-          + ", ".join(f"{n} {step_ms[n]:.1f}" for n in names))
+    print(
+        f"{args.arch} vs {info.baseline}, {args.mode}, batch {args.batch_size}, {size}x{size}, "
+        f"{args.threads} thread(s), {args.repeats} repeats; ms per step unprofiled (CPU time): "
+        + ", ".join(f"{n} {step_ms[n]:.1f}" for n in names)
+    )
     keys = set()
     for name in names:
         keys |= {k for k, _ in self_ms[name].most_common(args.top)}
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> dict[str, collections.Counter]:
     print("|---|" + "---|" * len(names))
     for key in sorted(keys, key=lambda k: -max(self_ms[n][k] for n in names)):
         print(f"| `{key}` | " + " | ".join(f"{self_ms[n][key]:.1f}" for n in names) + " |")
-    print("| total profiled | " + " | ".join(f"{sum(self_ms[n].values()):.1f}" for n in names) + " |")
+    print(
+        "| total profiled | " + " | ".join(f"{sum(self_ms[n].values()):.1f}" for n in names) + " |"
+    )
     return self_ms
 
 

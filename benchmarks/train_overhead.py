@@ -36,7 +36,7 @@ def bare_loop(arch: str, images: torch.Tensor, targets: torch.Tensor, batch: int
     n = len(images) // batch * batch
     t0 = time.perf_counter()
     for i in range(0, n, batch):
-        x, y = images[i:i + batch], targets[i:i + batch]
+        x, y = images[i : i + batch], targets[i : i + batch]
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
@@ -46,11 +46,21 @@ def bare_loop(arch: str, images: torch.Tensor, targets: torch.Tensor, batch: int
 
 def afictl_loop(arch: str, n: int, batch: int, run_dir: Path) -> float:
     """Images per second of the training epoch of ``afictl train --data synthetic``."""
-    cfg = resolve_config({
-        "arch": arch, "dataset": "synthetic", "data_size": n, "batch_size": batch, "epochs": 1,
-        "lr": 0.01, "recipe": "paper-cifar", "workers": 0, "device": "cpu", "run_dir": str(run_dir),
-        "tensorboard": False,
-    })
+    cfg = resolve_config(
+        {
+            "arch": arch,
+            "dataset": "synthetic",
+            "data_size": n,
+            "batch_size": batch,
+            "epochs": 1,
+            "lr": 0.01,
+            "recipe": "paper-cifar",
+            "workers": 0,
+            "device": "cpu",
+            "run_dir": str(run_dir),
+            "tensorboard": False,
+        }
+    )
     return train(cfg, overwrite=True).images_per_sec
 
 
@@ -76,7 +86,10 @@ def main() -> None:
                 bare.append(b)
                 ours.append(a)
     result = {
-        "arch": args.arch, "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "bare_images_per_sec": round(statistics.median(bare), 1),
         "afictl_images_per_sec": round(statistics.median(ours), 1),
@@ -84,7 +97,8 @@ def main() -> None:
         # the robust figure on a shared machine; the ratio of medians is given too
         "ratio": round(statistics.median(a / b for a, b in zip(ours, bare, strict=True)), 3),
         "ratio_of_medians": round(statistics.median(ours) / statistics.median(bare), 3),
-        "bare_runs": [round(x, 1) for x in bare], "afictl_runs": [round(x, 1) for x in ours],
+        "bare_runs": [round(x, 1) for x in bare],
+        "afictl_runs": [round(x, 1) for x in ours],
     }
     print(json.dumps(result))
 

@@ -30,14 +30,31 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", type=Path)
     p.add_argument("image", nargs="?", type=Path)
-    p.add_argument("--demo", type=Path, help="train a tiny AFI-ResNet-20 on shapes in this folder first")
+    p.add_argument(
+        "--demo", type=Path, help="train a tiny AFI-ResNet-20 on shapes in this folder first"
+    )
     args = p.parse_args(argv)
     out = args.demo or Path("analyses")
     out.mkdir(parents=True, exist_ok=True)
     ckpt, image = args.checkpoint, args.image
     if args.demo:
-        run("train", "--arch", "afi_resnet20", "--data", "shapes", "--data-size", "64", "--epochs", "1",
-            "--batch-size", "16", "--device", "cpu", "--run-dir", str(out / "run"))
+        run(
+            "train",
+            "--arch",
+            "afi_resnet20",
+            "--data",
+            "shapes",
+            "--data-size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--run-dir",
+            str(out / "run"),
+        )
         ckpt = out / "run" / "best.pt"
         image = out / "image.png"
         yy, xx = np.mgrid[0:64, 0:64]
@@ -46,7 +63,17 @@ def main(argv: list[str] | None = None) -> Path:
     if ckpt is None or image is None:
         p.error("give CHECKPOINT and IMAGE, or --demo DIR")
     run("gradcam", str(image), "--checkpoint", str(ckpt), "--output", str(out / "gradcam.png"))
-    run("selectivity", "--checkpoint", str(ckpt), "--stage", "conv3", "--max-batches", "2", "--output", str(out))
+    run(
+        "selectivity",
+        "--checkpoint",
+        str(ckpt),
+        "--stage",
+        "conv3",
+        "--max-batches",
+        "2",
+        "--output",
+        str(out),
+    )
     run("features", str(image), "--checkpoint", str(ckpt), "--output", str(out / "features.png"))
     print(f"figures and tables in {out}/")
     return out

@@ -33,12 +33,17 @@ class MyBlock(nn.Module):
         return torch.relu(x + self.bn2(out))
 
 
-def my_network(num_blocks: int = 4, channels: int = 16, num_classes: int = 10, afi: bool = True) -> nn.Module:
+def my_network(
+    num_blocks: int = 4, channels: int = 16, num_classes: int = 10, afi: bool = True
+) -> nn.Module:
     blocks = [MyBlock(channels, i if afi else None) for i in range(1, num_blocks + 1)]
     return nn.Sequential(
-        nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(3, channels, 3, padding=1),
+        nn.ReLU(),
         Stage(*blocks),  # one StageFeatures per forward pass
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, num_classes),
     )
 
 
@@ -50,7 +55,9 @@ def main() -> dict[str, torch.Tensor]:
     logits.sum().backward()
     print("logits", tuple(logits.shape))
     for name, (s,) in attention.items():
-        print(f"{name}: S~ of shape {tuple(s.shape)} (batch, inputs, channels); sums to 1 over inputs")
+        print(
+            f"{name}: S~ of shape {tuple(s.shape)} (batch, inputs, channels); sums to 1 over inputs"
+        )
     base = sum(p.numel() for p in my_network(afi=False).parameters())
     ours = sum(p.numel() for p in net.parameters())
     print(f"parameters: baseline {base:,}, AFI {ours:,}")

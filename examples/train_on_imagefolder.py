@@ -28,7 +28,11 @@ def make_demo_folder(root: Path, per_class: int = 12, size: int = 32) -> Path:
             for i in range(per_class):
                 img = rng.uniform(0, 0.3, (size, size, 3))
                 cx, cy = rng.uniform(0.3, 0.7, 2)
-                mask = (abs(xx - cx) < 0.2) & (abs(yy - cy) < 0.2) if c else (xx - cx) ** 2 + (yy - cy) ** 2 < 0.04
+                mask = (
+                    (abs(xx - cx) < 0.2) & (abs(yy - cy) < 0.2)
+                    if c
+                    else (xx - cx) ** 2 + (yy - cy) ** 2 < 0.04
+                )
                 img[mask] = rng.uniform(0.6, 1.0, 3)
                 Image.fromarray((img * 255).astype(np.uint8)).save(root / split / name / f"{i}.png")
     return root
@@ -45,13 +49,23 @@ def main(argv: list[str] | None = None) -> dict:
     root = make_demo_folder(args.demo) if args.demo else args.data_root
     if root is None:
         p.error("give --data-root or --demo")
-    cfg = resolve_config({
-        "arch": args.arch, "dataset": "imagefolder", "data_root": str(root), "epochs": args.epochs,
-        "batch_size": 8, "lr": 0.05, "device": "cpu", "workers": 0,
-        "run_dir": str(args.run_dir) if args.run_dir else None,
-    })
+    cfg = resolve_config(
+        {
+            "arch": args.arch,
+            "dataset": "imagefolder",
+            "data_root": str(root),
+            "epochs": args.epochs,
+            "batch_size": 8,
+            "lr": 0.05,
+            "device": "cpu",
+            "workers": 0,
+            "run_dir": str(args.run_dir) if args.run_dir else None,
+        }
+    )
     result = train(cfg)
-    print(f"{result.arch}: top-1 {result.eval_top1:.1f}% after {result.epochs} epochs -> {result.run_dir}")
+    print(
+        f"{result.arch}: top-1 {result.eval_top1:.1f}% after {result.epochs} epochs -> {result.run_dir}"
+    )
     return result.to_dict()
 
 

@@ -12,9 +12,17 @@ CLASSES = ("bike", "cup", "lamp")
 
 def _image(rng: np.random.Generator, cls: int, domain: str, size: int) -> Image.Image:
     yy, xx = np.mgrid[0:size, 0:size] / size
-    shape = [(xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.08, np.abs(xx - yy) < 0.15, (yy > 0.35) & (yy < 0.65)][cls]
-    base = {"Art": (0.8, 0.6, 0.4), "Clipart": (1.0, 1.0, 1.0), "Product": (0.9, 0.9, 0.9),
-            "Real World": (0.3, 0.5, 0.3)}[domain]
+    shape = [
+        (xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.08,
+        np.abs(xx - yy) < 0.15,
+        (yy > 0.35) & (yy < 0.65),
+    ][cls]
+    base = {
+        "Art": (0.8, 0.6, 0.4),
+        "Clipart": (1.0, 1.0, 1.0),
+        "Product": (0.9, 0.9, 0.9),
+        "Real World": (0.3, 0.5, 0.3),
+    }[domain]
     img = np.ones((size, size, 3)) * np.array(base)
     colour = np.array([(0.9, 0.1, 0.1), (0.1, 0.2, 0.9), (0.1, 0.7, 0.2)][cls])
     img[shape] = colour
@@ -27,8 +35,13 @@ def _image(rng: np.random.Generator, cls: int, domain: str, size: int) -> Image.
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
 
 
-def make_office_home(root: Path, per_class: int = 4, size: int = 40, real_world: str = "Real World",
-                     drop: tuple[str, str] | None = None) -> Path:
+def make_office_home(
+    root: Path,
+    per_class: int = 4,
+    size: int = 40,
+    real_world: str = "Real World",
+    drop: tuple[str, str] | None = None,
+) -> Path:
     """Write <root>/<domain>/<class>/<n>.jpg; ``drop=(domain, class)`` leaves one class out."""
     rng = np.random.default_rng(0)
     for domain in ("Art", "Clipart", "Product", "Real World"):

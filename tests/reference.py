@@ -39,7 +39,11 @@ def assert_close_scaled(actual, expected, rel=1e-9, msg="", floor=0.0):
     Kernels differ between CPUs (oneDNN picks others on Intel and AMD), so absolute tolerances
     fixed in advance break on values of another size; this one scales with what is compared.
     """
-    scale = max(expected.abs().max().item(), actual.abs().max().item(), floor,
-                torch.finfo(expected.dtype).tiny)
+    scale = max(
+        expected.abs().max().item(),
+        actual.abs().max().item(),
+        floor,
+        torch.finfo(expected.dtype).tiny,
+    )
     err = (actual - expected).abs().max().item()
     assert err <= rel * scale, f"{msg} max |diff| {err:.3g} > {rel:g} x {scale:.3g}"

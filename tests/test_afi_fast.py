@@ -59,7 +59,7 @@ def test_buffer_gradcheck_with_a_consumer_of_every_feature():
         r3 = pool.integrate(afi3, 2)
         pool.append(x3)
         r4 = pool.integrate(afi4, 3)
-        return r2.sum() + (r3 * r3).sum() + (r4 ** 3).sum() + sum(z.sum() for z in pool.squeezed)
+        return r2.sum() + (r3 * r3).sum() + (r4**3).sum() + sum(z.sum() for z in pool.squeezed)
 
     xs = [torch.randn(2, 3, 2, 3, **F64, requires_grad=True) for _ in range(3)]
     assert torch.autograd.gradcheck(f, tuple(xs))
@@ -74,7 +74,9 @@ def test_fused_block_matches_plain(groups, hw, memory_efficient, stride, hi):
     torch.manual_seed(groups + 2 * memory_efficient + 4 * stride)
     c = 8
     out_ch = 2 * c if groups == 16 else 6
-    conv = torch.nn.Conv2d(2 * c, out_ch, 3, stride=stride, padding=1, groups=groups, bias=True).double()
+    conv = torch.nn.Conv2d(
+        2 * c, out_ch, 3, stride=stride, padding=1, groups=groups, bias=True
+    ).double()
     afi = AFIModule(c, 3).double()
     xs, ref_xs = leaves(3, (2, c, *hw))
     h, ref_h = leaves(1, (2, c, *hw))
@@ -148,16 +150,19 @@ def assert_same_step(got, want):
         assert_close_scaled(bufs_f[k].double(), bufs_p[k].double(), 1e-10, k, floor=1.0)
 
 
-@pytest.mark.parametrize(("name", "size", "kwargs"), [
-    ("afi_resnet20", 16, {}),
-    ("afi_resnet20", 16, {"memory_efficient": True}),
-    ("afi_resnet50", 32, {"memory_efficient": True}),
-    ("afi_resnext29_32x4d", 16, {}),  # grouped conv2
-    ("afi_shufflenetv2", 16, {"memory_efficient": True}),  # depthwise conv2
-    ("afi_mobilenetv2", 16, {}),
-    ("afi_mobilenetv2_se", 16, {"memory_efficient": True}),  # attn on R: plain, recomputed
-    ("afi_mobilenet_v2", 32, {"dropout": 0.0}),  # ReLU6
-])
+@pytest.mark.parametrize(
+    ("name", "size", "kwargs"),
+    [
+        ("afi_resnet20", 16, {}),
+        ("afi_resnet20", 16, {"memory_efficient": True}),
+        ("afi_resnet50", 32, {"memory_efficient": True}),
+        ("afi_resnext29_32x4d", 16, {}),  # grouped conv2
+        ("afi_shufflenetv2", 16, {"memory_efficient": True}),  # depthwise conv2
+        ("afi_mobilenetv2", 16, {}),
+        ("afi_mobilenetv2_se", 16, {"memory_efficient": True}),  # attn on R: plain, recomputed
+        ("afi_mobilenet_v2", 32, {"dropout": 0.0}),  # ReLU6
+    ],
+)
 def test_whole_model_fused_equals_plain(name, size, kwargs):
     """Outputs, every parameter gradient and the BN running statistics agree in float64, in
     training (fused by default) and at inference (plain by default, fused on request)."""
@@ -218,8 +223,10 @@ def test_hooks_select_the_plain_path_and_see_r():
     x = torch.randn(2, 3, 32, 32, **F64)
     plain = model(x)
     seen = []
-    handles = [b.join.afi_out.register_forward_hook(lambda m, i, o: seen.append(o.shape))
-               for b in model.blocks("conv2")]
+    handles = [
+        b.join.afi_out.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        for b in model.blocks("conv2")
+    ]
     hooked = model(x)
     for h in handles:
         h.remove()
@@ -287,11 +294,16 @@ def test_memory_efficient_stage_rebuilds_its_buffer(training):
     x2 = torch.relu(ref_bns[0](ref_cs[0]))
     ref1 = F.conv2d(torch.cat([x2, ref_seed], 1), convs[0].weight, padding=1)
     x3 = torch.relu(ref_bns[1](ref_cs[1]))
-    ref2 = F.conv2d(torch.cat([x3, reference_afi([ref_seed, x2], afi.fc1.weight, afi.fc2.weight)], 1),
-                    convs[1].weight, padding=1)
+    ref2 = F.conv2d(
+        torch.cat([x3, reference_afi([ref_seed, x2], afi.fc1.weight, afi.fc2.weight)], 1),
+        convs[1].weight,
+        padding=1,
+    )
     for o, r in zip(outs, (ref1, ref2), strict=True):
         assert_close_scaled(o, r, 1e-10)
-    ref_loss = sum((o * torch.arange(o.numel(), **F64).view_as(o).sin()).sum() for o in (ref1, ref2))
+    ref_loss = sum(
+        (o * torch.arange(o.numel(), **F64).view_as(o).sin()).sum() for o in (ref1, ref2)
+    )
     params = [p for bn in bns for p in bn.parameters()]
     ref_params = [p for bn in ref_bns for p in bn.parameters()]
     got = torch.autograd.grad(loss, [seed, *cs, *params])
@@ -307,7 +319,9 @@ def test_channels_last_and_bf16_autocast_run_the_fused_path():
     """Channels-last (float64, against the plain path) and CPU bf16 autocast (finite, and
     gradients for every parameter)."""
     torch.manual_seed(0)
-    model = create_model("afi_resnet20", num_classes=5).double().to(memory_format=torch.channels_last)
+    model = (
+        create_model("afi_resnet20", num_classes=5).double().to(memory_format=torch.channels_last)
+    )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 16, 16, **F64).contiguous(memory_format=torch.channels_last)
     results = {}

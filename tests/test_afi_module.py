@@ -23,7 +23,9 @@ def test_integrate_gradcheck_and_no_grad_agree():
     weights = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda w, *f: integrate(f, w), (weights, *feats))
     with torch.no_grad():  # the in-place running sum of inference
-        torch.testing.assert_close(integrate(feats, weights), integrate(feats, weights.detach()).detach())
+        torch.testing.assert_close(
+            integrate(feats, weights), integrate(feats, weights.detach()).detach()
+        )
 
 
 def test_stage_features_squeeze_each_feature_once(monkeypatch):

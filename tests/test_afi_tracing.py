@@ -32,7 +32,9 @@ def test_export_jit_trace_and_fx_equal_eager(name):
     x3 = torch.randn(3, *x.shape[1:], dtype=x.dtype)
     with torch.no_grad():
         eager, eager3 = model(x), model(x3)
-        exported = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        exported = torch.export.export(
+            model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+        )
         assert_close_scaled(exported.module()(x3), eager3, 1e-10, "torch.export, batch 3")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice
@@ -53,12 +55,15 @@ def test_training_graphs_trace_too():
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", [
-    "afi_resnet20",
-    pytest.param("afi_mobilenetv2", marks=pytest.mark.slow),
-    pytest.param("afi_shufflenetv2", marks=pytest.mark.slow),
-    pytest.param("afi_resnext29_32x4d", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "afi_resnet20",
+        pytest.param("afi_mobilenetv2", marks=pytest.mark.slow),
+        pytest.param("afi_shufflenetv2", marks=pytest.mark.slow),
+        pytest.param("afi_resnext29_32x4d", marks=pytest.mark.slow),
+    ],
+)
 def test_compile_fullgraph_makes_one_graph(name):
     """dynamo captures the whole model in one graph (``fullgraph=True`` fails on any break);
     the eager backend runs that graph as captured, which is what this checks (inductor's code

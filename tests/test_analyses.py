@@ -44,12 +44,28 @@ def _train_checkpoint(path: Path, arch: str, steps: int = 4, dataset: str = "sha
         opt.zero_grad()
         loss.backward()
         opt.step()
-    config = {"arch": arch, "dataset": dataset, "data_root": None, "input_size": 32, "eval_split": "eval",
-              "data_size": 48, "seed": 0, "num_classes": len(SHAPE_CLASSES)}
-    return save_checkpoint(path, {
-        "arch": arch, "num_classes": len(SHAPE_CLASSES), "model_kwargs": {}, "model": model.state_dict(),
-        "epoch": 1, "config": config, "class_names": list(SHAPE_CLASSES),
-    })
+    config = {
+        "arch": arch,
+        "dataset": dataset,
+        "data_root": None,
+        "input_size": 32,
+        "eval_split": "eval",
+        "data_size": 48,
+        "seed": 0,
+        "num_classes": len(SHAPE_CLASSES),
+    }
+    return save_checkpoint(
+        path,
+        {
+            "arch": arch,
+            "num_classes": len(SHAPE_CLASSES),
+            "model_kwargs": {},
+            "model": model.state_dict(),
+            "epoch": 1,
+            "config": config,
+            "class_names": list(SHAPE_CLASSES),
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +121,19 @@ def test_gradcam_heatmaps_and_png(ckpts, images, tmp_path, capsys):
         assert r.view.shape == (64, 80, 3)  # CIFAR pipeline: the whole image is resized
         assert r.predicted_class in SHAPE_CLASSES and 0.0 < r.probability <= 1.0
     out = tmp_path / "cam.png"
-    code, stdout, err = run(capsys, "gradcam", *good, "-c", ckpts["resnet20"], "-c", ckpts["afi_resnet20"],
-                            "--output", out, "--format", "json")
+    code, stdout, err = run(
+        capsys,
+        "gradcam",
+        *good,
+        "-c",
+        ckpts["resnet20"],
+        "-c",
+        ckpts["afi_resnet20"],
+        "--output",
+        out,
+        "--format",
+        "json",
+    )
     assert code == 0, err
     rows = json.loads(stdout)
     assert len(rows) == 4
@@ -120,7 +147,9 @@ def test_gradcam_heatmaps_and_png(ckpts, images, tmp_path, capsys):
 def test_gradcam_target_class_by_name_or_index_and_hooks_removed(ckpts, images):
     good, _ = images
     by_name = run_gradcam(good[:1], [ckpts["afi_resnet20"]], target_class="Ring").results[0]
-    by_index = run_gradcam(good[:1], [ckpts["afi_resnet20"]], target_class=str(SHAPE_CLASSES.index("ring"))).results[0]
+    by_index = run_gradcam(
+        good[:1], [ckpts["afi_resnet20"]], target_class=str(SHAPE_CLASSES.index("ring"))
+    ).results[0]
     assert by_name.target_class == by_index.target_class == "ring"
     np.testing.assert_allclose(by_name.heatmap, by_index.heatmap, atol=1e-6)
     with pytest.raises(UserError, match="unknown class 'zebra'"):
@@ -140,8 +169,22 @@ def test_gradcam_bad_inputs_one_line_each_others_processed(ckpts, images, tmp_pa
     not_ckpt = tmp_path / "weights.pt"
     not_ckpt.write_bytes(b"\x00garbage")
     out = tmp_path / "partial.png"
-    code, stdout, err = run(capsys, "gradcam", good[0], bad, tmp_path / "missing.jpg", good[1],
-                            "-c", ckpts["resnet20"], "-c", not_ckpt, "--output", out, "--format", "json")
+    code, stdout, err = run(
+        capsys,
+        "gradcam",
+        good[0],
+        bad,
+        tmp_path / "missing.jpg",
+        good[1],
+        "-c",
+        ckpts["resnet20"],
+        "-c",
+        not_ckpt,
+        "--output",
+        out,
+        "--format",
+        "json",
+    )
     assert code == 2
     lines = err.strip().splitlines()
     errors = [line for line in lines if line.startswith("afictl: error:")]
@@ -150,7 +193,9 @@ def test_gradcam_bad_inputs_one_line_each_others_processed(ckpts, images, tmp_pa
     assert any("missing.jpg" in e for e in errors)
     assert any("weights.pt" in e for e in errors)
     rows = json.loads(stdout)
-    assert sorted(r["image"] for r in rows) == sorted(str(p) for p in good)  # the good ones still ran
+    assert sorted(r["image"] for r in rows) == sorted(
+        str(p) for p in good
+    )  # the good ones still ran
     assert out.is_file()
 
 
@@ -161,7 +206,9 @@ def test_gradcam_layer_option(ckpts, images, capsys):
         assert r.layer == "conv2" and r.heatmap.shape == (32, 32)
     r = run_gradcam(good[:1], [ckpts["resnet20"]], layer="layer3.1.conv1").results[0]
     assert r.layer == "layer3.1.conv1"
-    code, _, err = run(capsys, "gradcam", good[0], "-c", ckpts["resnet20"], "--layer", "layer9.nope")
+    code, _, err = run(
+        capsys, "gradcam", good[0], "-c", ckpts["resnet20"], "--layer", "layer9.nope"
+    )
     assert code == 2 and "no such module" in err and err.count("\n") == 1
 
 
@@ -170,14 +217,16 @@ def test_gradcam_layer_option(ckpts, images, capsys):
 
 def test_selectivity_of_hand_built_activations_equals_formula():
     """Four channels over three classes: uniform, single-class, never firing, mixed."""
-    acts = torch.tensor([  # (N=6 images, C=4 channels), each image's spatial mean
-        [1.0, 3.0, 0.0, 2.0],
-        [1.0, 1.0, 0.0, 4.0],  # class 0: means [1, 2, 0, 3]
-        [1.0, 0.0, 0.0, 1.0],
-        [1.0, 0.0, 0.0, 1.0],  # class 1: means [1, 0, 0, 1]
-        [1.0, 0.0, 0.0, 0.0],
-        [1.0, 0.0, 0.0, 2.0],  # class 2: means [1, 0, 0, 1]
-    ])
+    acts = torch.tensor(
+        [  # (N=6 images, C=4 channels), each image's spatial mean
+            [1.0, 3.0, 0.0, 2.0],
+            [1.0, 1.0, 0.0, 4.0],  # class 0: means [1, 2, 0, 3]
+            [1.0, 0.0, 0.0, 1.0],
+            [1.0, 0.0, 0.0, 1.0],  # class 1: means [1, 0, 0, 1]
+            [1.0, 0.0, 0.0, 0.0],
+            [1.0, 0.0, 0.0, 2.0],  # class 2: means [1, 0, 0, 1]
+        ]
+    )
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     # 2x2 maps whose spatial mean is the activation: the probe averages them back
     x = acts[:, :, None, None].expand(-1, -1, 2, 2).contiguous()
@@ -190,7 +239,9 @@ def test_selectivity_of_hand_built_activations_equals_formula():
     np.testing.assert_allclose(index, expected)
     assert dead.tolist() == [False, False, True, False]
     assert not np.isnan(index).any()
-    frame = selectivity_frame(cm, checkpoint="m.pt", arch="toy", stage="conv1", class_names=["a", "b", "c"])
+    frame = selectivity_frame(
+        cm, checkpoint="m.pt", arch="toy", stage="conv1", class_names=["a", "b", "c"]
+    )
     assert frame["preferred_class"].tolist() == ["a", "a", "", "a"]
     (row,) = summarize(frame)
     assert row["channels"] == 4 and row["dead_channels"] == 1
@@ -207,8 +258,12 @@ def test_selectivity_index_rejects_one_class_and_ignores_unseen_classes():
     # only classes 0 and 3 were seen: channel 0 means [2, 1] -> 1/3, channel 1 means [0, 1] -> 1
     assert frame["index"].tolist() == pytest.approx([1 / 3, 1.0])
     with pytest.raises(UserError, match="at least two classes"):
-        selectivity_frame(class_means(probe, [probe], [(x[:1], torch.tensor([0]))], num_classes=5),
-                          checkpoint="m.pt", arch="toy", stage="conv1")
+        selectivity_frame(
+            class_means(probe, [probe], [(x[:1], torch.tensor([0]))], num_classes=5),
+            checkpoint="m.pt",
+            arch="toy",
+            stage="conv1",
+        )
 
 
 def test_stage_aliases_resolve_to_the_same_modules():
@@ -232,11 +287,32 @@ def test_selectivity_unknown_stage_exit_2_lists_valid(ckpts, capsys):
 
 def test_selectivity_cli_on_recorded_data_json_csv_png(ckpts, tmp_path, capsys):
     out = tmp_path / "sel"
-    code, stdout, err = run(capsys, "selectivity", "-c", ckpts["resnet20"], "-c", ckpts["afi_resnet20"],
-                            "--stage", "stage3", "--output", out, "--format", "json", "--plot", "violin")
+    code, stdout, err = run(
+        capsys,
+        "selectivity",
+        "-c",
+        ckpts["resnet20"],
+        "-c",
+        ckpts["afi_resnet20"],
+        "--stage",
+        "stage3",
+        "--output",
+        out,
+        "--format",
+        "json",
+        "--plot",
+        "violin",
+    )
     assert code == 0, err
     rows = json.loads(stdout)
-    assert [(r["block"], r["channels"]) for r in rows] == [(1, 64), (2, 64), (3, 64), (1, 64), (2, 32), (3, 32)]
+    assert [(r["block"], r["channels"]) for r in rows] == [
+        (1, 64),
+        (2, 64),
+        (3, 64),
+        (1, 64),
+        (2, 32),
+        (3, 32),
+    ]
     for r in rows:
         assert set(r) >= {"block", "checkpoint", "mean_index", "channels", "dead_channels"}
         assert 0.0 <= r["mean_index"] <= 1.0 and r["dead_channels"] <= r["channels"]
@@ -286,8 +362,19 @@ def test_features_dataset_average_sums_to_one(ckpts, images):
 def test_features_cli_writes_figure(ckpts, images, tmp_path, capsys):
     good, bad = images
     out = tmp_path / "feat.png"
-    code, stdout, err = run(capsys, "features", good[1], "-c", ckpts["afi_resnet20"], "--stage", "conv2",
-                            "--output", out, "--format", "json")
+    code, stdout, err = run(
+        capsys,
+        "features",
+        good[1],
+        "-c",
+        ckpts["afi_resnet20"],
+        "--stage",
+        "conv2",
+        "--output",
+        out,
+        "--format",
+        "json",
+    )
     assert code == 0, err
     rows = json.loads(stdout)
     assert [r["input"] for r in rows] == ["X(1)", "X(2)"]
@@ -334,7 +421,10 @@ def test_run_discovery_pairs_newest_run_with_its_counterpart(tmp_path, monkeypat
     afi = put("afi_resnet20-shapes", data[1], age=10)  # the newest run
     (tmp_path / "runs" / "broken").mkdir()
     (tmp_path / "runs" / "broken" / "best.pt").write_text("half-written")
-    assert default_checkpoints() == [Path("runs/resnet20-shapes/best.pt"), Path("runs/afi_resnet20-shapes/best.pt")]
+    assert default_checkpoints() == [
+        Path("runs/resnet20-shapes/best.pt"),
+        Path("runs/afi_resnet20-shapes/best.pt"),
+    ]
     assert base.exists() and afi.exists() and old_base.exists()
     assert default_checkpoints(afi_only=True) == [Path("runs/afi_resnet20-shapes/best.pt")]
     os.utime(tmp_path / "runs" / "resnet20-cifar10" / "best.pt", (1e9, 1e9))  # now the newest
@@ -343,18 +433,37 @@ def test_run_discovery_pairs_newest_run_with_its_counterpart(tmp_path, monkeypat
     assert free_path("gradcam.png") == Path("gradcam-1.png")
 
 
-def test_bare_gradcam_and_selectivity_after_training_both_models(tmp_path, monkeypatch, capsys, images):
+def test_bare_gradcam_and_selectivity_after_training_both_models(
+    tmp_path, monkeypatch, capsys, images
+):
     """Issue 9: train resnet20 and afi_resnet20 for a few steps, then the bare lines use both."""
     monkeypatch.chdir(tmp_path)
     for arch in ("resnet20", "afi_resnet20"):
-        code, _, err = run(capsys, "train", "--arch", arch, "--data", "shapes", "--data-size", "32",
-                           "--epochs", "1", "--batch-size", "16", "--format", "json")
+        code, _, err = run(
+            capsys,
+            "train",
+            "--arch",
+            arch,
+            "--data",
+            "shapes",
+            "--data-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--format",
+            "json",
+        )
         assert code == 0, err
     Image.open(images[0][0]).convert("RGB").save("image.jpg")
     code, stdout, err = run(capsys, "gradcam", "image.jpg", "--format", "json")
     assert code == 0, err
     rows = json.loads(stdout)
-    assert [r["arch"] for r in rows] == ["resnet20", "afi_resnet20"]  # baseline first, as in Figure 3
+    assert [r["arch"] for r in rows] == [
+        "resnet20",
+        "afi_resnet20",
+    ]  # baseline first, as in Figure 3
     assert "using checkpoints: runs/resnet20-shapes-" in err and "runs/afi_resnet20-shapes-" in err
     assert "wrote gradcam.png" in err
     with Image.open("gradcam.png") as fig:

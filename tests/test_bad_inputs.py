@@ -46,12 +46,19 @@ def one_line_exit_2(code: int, err: str) -> str:
 
 def _bomb(path: Path, side: int = 30000) -> Path:
     """A tiny PNG whose header claims side x side pixels (PIL refuses it as a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -59,10 +66,27 @@ def _checkpoint(path: Path, arch: str) -> Path:
     """An untrained model saved the way `afictl train` saves it, on generated shapes."""
     torch.manual_seed(0)
     model = create_model(arch, num_classes=8)
-    config = {"arch": arch, "dataset": "shapes", "data_root": None, "input_size": 32, "eval_split": "eval",
-              "data_size": 32, "seed": 0, "num_classes": 8}
-    return save_checkpoint(path, {"arch": arch, "num_classes": 8, "model_kwargs": {}, "model": model.state_dict(),
-                                  "epoch": 1, "config": config})
+    config = {
+        "arch": arch,
+        "dataset": "shapes",
+        "data_root": None,
+        "input_size": 32,
+        "eval_split": "eval",
+        "data_size": 32,
+        "seed": 0,
+        "num_classes": 8,
+    }
+    return save_checkpoint(
+        path,
+        {
+            "arch": arch,
+            "num_classes": 8,
+            "model_kwargs": {},
+            "model": model.state_dict(),
+            "epoch": 1,
+            "config": config,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,54 +95,181 @@ def files(tmp_path_factory):
     (root / "ten.toml").write_text('epochs = "ten"\n')
     (root / "list.json").write_text(json.dumps({"batch_size": [64]}))
     (root / "memory.json").write_text(json.dumps([{"model": "resnet50", "train": 1}]))
-    (root / "transfer.json").write_text(json.dumps({"arch": "afi_resnet50", "pair": "Ar:Cl", "top1": "high"}))
+    (root / "transfer.json").write_text(
+        json.dumps({"arch": "afi_resnet50", "pair": "Ar:Cl", "top1": "high"})
+    )
     (root / "runs").mkdir()
-    return {"root": root, "ckpt": _checkpoint(root / "afi.pt", "afi_resnet20"), "bomb": _bomb(root / "bomb.png")}
+    return {
+        "root": root,
+        "ckpt": _checkpoint(root / "afi.pt", "afi_resnet20"),
+        "bomb": _bomb(root / "bomb.png"),
+    }
 
 
 #: (id, argv with {root}/{ckpt}/{bomb} filled in, a piece of the expected message)
 CASES = [
-    ("train-reduction-0", ["train", "-a", "afi_resnet20", *SHAPES, "--reduction", "0"], "--reduction must be > 0"),
-    ("train-reduction-neg", ["train", "-a", "afi_resnet20", *SHAPES, "--reduction", "-4"], "--reduction must be > 0"),
-    ("train-afi-stages-9", ["train", "-a", "afi_resnet20", *SHAPES, "--afi-stages", "9"], "has stages 1..3"),
+    (
+        "train-reduction-0",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--reduction", "0"],
+        "--reduction must be > 0",
+    ),
+    (
+        "train-reduction-neg",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--reduction", "-4"],
+        "--reduction must be > 0",
+    ),
+    (
+        "train-afi-stages-9",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--afi-stages", "9"],
+        "has stages 1..3",
+    ),
     ("train-afi-stages-0", ["train", "-a", "afi_resnet20", *SHAPES, "--afi-stages", "0"], "from 1"),
-    ("train-afi-stages-text", ["train", "-a", "afi_resnet20", *SHAPES, "--afi-stages", "1,x"], "stage numbers"),
-    ("train-config-epochs-ten", ["train", "-a", "afi_resnet20", *SHAPES, "--config", "{root}/ten.toml"],
-     "epochs must be an integer, got 'ten'"),
-    ("train-config-batch-list", ["train", "-a", "afi_resnet20", *SHAPES, "--config", "{root}/list.json"],
-     "batch_size must be an integer"),
-    ("train-lr-nan", ["train", "-a", "afi_resnet20", *SHAPES, "--lr", "nan"], "--lr must be a finite number"),
-    ("train-lr-inf", ["train", "-a", "afi_resnet20", *SHAPES, "--lr", "inf"], "--lr must be a finite number"),
-    ("train-momentum-nan", ["train", "-a", "afi_resnet20", *SHAPES, "--momentum", "nan"], "--momentum"),
-    ("train-input-size-0", ["train", "-a", "afi_resnet20", *SHAPES, "--input-size", "0"], "--input-size must be >= 8"),
-    ("train-input-size-misfit", ["train", "-a", "afi_resnet50", *SHAPES, "--input-size", "100"],
-     "afi_resnet50 cannot take 100-pixel inputs"),
-    ("train-seed-neg", ["train", "-a", "afi_resnet20", *SHAPES, "--seed", "-1"], "--seed must be >= 0"),
-    ("train-milestone-nan", ["train", "-a", "afi_resnet20", *SHAPES, "--lr-milestones", "nan"], "bad lr milestone"),
-    ("train-label-smoothing-2", ["train", "-a", "afi_resnet20", *SHAPES, "--label-smoothing", "2"], "<= 1"),
-    ("train-device-cuda-x", ["train", "-a", "afi_resnet20", *SHAPES, "--device", "cuda:x"], "--device"),
-    ("train-data-root-no-user", ["train", "-a", "afi_resnet20", "--data", "cifar10", "--data-root", "~no_such_user_x/d"],
-     "no known user"),
-    ("train-resume-workers", ["train", "--resume", "{ckpt}", "--workers", "-2"], "--workers must be >= 0"),
-    ("eval-batch-size-0", ["eval", "-c", "{ckpt}", "--batch-size", "0"], "--batch-size must be > 0"),
-    ("eval-batch-size-neg", ["eval", "-c", "{ckpt}", "--batch-size", "-3"], "--batch-size must be > 0"),
+    (
+        "train-afi-stages-text",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--afi-stages", "1,x"],
+        "stage numbers",
+    ),
+    (
+        "train-config-epochs-ten",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--config", "{root}/ten.toml"],
+        "epochs must be an integer, got 'ten'",
+    ),
+    (
+        "train-config-batch-list",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--config", "{root}/list.json"],
+        "batch_size must be an integer",
+    ),
+    (
+        "train-lr-nan",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--lr", "nan"],
+        "--lr must be a finite number",
+    ),
+    (
+        "train-lr-inf",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--lr", "inf"],
+        "--lr must be a finite number",
+    ),
+    (
+        "train-momentum-nan",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--momentum", "nan"],
+        "--momentum",
+    ),
+    (
+        "train-input-size-0",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--input-size", "0"],
+        "--input-size must be >= 8",
+    ),
+    (
+        "train-input-size-misfit",
+        ["train", "-a", "afi_resnet50", *SHAPES, "--input-size", "100"],
+        "afi_resnet50 cannot take 100-pixel inputs",
+    ),
+    (
+        "train-seed-neg",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--seed", "-1"],
+        "--seed must be >= 0",
+    ),
+    (
+        "train-milestone-nan",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--lr-milestones", "nan"],
+        "bad lr milestone",
+    ),
+    (
+        "train-label-smoothing-2",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--label-smoothing", "2"],
+        "<= 1",
+    ),
+    (
+        "train-device-cuda-x",
+        ["train", "-a", "afi_resnet20", *SHAPES, "--device", "cuda:x"],
+        "--device",
+    ),
+    (
+        "train-data-root-no-user",
+        ["train", "-a", "afi_resnet20", "--data", "cifar10", "--data-root", "~no_such_user_x/d"],
+        "no known user",
+    ),
+    (
+        "train-resume-workers",
+        ["train", "--resume", "{ckpt}", "--workers", "-2"],
+        "--workers must be >= 0",
+    ),
+    (
+        "eval-batch-size-0",
+        ["eval", "-c", "{ckpt}", "--batch-size", "0"],
+        "--batch-size must be > 0",
+    ),
+    (
+        "eval-batch-size-neg",
+        ["eval", "-c", "{ckpt}", "--batch-size", "-3"],
+        "--batch-size must be > 0",
+    ),
     ("eval-workers-neg", ["eval", "-c", "{ckpt}", "--workers", "-2"], "--workers must be >= 0"),
-    ("eval-amp-fp8", ["eval", "-c", "{ckpt}", "--amp", "fp8"], "--amp must be one of none, bf16, fp16"),
-    ("eval-bad-images-ignore", ["eval", "-c", "{ckpt}", "--bad-images", "ignore"], "--bad-images must be one of"),
-    ("eval-split", ["eval", "-c", "{ckpt}", "--split", "test"], "--split must be one of eval, train"),
+    (
+        "eval-amp-fp8",
+        ["eval", "-c", "{ckpt}", "--amp", "fp8"],
+        "--amp must be one of none, bf16, fp16",
+    ),
+    (
+        "eval-bad-images-ignore",
+        ["eval", "-c", "{ckpt}", "--bad-images", "ignore"],
+        "--bad-images must be one of",
+    ),
+    (
+        "eval-split",
+        ["eval", "-c", "{ckpt}", "--split", "test"],
+        "--split must be one of eval, train",
+    ),
     ("eval-data-size-0", ["eval", "-c", "{ckpt}", "--data-size", "0"], "--data-size must be > 0"),
-    ("eval-data-root-no-user", ["eval", "-c", "{ckpt}", "--data", "cifar10", "--data-root", "~no_such_user_x"],
-     "no known user"),
-    ("flops-afi-stages-text", ["flops", "-a", "afi_resnet20", "--afi-stages", "x"], "stage numbers"),
+    (
+        "eval-data-root-no-user",
+        ["eval", "-c", "{ckpt}", "--data", "cifar10", "--data-root", "~no_such_user_x"],
+        "no known user",
+    ),
+    (
+        "flops-afi-stages-text",
+        ["flops", "-a", "afi_resnet20", "--afi-stages", "x"],
+        "stage numbers",
+    ),
     ("flops-afi-stages-4", ["flops", "-a", "afi_resnet20", "--afi-stages", "4"], "has stages 1..3"),
-    ("gradcam-bomb", ["gradcam", "{bomb}", "-c", "{ckpt}", "-o", "{root}/g.png"], "decompression bomb"),
-    ("features-bomb", ["features", "{bomb}", "-c", "{ckpt}", "-o", "{root}/f.png"], "decompression bomb"),
-    ("report-memory-shape", ["report", "--runs", "{root}/runs", "--memory", "{root}/memory.json", "-o", "{root}/rep"],
-     "row 1 has no 'arch'"),
-    ("report-transfer-shape", ["report", "--runs", "{root}/runs", "--transfer", "{root}/transfer.json",
-                               "-o", "{root}/rep"], "top1 = 'high'"),
-    ("report-runs-missing", ["report", "--runs", "{root}/no-runs", "-o", "{root}/rep"], "no such folder"),
-    ("models-no-match", ["models", "resnet2*x"], "no registered model matches 'resnet2*x'; closest names: "),
+    (
+        "gradcam-bomb",
+        ["gradcam", "{bomb}", "-c", "{ckpt}", "-o", "{root}/g.png"],
+        "decompression bomb",
+    ),
+    (
+        "features-bomb",
+        ["features", "{bomb}", "-c", "{ckpt}", "-o", "{root}/f.png"],
+        "decompression bomb",
+    ),
+    (
+        "report-memory-shape",
+        ["report", "--runs", "{root}/runs", "--memory", "{root}/memory.json", "-o", "{root}/rep"],
+        "row 1 has no 'arch'",
+    ),
+    (
+        "report-transfer-shape",
+        [
+            "report",
+            "--runs",
+            "{root}/runs",
+            "--transfer",
+            "{root}/transfer.json",
+            "-o",
+            "{root}/rep",
+        ],
+        "top1 = 'high'",
+    ),
+    (
+        "report-runs-missing",
+        ["report", "--runs", "{root}/no-runs", "-o", "{root}/rep"],
+        "no such folder",
+    ),
+    (
+        "models-no-match",
+        ["models", "resnet2*x"],
+        "no registered model matches 'resnet2*x'; closest names: ",
+    ),
     ("models-no-match-far", ["models", "zzz*"], "no registered model matches 'zzz*'"),
 ]
 
@@ -134,12 +285,16 @@ def test_bad_input_is_one_line_exit_2(files, capsys, tmp_path, argv, expected):
     assert not (files["root"] / "rep").exists()  # nor a report folder
 
 
-@pytest.mark.parametrize("exc", [
-    PermissionError(errno.EACCES, "Permission denied", "/read-only/out.csv"),
-    OSError(errno.ENOSPC, "No space left on device", "/full/out.csv"),
-    "bomb",
-    "unidentified",
-], ids=["permission", "disk-full", "decompression-bomb", "unidentified-image"])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PermissionError(errno.EACCES, "Permission denied", "/read-only/out.csv"),
+        OSError(errno.ENOSPC, "No space left on device", "/full/out.csv"),
+        "bomb",
+        "unidentified",
+    ],
+    ids=["permission", "disk-full", "decompression-bomb", "unidentified-image"],
+)
 def test_error_boundary_covers_os_and_pil_errors(monkeypatch, capsys, exc):
     """An OSError or PIL's refusal from anywhere inside a command is one line, not a traceback."""
     from PIL import Image
@@ -158,43 +313,140 @@ def test_error_boundary_covers_os_and_pil_errors(monkeypatch, capsys, exc):
 
 
 def test_valid_values_still_pass():
-    cfg = resolve_config({"arch": "afi_resnet20", "dataset": "shapes", "afi_stages": "1,3", "reduction": 2,
-                          "amp": "BF16", "input_size": 8, "lr": 1, "lr_milestones": "50%,3"})
-    assert (cfg.afi_stages, cfg.reduction, cfg.amp, cfg.input_size, cfg.lr) == ([1, 3], 2, "bf16", 8, 1.0)
+    cfg = resolve_config(
+        {
+            "arch": "afi_resnet20",
+            "dataset": "shapes",
+            "afi_stages": "1,3",
+            "reduction": 2,
+            "amp": "BF16",
+            "input_size": 8,
+            "lr": 1,
+            "lr_milestones": "50%,3",
+        }
+    )
+    assert (cfg.afi_stages, cfg.reduction, cfg.amp, cfg.input_size, cfg.lr) == (
+        [1, 3],
+        2,
+        "bf16",
+        8,
+        1.0,
+    )
     # a previous run's config.json, nulls included, loads again
     assert resolve_config(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
 # --- property-based: the config loader and the option parsers -----------------------------------
 
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
-_SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.integers(-3, 300)
-            | st.floats() | st.floats(0, 2) | _TEXT)
-_PLAUSIBLE = st.sampled_from([
-    "none", "bf16", "fp16", "FP8", "skip", "stop", "ignore", "cpu", "cuda", "cuda:1", "cuda:x", "auto", "1,2",
-    "1, 9", "50%", "30,60", "nan", "inf", "-1", "0", "step", "inv", "eval", "train", "~", "~no_such_user_x",
-    "paper-cifar", "quick", "shapes", "cifar10", "imagenet", "resnet20", "afi_resnet20",
-])
-_VALUES = st.recursive(_SCALARS | _PLAUSIBLE, lambda inner: st.lists(inner, max_size=3)
-                       | st.dictionaries(_TEXT, inner, max_size=2), max_leaves=6)
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8
+)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.integers(-3, 300)
+    | st.floats()
+    | st.floats(0, 2)
+    | _TEXT
+)
+_PLAUSIBLE = st.sampled_from(
+    [
+        "none",
+        "bf16",
+        "fp16",
+        "FP8",
+        "skip",
+        "stop",
+        "ignore",
+        "cpu",
+        "cuda",
+        "cuda:1",
+        "cuda:x",
+        "auto",
+        "1,2",
+        "1, 9",
+        "50%",
+        "30,60",
+        "nan",
+        "inf",
+        "-1",
+        "0",
+        "step",
+        "inv",
+        "eval",
+        "train",
+        "~",
+        "~no_such_user_x",
+        "paper-cifar",
+        "quick",
+        "shapes",
+        "cifar10",
+        "imagenet",
+        "resnet20",
+        "afi_resnet20",
+    ]
+)
+_VALUES = st.recursive(
+    _SCALARS | _PLAUSIBLE,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=2),
+    max_leaves=6,
+)
 _FIELDS = [f.name for f in fields(TrainConfig)]
-_ARCHS = st.sampled_from(["resnet20", "afi_resnet20", "afi_resnet50", "densenet40", "afi_mobilenetv2", "nope"])
+_ARCHS = st.sampled_from(
+    ["resnet20", "afi_resnet20", "afi_resnet50", "densenet40", "afi_mobilenetv2", "nope"]
+)
 _PATHS = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=8)
 #: values each option accepts, so that a good share of the random configurations is valid
-_GOOD = {k: st.integers(1, 500) for k in ("epochs", "batch_size", "data_size", "lr_reference_batch", "threads",
-                                          "reduction")} | {
-    k: st.floats(0, 1) for k in ("warmup_epochs", "momentum", "weight_decay", "backbone_lr_mult", "label_smoothing")
-} | {k: st.booleans() for k in ("download", "nesterov", "deterministic", "channels_last", "compile", "sync_bn",
-                                "tensorboard")} | {k: _PATHS for k in ("data_root", "pretrained", "run_dir")} | {
-    "workers": st.integers(0, 4), "seed": st.integers(0, 2**32), "input_size": st.integers(8, 256),
-    "lr": st.floats(1e-4, 10), "lr_gamma": st.floats(1e-3, 1), "amp": st.sampled_from(["none", "bf16", "fp16"]),
-    "bad_images": st.sampled_from(["skip", "stop"]), "lr_schedule": st.sampled_from(["step", "inv"]),
-    "device": st.sampled_from(["cpu", "auto", "cuda", "cuda:0"]), "eval_split": st.just("eval"),
-    "afi_stages": st.lists(st.integers(1, 3), max_size=3) | st.just("1,2"),
-    "lr_milestones": st.lists(st.floats(0, 300) | st.just("50%"), max_size=3) | st.just("30,60"),
-    "dataset": st.sampled_from(["shapes", "cifar10", "cifar100", "imagenet", "imagefolder", "synthetic"]),
-    "recipe": st.sampled_from(["paper-cifar", "paper-imagenet", "office-home", "quick"]), "arch": _ARCHS,
-}
+_GOOD = (
+    {
+        k: st.integers(1, 500)
+        for k in ("epochs", "batch_size", "data_size", "lr_reference_batch", "threads", "reduction")
+    }
+    | {
+        k: st.floats(0, 1)
+        for k in (
+            "warmup_epochs",
+            "momentum",
+            "weight_decay",
+            "backbone_lr_mult",
+            "label_smoothing",
+        )
+    }
+    | {
+        k: st.booleans()
+        for k in (
+            "download",
+            "nesterov",
+            "deterministic",
+            "channels_last",
+            "compile",
+            "sync_bn",
+            "tensorboard",
+        )
+    }
+    | {k: _PATHS for k in ("data_root", "pretrained", "run_dir")}
+    | {
+        "workers": st.integers(0, 4),
+        "seed": st.integers(0, 2**32),
+        "input_size": st.integers(8, 256),
+        "lr": st.floats(1e-4, 10),
+        "lr_gamma": st.floats(1e-3, 1),
+        "amp": st.sampled_from(["none", "bf16", "fp16"]),
+        "bad_images": st.sampled_from(["skip", "stop"]),
+        "lr_schedule": st.sampled_from(["step", "inv"]),
+        "device": st.sampled_from(["cpu", "auto", "cuda", "cuda:0"]),
+        "eval_split": st.just("eval"),
+        "afi_stages": st.lists(st.integers(1, 3), max_size=3) | st.just("1,2"),
+        "lr_milestones": st.lists(st.floats(0, 300) | st.just("50%"), max_size=3)
+        | st.just("30,60"),
+        "dataset": st.sampled_from(
+            ["shapes", "cifar10", "cifar100", "imagenet", "imagefolder", "synthetic"]
+        ),
+        "recipe": st.sampled_from(["paper-cifar", "paper-imagenet", "office-home", "quick"]),
+        "arch": _ARCHS,
+    }
+)
 
 
 def _mostly_good(key: str):
@@ -203,9 +455,13 @@ def _mostly_good(key: str):
 
 
 _OPTIONS = st.lists(st.sampled_from(_FIELDS), unique=True, max_size=6).flatmap(
-    lambda keys: st.fixed_dictionaries({k: _mostly_good(k) for k in keys}))
-_PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                              HealthCheck.too_slow])
+    lambda keys: st.fixed_dictionaries({k: _mostly_good(k) for k in keys})
+)
+_PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _assert_valid(cfg: TrainConfig) -> None:
@@ -243,7 +499,9 @@ def test_option_checks_accept_or_refuse(name, value):
 @given(items=_VALUES, epochs=st.integers(1, 400))
 def test_milestone_and_stage_parsers(items, epochs):
     try:
-        out = parse_milestones(items if isinstance(items, list | str) or items is None else [items], epochs)
+        out = parse_milestones(
+            items if isinstance(items, list | str) or items is None else [items], epochs
+        )
         assert all(isinstance(m, float) and math.isfinite(m) and m >= 0 for m in out)
     except UserError:
         pass
@@ -253,7 +511,9 @@ def test_milestone_and_stage_parsers(items, epochs):
         pass
     try:
         stages = check_option("afi_stages", items)
-        assert stages is None or (stages == sorted(set(stages)) and all(type(s) is int and s >= 1 for s in stages))
+        assert stages is None or (
+            stages == sorted(set(stages)) and all(type(s) is int and s >= 1 for s in stages)
+        )
     except UserError:
         pass
 
@@ -265,8 +525,11 @@ def test_resolve_config_from_options(arch, options):
 
 
 @_PROPERTY
-@given(data=_OPTIONS | st.dictionaries(_TEXT, _VALUES, max_size=3),
-       raw=st.none() | st.none() | st.binary(max_size=40), suffix=st.sampled_from([".json", ".toml"]))
+@given(
+    data=_OPTIONS | st.dictionaries(_TEXT, _VALUES, max_size=3),
+    raw=st.none() | st.none() | st.binary(max_size=40),
+    suffix=st.sampled_from([".json", ".toml"]),
+)
 def test_resolve_config_from_files(tmp_path_factory, data, raw, suffix):
     path = tmp_path_factory.mktemp("cfg") / f"c{suffix}"
     if raw is not None:  # anything at all in the file
@@ -283,7 +546,9 @@ def _toml(value) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return {math.inf: "inf", -math.inf: "-inf"}.get(value, "nan" if value != value else repr(value))
+        return {math.inf: "inf", -math.inf: "-inf"}.get(
+            value, "nan" if value != value else repr(value)
+        )
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, list):
@@ -296,12 +561,37 @@ class _Trained(Exception):
     """Raised by the stand-in for training: the command line resolved a configuration."""
 
 
-_TRAIN_OPTIONS = ["--epochs", "--batch-size", "--lr", "--lr-milestones", "--lr-gamma", "--lr-reference-batch",
-                  "--warmup-epochs", "--momentum", "--weight-decay", "--label-smoothing", "--afi-stages",
-                  "--reduction", "--seed", "--device", "--amp", "--threads", "--workers", "--input-size",
-                  "--data-size", "--bad-images", "--recipe", "--data", "--data-root"]
-_ARG = (st.integers(-(2**66), 2**66).map(str) | st.floats().map(str) | _PLAUSIBLE
-        | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=6))
+_TRAIN_OPTIONS = [
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--lr-milestones",
+    "--lr-gamma",
+    "--lr-reference-batch",
+    "--warmup-epochs",
+    "--momentum",
+    "--weight-decay",
+    "--label-smoothing",
+    "--afi-stages",
+    "--reduction",
+    "--seed",
+    "--device",
+    "--amp",
+    "--threads",
+    "--workers",
+    "--input-size",
+    "--data-size",
+    "--bad-images",
+    "--recipe",
+    "--data",
+    "--data-root",
+]
+_ARG = (
+    st.integers(-(2**66), 2**66).map(str)
+    | st.floats().map(str)
+    | _PLAUSIBLE
+    | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=6)
+)
 
 
 @_PROPERTY
@@ -315,7 +605,14 @@ def test_train_command_line_is_a_config_or_one_line(monkeypatch, capsys, tmp_pat
         raise _Trained
 
     monkeypatch.setattr(afictl.train, "train", trained)
-    argv = ["train", "-a", "afi_resnet20", "--run-dir", str(tmp_path / "run"), *(f"{o}={v}" for o, v in args)]
+    argv = [
+        "train",
+        "-a",
+        "afi_resnet20",
+        "--run-dir",
+        str(tmp_path / "run"),
+        *(f"{o}={v}" for o, v in args),
+    ]
     try:
         main(argv)
     except _Trained:
@@ -332,8 +629,16 @@ def test_train_command_line_is_a_config_or_one_line(monkeypatch, capsys, tmp_pat
 # --- selectivity: what each family's probe carries -------------------------------------------
 
 #: one model of each family (the AFI one where there is one; DenseNet has no AFI variant)
-FAMILIES = ["resnet20", "afi_resnet20", "afi_resnext29_32x4d", "mobilenetv2", "afi_mobilenetv2",
-            "shufflenetv2", "afi_shufflenetv2", "densenet40"]
+FAMILIES = [
+    "resnet20",
+    "afi_resnet20",
+    "afi_resnext29_32x4d",
+    "mobilenetv2",
+    "afi_mobilenetv2",
+    "shufflenetv2",
+    "afi_shufflenetv2",
+    "densenet40",
+]
 
 
 def _probe_values(arch: str) -> torch.Tensor:
@@ -341,8 +646,11 @@ def _probe_values(arch: str) -> torch.Tensor:
     model = create_model(arch, num_classes=8).eval()
     size = min(get_model_info(arch).input_size, 64)
     seen: list[torch.Tensor] = []
-    hooks = [p.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().flatten()))
-             for stage in model.stage_names for p in model.probes(stage)]
+    hooks = [
+        p.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().flatten()))
+        for stage in model.stage_names
+        for p in model.probes(stage)
+    ]
     with torch.no_grad():
         model(torch.randn(2, 3, size, size))
     for h in hooks:
@@ -365,7 +673,9 @@ def test_selectivity_keeps_densenet_negative_values(tmp_path):
     ckpt = _checkpoint(tmp_path / "densenet40.pt", "densenet40")
     (result,) = run_selectivity([ckpt], "conv3", batch_size=32, max_batches=1)
     channels = result.channels
-    assert (channels["mu_rest"] < 0).any() and (channels["mu_max"] < 0).any()  # clamped: never below 0
+    assert (channels["mu_rest"] < 0).any() and (
+        channels["mu_max"] < 0
+    ).any()  # clamped: never below 0
     live = channels[~channels["dead"]]
     assert len(live) == len(channels)  # a raw probe has no all-zero ("dead") channel
     assert live["index"].between(0, 1).all() and not channels["index"].isna().any()

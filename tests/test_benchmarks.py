@@ -22,8 +22,10 @@ def test_no_aggregation_bound_skips_eq2_and_restores():
     original = AFIJoin._plain, AFIJoin._fused
     calls = []
     # S~ passes through each AFI module's identity ``attention``: count the modules that weigh
-    hooks = [m.attention.register_forward_hook(lambda *a: calls.append(1))
-             for m in model.afi_modules().values()]
+    hooks = [
+        m.attention.register_forward_hook(lambda *a: calls.append(1))
+        for m in model.afi_modules().values()
+    ]
     with torch.no_grad():
         real = model(x)
         weighed = len(calls)
@@ -43,9 +45,25 @@ def test_no_aggregation_bound_skips_eq2_and_restores():
 
 def test_afi_variants_script_prints_every_requested_variant():
     out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "afi_variants.py"), "--arch", "afi_resnet20",
-         "--batch-size", "2", "--repeats", "1", "--threads", "1", "--only", "default (auto", "bound"],
-        capture_output=True, text=True, timeout=300, check=True,
+        [
+            sys.executable,
+            str(BENCHMARKS / "afi_variants.py"),
+            "--arch",
+            "afi_resnet20",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--only",
+            "default (auto",
+            "bound",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     ).stdout
     rows = [line for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
     assert len(rows) == 2 and "default" in rows[0] and "bound" in rows[1]
@@ -63,4 +81,6 @@ def test_profile_ops_reports_the_aggregation_only_for_the_afi_model(capsys):
     assert afi["aten::addcmul_"] > 0 and base["aten::addcmul_"] == 0
     assert afi["aten::mkldnn_convolution"] > 0 and base["aten::mkldnn_convolution"] > 0
     out = capsys.readouterr().out
-    assert "| `aten::mkldnn_convolution` |" in out and out.splitlines()[-1].startswith("| total profiled |")
+    assert "| `aten::mkldnn_convolution` |" in out and out.splitlines()[-1].startswith(
+        "| total profiled |"
+    )

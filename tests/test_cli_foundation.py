@@ -24,8 +24,20 @@ def test_flops_json_is_json_only(capsys):
     code, out, err = run(capsys, "flops", "--arch", "afi_resnet50", "--format", "json")
     assert code == 0
     (row,) = json.loads(out)
-    for key in ("arch", "num_classes", "batch_size", "input_size", "params", "flops", "flops_exact",
-                "baseline", "baseline_params", "baseline_flops", "params_delta_pct", "flops_delta_pct"):
+    for key in (
+        "arch",
+        "num_classes",
+        "batch_size",
+        "input_size",
+        "params",
+        "flops",
+        "flops_exact",
+        "baseline",
+        "baseline_params",
+        "baseline_flops",
+        "params_delta_pct",
+        "flops_delta_pct",
+    ):
         assert key in row
     assert row["baseline"] == "resnet50" and row["batch_size"] == 32 and row["num_classes"] == 1000
     assert row["params_delta_pct"] < 0 and row["flops_delta_pct"] < 0
@@ -34,7 +46,9 @@ def test_flops_json_is_json_only(capsys):
 @pytest.mark.parametrize("fmt", ["csv", "markdown", "table"])
 def test_flops_other_formats_and_output(capsys, tmp_path, fmt):
     out_file = tmp_path / f"flops.{fmt}"
-    code, out, err = run(capsys, "flops", "--arch", "afi_resnet20", "--format", fmt, "--output", str(out_file))
+    code, out, err = run(
+        capsys, "flops", "--arch", "afi_resnet20", "--format", fmt, "--output", str(out_file)
+    )
     assert code == 0 and out == ""
     text = out_file.read_text()
     assert "afi_resnet20" in text and "resnet20" in text
@@ -52,7 +66,9 @@ def test_bad_option_is_one_line_exit_2(capsys):
 
 
 def test_afi_stages_option(capsys):
-    code, out, _ = run(capsys, "flops", "--arch", "afi_resnet32", "--afi-stages", "1", "--format", "json")
+    code, out, _ = run(
+        capsys, "flops", "--arch", "afi_resnet32", "--afi-stages", "1", "--format", "json"
+    )
     assert code == 0
     (row,) = json.loads(out)
     assert row["params"] > 377_556  # fewer halved blocks than the full AFI-ResNet-32
@@ -78,10 +94,16 @@ def test_bare_flops_prints_tables_4_and_5(capsys):
 
 
 def test_console_script_and_module_entry_points():
-    proc = subprocess.run([sys.executable, "-m", "afictl", "models", "afi_resnet20", "-f", "csv"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "afictl", "models", "afi_resnet20", "-f", "csv"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert proc.stdout.splitlines()[1].startswith("afi_resnet20,resnet,32")
-    proc = subprocess.run([sys.executable, "-m", "afictl", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "afictl", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "flops" in proc.stdout
 
 
@@ -94,16 +116,24 @@ def test_help_lists_every_command_without_importing_them():
         "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('afictl.cli.') and m[11:] not in ('app', '_util'))\n"
         "print('LOADED', loaded)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**__import__("os").environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    )
     assert proc.stdout.splitlines()[-1] == "LOADED []"
     import importlib
 
     from afictl.cli.app import COMMANDS
+
     for name in COMMANDS:
         doc = getattr(importlib.import_module(f"afictl.cli.{name}"), f"{name}_cli").__doc__
         summary = doc.strip().splitlines()[0]
-        assert any(f" {name} " in line and summary in line for line in proc.stdout.splitlines()), name
+        assert any(f" {name} " in line and summary in line for line in proc.stdout.splitlines()), (
+            name
+        )
 
 
 def test_unknown_command_is_one_line_exit_2(capsys):

@@ -51,11 +51,17 @@ def _write_cifar(root: Path, hundred: bool = False, n: int = 10) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     label_key = "fine_labels" if hundred else "labels"
-    names = ["train", "test"] if hundred else [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    names = (
+        ["train", "test"] if hundred else [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    )
     for name in names:
         batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), label_key: list(range(n))}
         (folder / name).write_bytes(pickle.dumps(batch))
-    meta = {"fine_label_names": [f"c{i}" for i in range(100)]} if hundred else {"label_names": [f"c{i}" for i in range(10)]}
+    meta = (
+        {"fine_label_names": [f"c{i}" for i in range(100)]}
+        if hundred
+        else {"label_names": [f"c{i}" for i in range(10)]}
+    )
     (folder / ("meta" if hundred else "batches.meta")).write_bytes(pickle.dumps(meta))
 
 
@@ -127,7 +133,9 @@ def test_corrupt_image_raise_and_mark(tmp_path):
     sample, _ = marked[idx]
     assert isinstance(sample, BrokenImage) and sample.path == str(bad)
     batches = list(make_loader(marked, 8, train=False))
-    assert sum(len(b.images) for b in batches) == 4 and [x.path for b in batches for x in b.broken] == [str(bad)]
+    assert sum(len(b.images) for b in batches) == 4 and [
+        x.path for b in batches for x in b.broken
+    ] == [str(bad)]
 
 
 def test_corrupt_image_error_from_worker_is_one_line():

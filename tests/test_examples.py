@@ -23,7 +23,8 @@ def test_plug_afi_into_your_resnet():
 
 def test_train_on_imagefolder(tmp_path):
     result = load("train_on_imagefolder").main(
-        ["--demo", str(tmp_path / "data"), "--epochs", "1", "--run-dir", str(tmp_path / "run")])
+        ["--demo", str(tmp_path / "data"), "--epochs", "1", "--run-dir", str(tmp_path / "run")]
+    )
     assert result["epochs"] == 1 and (tmp_path / "run" / "best.pt").is_file()
 
 
@@ -36,7 +37,12 @@ def test_analyse_a_checkpoint(tmp_path):
 
 def test_multi_gpu_torchrun_demo(tmp_path):
     env = dict(os.environ, DEMO="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run(["bash", str(EXAMPLES / "multi_gpu_torchrun.sh"), str(tmp_path / "run")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(EXAMPLES / "multi_gpu_torchrun.sh"), str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "last.pt").is_file()

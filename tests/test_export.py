@@ -47,14 +47,32 @@ def test_every_model_exports_and_verifies(tmp_path, name, fmt):
     assert result.passed and result.written and path.is_file()
     assert result.format == fmt and result.arch == name and result.bytes == path.stat().st_size
     assert result.verify_batches == [1, 3]  # both differ from the traced batch
-    assert result.max_abs_diff <= result.tolerance == pytest.approx(DEFAULT_RTOL * result.max_abs_eager)
+    assert (
+        result.max_abs_diff
+        <= result.tolerance
+        == pytest.approx(DEFAULT_RTOL * result.max_abs_eager)
+    )
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
 def test_cli_onnx_batch_is_dynamic(capsys, tmp_path):
     path = tmp_path / "r20.onnx"
-    code, out, err = run(capsys, "export", "--arch", "resnet20", "--format", "onnx", "--output", path,
-                         "--opset", 18, "--batch-size", 2, "--print-format", "json")
+    code, out, err = run(
+        capsys,
+        "export",
+        "--arch",
+        "resnet20",
+        "--format",
+        "onnx",
+        "--output",
+        path,
+        "--opset",
+        18,
+        "--batch-size",
+        2,
+        "--print-format",
+        "json",
+    )
     assert code == 0, err
     (row,) = json.loads(out)  # stdout is the JSON and nothing else (no exporter chatter)
     assert row["passed"] is True and row["written"] is True and row["opset"] == 18
@@ -78,8 +96,22 @@ def test_cli_onnx_batch_is_dynamic(capsys, tmp_path):
 
 def test_cli_pt2_from_suffix_dynamic_batch_small_input(capsys, tmp_path):
     path = tmp_path / "sub" / "r20.pt2"  # folders are created
-    code, out, err = run(capsys, "export", "-a", "resnet20", "-o", path, "-b", 4, "--input-size", 16,
-                         "--num-classes", 10, "-p", "csv")
+    code, out, err = run(
+        capsys,
+        "export",
+        "-a",
+        "resnet20",
+        "-o",
+        path,
+        "-b",
+        4,
+        "--input-size",
+        16,
+        "--num-classes",
+        10,
+        "-p",
+        "csv",
+    )
     assert code == 0, err
     assert "pt2" in out and "resnet20" in out
     program = torch.export.load(str(path)).module()
@@ -93,9 +125,18 @@ def test_cli_pt2_from_suffix_dynamic_batch_small_input(capsys, tmp_path):
 
 def test_checkpoint_export(capsys, tmp_path):
     model = create_model("resnet20", num_classes=10).eval()
-    ckpt = save_checkpoint(tmp_path / "best.pt", {
-        "arch": "resnet20", "num_classes": 10, "model_kwargs": {}, "model": model.state_dict(),
-        "epoch": 1, "config": {"input_size": 24}, "class_names": None})
+    ckpt = save_checkpoint(
+        tmp_path / "best.pt",
+        {
+            "arch": "resnet20",
+            "num_classes": 10,
+            "model_kwargs": {},
+            "model": model.state_dict(),
+            "epoch": 1,
+            "config": {"input_size": 24},
+            "class_names": None,
+        },
+    )
     code, out, err = run(capsys, "export", "-c", tmp_path, "-o", tmp_path / "r.pt2", "-p", "json")
     assert code == 0, err
     (row,) = json.loads(out)
@@ -112,9 +153,15 @@ def test_missing_extra_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails
     code, out, err = run(capsys, "export", "--arch", "resnet20", "-o", tmp_path / "r.onnx")
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert "onnxruntime" in err and 'pip install -e ".[export]"' in err and 'pip install "afictl[export]"' in err
+    assert (
+        "onnxruntime" in err
+        and 'pip install -e ".[export]"' in err
+        and 'pip install "afictl[export]"' in err
+    )
     assert list(tmp_path.iterdir()) == []
-    code, _, err = run(capsys, "export", "--arch", "resnet20", "-o", tmp_path / "r.pt2", "--input-size", 16)
+    code, _, err = run(
+        capsys, "export", "--arch", "resnet20", "-o", tmp_path / "r.pt2", "--input-size", 16
+    )
     assert code == 0, err  # pt2 needs torch only
 
 
@@ -132,7 +179,9 @@ def test_verification_failure_exits_2_and_writes_nothing(capsys, tmp_path, monke
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "verification failed" in err and "nothing written" in err
     assert path.read_bytes() == b"previous" and list(tmp_path.iterdir()) == [path]
-    code, _, err = run(capsys, "export", "--arch", "resnet20", "-o", path, "--input-size", 16, "--no-verify")
+    code, _, err = run(
+        capsys, "export", "--arch", "resnet20", "-o", path, "--input-size", 16, "--no-verify"
+    )
     assert code == 0, err
     assert path.read_bytes() != b"previous"
 
@@ -149,17 +198,23 @@ def test_exporter_failure_leaves_nothing(capsys, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--arch", "resnet20", "--format", "json"], "--print-format json"),
-    (["--arch", "resnet20", "--format", "tflite"], "choose onnx or pt2"),
-    (["--arch", "resnet20", "-o", "model.bin"], "name it .onnx or .pt2"),
-    (["--arch", "resnet20", "-o", "model.onnx", "--format", "pt2"], "suffix .onnx"),
-    (["--arch", "resnet20", "-o", "model.pt2", "--opset", "18"], "--opset applies to --format onnx"),
-    (["--arch", "resnet20", "--opset", "17"], "x>=18"),
-    (["--arch", "resnet20", "--batch-size", "1"], "x>=2"),
-    (["--arch", "resnt20"], "resnet20"),
-    ([], "--arch NAME"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "resnet20", "--format", "json"], "--print-format json"),
+        (["--arch", "resnet20", "--format", "tflite"], "choose onnx or pt2"),
+        (["--arch", "resnet20", "-o", "model.bin"], "name it .onnx or .pt2"),
+        (["--arch", "resnet20", "-o", "model.onnx", "--format", "pt2"], "suffix .onnx"),
+        (
+            ["--arch", "resnet20", "-o", "model.pt2", "--opset", "18"],
+            "--opset applies to --format onnx",
+        ),
+        (["--arch", "resnet20", "--opset", "17"], "x>=18"),
+        (["--arch", "resnet20", "--batch-size", "1"], "x>=2"),
+        (["--arch", "resnt20"], "resnet20"),
+        ([], "--arch NAME"),
+    ],
+)
 def test_usage_errors_are_one_line(capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, "export", *args)

@@ -30,9 +30,22 @@ def _one_thread():
 
 
 NEW = [
-    "mobilenetv2", "afi_mobilenetv2", "afi_mobilenetv2_se", "afi_mobilenetv2_ge", "afi_mobilenetv2_cbam",
-    "afi_mobilenetv2_eca", "shufflenetv2", "afi_shufflenetv2", "resnext29_32x4d", "afi_resnext29_32x4d",
-    "densenet40", "densenet100", "mobilenet_v2", "afi_mobilenet_v2", "resnext50_32x4d", "afi_resnext50_32x4d",
+    "mobilenetv2",
+    "afi_mobilenetv2",
+    "afi_mobilenetv2_se",
+    "afi_mobilenetv2_ge",
+    "afi_mobilenetv2_cbam",
+    "afi_mobilenetv2_eca",
+    "shufflenetv2",
+    "afi_shufflenetv2",
+    "resnext29_32x4d",
+    "afi_resnext29_32x4d",
+    "densenet40",
+    "densenet100",
+    "mobilenet_v2",
+    "afi_mobilenet_v2",
+    "resnext50_32x4d",
+    "afi_resnext50_32x4d",
 ]
 
 
@@ -41,8 +54,16 @@ def test_all_new_models_registered_with_their_baselines():
     assert get_model_info("afi_mobilenetv2_cbam").baseline == "mobilenetv2"
     assert get_model_info("afi_mobilenet_v2").baseline == "mobilenet_v2"
     assert get_model_info("afi_resnext50_32x4d").input_size == 224
-    assert get_model_info("densenet100").baseline is None and get_model_info("densenet100").family == "densenet"
-    assert {get_model_info(n).family for n in NEW} == {"mobilenetv2", "shufflenetv2", "resnext", "densenet"}
+    assert (
+        get_model_info("densenet100").baseline is None
+        and get_model_info("densenet100").family == "densenet"
+    )
+    assert {get_model_info(n).family for n in NEW} == {
+        "mobilenetv2",
+        "shufflenetv2",
+        "resnext",
+        "densenet",
+    }
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -52,7 +73,9 @@ def test_output_shape_at_input_size(name):
     assert model(torch.empty(2, 3, size, size, device="meta")).shape == (2, 7)
 
 
-@pytest.mark.parametrize("name", [n for n in NEW if get_model_info(n).is_afi])  # baselines: test_models.py
+@pytest.mark.parametrize(
+    "name", [n for n in NEW if get_model_info(n).is_afi]
+)  # baselines: test_models.py
 def test_forward_backward_reaches_every_afi_and_attention_parameter(name):
     size = 32 if get_model_info(name).input_size == 32 else 64
     model = create_model(name, num_classes=7)
@@ -68,8 +91,12 @@ def test_forward_backward_reaches_every_afi_and_attention_parameter(name):
 def test_afi_mobilenetv2_pair_of_the_paper_is_unreachable():
     """CIFAR and ImageNet MobileNetV2 share every width, so AFI changes both by the same count;
     the paper reports -0.16M (CIFAR) and +0.12M (ImageNet)."""
-    cifar = count_params(create_meta_model("afi_mobilenetv2")) - count_params(create_meta_model("mobilenetv2"))
-    imagenet = count_params(create_meta_model("afi_mobilenet_v2")) - count_params(create_meta_model("mobilenet_v2"))
+    cifar = count_params(create_meta_model("afi_mobilenetv2")) - count_params(
+        create_meta_model("mobilenetv2")
+    )
+    imagenet = count_params(create_meta_model("afi_mobilenet_v2")) - count_params(
+        create_meta_model("mobilenet_v2")
+    )
     assert cifar == imagenet == -60_240
 
 
@@ -90,7 +117,9 @@ def test_paper_tables_have_every_row(table):
     assert all(r["params_delta_pct"] is not None for r in rows if r["arch"].startswith("afi_"))
 
 
-@pytest.mark.parametrize(("ours", "theirs"), [("mobilenet_v2", "mobilenet_v2"), ("resnext50_32x4d", "resnext50_32x4d")])
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [("mobilenet_v2", "mobilenet_v2"), ("resnext50_32x4d", "resnext50_32x4d")]
+)
 def test_torchvision_state_dict_loads_strictly_and_agrees(ours, theirs):
     tv = getattr(torchvision.models, theirs)().eval()
     model = create_model(ours).eval()
@@ -122,14 +151,22 @@ def test_shufflenetv2_afi_sits_at_the_branch_first_1x1():
     model = create_meta_model("afi_shufflenetv2")
     assert [len(model.blocks(s)) for s in model.stage_names] == [4, 8, 4]
     units = model.blocks("conv2")  # width 232, branch 116, X(i) 58
-    assert units[0].branch1 is not None and units[0].conv1.out_channels == 116  # X(1) = half of it, pooled
+    assert (
+        units[0].branch1 is not None and units[0].conv1.out_channels == 116
+    )  # X(1) = half of it, pooled
     assert units[0].join.seed_stride == 2
     assert all(u.conv1.out_channels == 58 and u.conv2.in_channels == 116 for u in units[1:])
-    assert [u.join.afi.num_inputs if u.join.afi else None for u in units] == [None, None, *range(2, 8)]
+    assert [u.join.afi.num_inputs if u.join.afi else None for u in units] == [
+        None,
+        None,
+        *range(2, 8),
+    ]
 
 
 def test_family_size_options():
-    assert count_params(create_meta_model("shufflenetv2", width=0.5)) == 444_292  # pytorch-cifar 0.5x
+    assert (
+        count_params(create_meta_model("shufflenetv2", width=0.5)) == 444_292
+    )  # pytorch-cifar 0.5x
     with pytest.raises(ValueError, match="width"):
         create_meta_model("shufflenetv2", width=0.75)
     with pytest.raises(ValueError, match="3n \\+ 4"):
@@ -144,8 +181,15 @@ def test_resnext29_afi_halves_the_first_1x1():
     assert model.conv1.kernel_size == (1, 1) and model.stage_names == ["conv1", "conv2", "conv3"]
 
 
-@pytest.mark.parametrize(("name", "stages"), [("afi_mobilenetv2", 7), ("afi_shufflenetv2", 3),
-                                               ("afi_resnext29_32x4d", 3), ("afi_mobilenet_v2", 7)])
+@pytest.mark.parametrize(
+    ("name", "stages"),
+    [
+        ("afi_mobilenetv2", 7),
+        ("afi_shufflenetv2", 3),
+        ("afi_resnext29_32x4d", 3),
+        ("afi_mobilenet_v2", 7),
+    ],
+)
 def test_afi_stages_and_reduction_work_for_every_family(name, stages):
     full = create_meta_model(name)
     only = create_meta_model(name, afi_stages=[stages])
@@ -185,7 +229,9 @@ def test_attention_keeps_shape_and_changes_input(name):
 
 def test_attention_factory_and_variants():
     assert create_attn(None, 8) is None and create_attn("none", 8) is None
-    assert isinstance(create_attn("SE", 32), SqueezeExcite) and isinstance(create_attn("cbam", 32), CBAM)
+    assert isinstance(create_attn("SE", 32), SqueezeExcite) and isinstance(
+        create_attn("cbam", 32), CBAM
+    )
     with pytest.raises(ValueError, match="se, ge, cbam, eca"):
         create_attn("sk", 8)
     assert [eca_kernel_size(c) for c in (64, 256, 512)] == [3, 5, 5]  # Eq. 12 of ECA-Net

@@ -18,7 +18,11 @@ PAPER_BASELINE_FLOPS = {
     "resnet101": 250.69e9,
     "resnet152": 369.88e9,
 }
-PAPER_RATIOS = {"afi_resnet50": 121.72 / 131.57, "afi_resnet110": 6.23 / 8.17, "afi_resnet32": 1.78 / 2.23}
+PAPER_RATIOS = {
+    "afi_resnet50": 121.72 / 131.57,
+    "afi_resnet110": 6.23 / 8.17,
+    "afi_resnet32": 1.78 / 2.23,
+}
 
 
 @pytest.mark.parametrize("name", PAPER_BASELINE_FLOPS)

@@ -24,14 +24,26 @@ from afictl.errors import UserError
 from afictl.models import create_model
 
 # the CAM methods of pytorch-grad-cam 1.5.7 that the issue asks for, in its order
-ISSUE_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "scorecam", "eigencam", "eigengradcam",
-                 "layercam", "ablationcam", "fullgrad"]
+ISSUE_METHODS = [
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "hirescam",
+    "scorecam",
+    "eigencam",
+    "eigengradcam",
+    "layercam",
+    "ablationcam",
+    "fullgrad",
+]
 
 
 def _clean(model: nn.Module, modules_before: list[nn.Module]) -> None:
     """No hook left behind, and every module back in its place (Ablation-CAM swaps one out)."""
-    assert all(not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
-               for m in model.modules())
+    assert all(
+        not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
+        for m in model.modules()
+    )
     assert list(model.modules()) == modules_before
 
 
@@ -56,7 +68,9 @@ def test_methods_and_names():
     assert resolve_method("Grad-CAM++").name == "gradcam++"
     assert resolve_method("ABLATIONCAM").title == "Ablation-CAM"
     assert resolve_method("score_cam").name == "scorecam"
-    with pytest.raises(UserError, match=r"unknown CAM method 'gradcam3'; valid methods: gradcam, gradcam\+\+, "):
+    with pytest.raises(
+        UserError, match=r"unknown CAM method 'gradcam3'; valid methods: gradcam, gradcam\+\+, "
+    ):
         resolve_method("gradcam3")
 
 
@@ -154,8 +168,13 @@ def test_fullgrad_matches_the_library_and_needs_no_bias(models):
     heat, _ = grad_cam(model, x, None, method="fullgrad")
     with FullGrad(model, []) as cam:
         np.testing.assert_allclose(heat, cam(x, None), atol=1e-6)
-    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(8, 4))
+    plain = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
     heat, logits = grad_cam(plain, torch.randn(2, 3, 16, 16), None, method="fullgrad")
     _check_heatmaps(heat, 2, 16)  # no bias to hook: the input x gradient term alone
     assert logits.shape == (2, 4)
@@ -164,11 +183,19 @@ def test_fullgrad_matches_the_library_and_needs_no_bias(models):
 # One model per family (resnet20 and afi_resnet20: every method above). Ablation-CAM runs one
 # forward pass per channel of the last block: 320-464 channels on MobileNetV2 / ShuffleNetV2
 # (1-2 s on 2 idle cores, 20 s on busy ones), DenseNet-40 4 s, 1024 on ResNeXt-29 20 s: slow.
-FAMILIES = ["mobilenetv2", "afi_mobilenetv2", "shufflenetv2", "afi_shufflenetv2", "densenet40",
-            "resnext29_32x4d", "afi_resnext29_32x4d"]
+FAMILIES = [
+    "mobilenetv2",
+    "afi_mobilenetv2",
+    "shufflenetv2",
+    "afi_shufflenetv2",
+    "densenet40",
+    "resnext29_32x4d",
+    "afi_resnext29_32x4d",
+]
 _CASES = [
     pytest.param(arch, method, marks=pytest.mark.slow if method == "ablationcam" else ())
-    for arch in FAMILIES for method in ("gradcam", "ablationcam", "fullgrad")
+    for arch in FAMILIES
+    for method in ("gradcam", "ablationcam", "fullgrad")
 ]
 
 
@@ -199,23 +226,42 @@ def test_cli_ablationcam_end_to_end(inputs, tmp_path, capsys):
     image, ckpt = inputs
     out = tmp_path / "cam.svg"
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # titles as text in the SVG
-        code, stdout, err = run(capsys, "gradcam", image, "-c", ckpt, "--method", "AblationCAM", "-o", out)
+        code, stdout, err = run(
+            capsys, "gradcam", image, "-c", ckpt, "--method", "AblationCAM", "-o", out
+        )
     assert code == 0, err
     assert out.is_file() and "Ablation-CAM (area: share above half the maximum)" in out.read_text()
     assert "Ablation-CAM" in stdout and "ablationcam" in stdout  # table title and method column
     assert f"wrote {out}" in err and "it/s" not in err  # no progress bars
-    code, stdout, err = run(capsys, "gradcam", image, "-c", ckpt, "-m", "eigencam", "-o", tmp_path / "e.png",
-                            "--format", "json")
+    code, stdout, err = run(
+        capsys,
+        "gradcam",
+        image,
+        "-c",
+        ckpt,
+        "-m",
+        "eigencam",
+        "-o",
+        tmp_path / "e.png",
+        "--format",
+        "json",
+    )
     assert code == 0, err
     assert '"method": "eigencam"' in stdout and (tmp_path / "e.png").is_file()
 
 
 def test_cli_unknown_method_and_fullgrad_layer(inputs, tmp_path, capsys):
     image, ckpt = inputs
-    code, stdout, err = run(capsys, "gradcam", image, "-c", ckpt, "--method", "gradcam3", "-o", tmp_path / "x.png")
+    code, stdout, err = run(
+        capsys, "gradcam", image, "-c", ckpt, "--method", "gradcam3", "-o", tmp_path / "x.png"
+    )
     assert code == 2 and stdout == "" and err.count("\n") == 1
     assert err.startswith("afictl: error: unknown CAM method 'gradcam3'; valid methods: ")
     assert all(m in err for m in ISSUE_METHODS)
     assert not (tmp_path / "x.png").exists()
-    code, _, err = run(capsys, "gradcam", image, "-c", ckpt, "--method", "fullgrad", "--layer", "conv2")
-    assert code == 2 and err.count("\n") == 1 and "--layer does not apply to --method fullgrad" in err
+    code, _, err = run(
+        capsys, "gradcam", image, "-c", ckpt, "--method", "fullgrad", "--layer", "conv2"
+    )
+    assert (
+        code == 2 and err.count("\n") == 1 and "--layer does not apply to --method fullgrad" in err
+    )

@@ -10,21 +10,57 @@ from torch import nn
 from afictl.profiling.bench import configure_allocator, pair_of
 from afictl.profiling.memory import account, inference_peak, saved_tensor_bytes
 
-MEMORY_KEYS = {"arch", "baseline", "batch_size", "device", "train_bytes", "baseline_train_bytes",
-               "train_ratio", "infer_bytes", "baseline_infer_bytes", "infer_ratio", "saved_bytes",
-               "infer_activation_bytes", "param_bytes", "infer_peak_module", "memory_efficient"}
-BENCH_KEYS = {"arch", "baseline", "mode", "batch_size", "images_per_sec", "baseline_images_per_sec",
-              "speed_ratio", "repeats", "threads", "channels_last", "amp", "compile", "allocator",
-              "warmup_seconds", "baseline_warmup_seconds"}
+MEMORY_KEYS = {
+    "arch",
+    "baseline",
+    "batch_size",
+    "device",
+    "train_bytes",
+    "baseline_train_bytes",
+    "train_ratio",
+    "infer_bytes",
+    "baseline_infer_bytes",
+    "infer_ratio",
+    "saved_bytes",
+    "infer_activation_bytes",
+    "param_bytes",
+    "infer_peak_module",
+    "memory_efficient",
+}
+BENCH_KEYS = {
+    "arch",
+    "baseline",
+    "mode",
+    "batch_size",
+    "images_per_sec",
+    "baseline_images_per_sec",
+    "speed_ratio",
+    "repeats",
+    "threads",
+    "channels_last",
+    "amp",
+    "compile",
+    "allocator",
+    "warmup_seconds",
+    "baseline_warmup_seconds",
+}
 
 
 def test_memory_json_has_the_interface_keys(capsys):
-    code, out, _ = run(capsys, "memory", "--arch", "afi_resnet20", "--batch-size", "8", "--format", "json")
+    code, out, _ = run(
+        capsys, "memory", "--arch", "afi_resnet20", "--batch-size", "8", "--format", "json"
+    )
     assert code == 0
     (row,) = json.loads(out)
     assert MEMORY_KEYS <= set(row)
-    assert row["arch"] == "afi_resnet20" and row["baseline"] == "resnet20" and row["device"] == "cpu"
-    assert row["batch_size"] == 8 and row["cuda_train_bytes"] is None and row["rss_train_bytes"] is None
+    assert (
+        row["arch"] == "afi_resnet20" and row["baseline"] == "resnet20" and row["device"] == "cpu"
+    )
+    assert (
+        row["batch_size"] == 8
+        and row["cuda_train_bytes"] is None
+        and row["rss_train_bytes"] is None
+    )
     for side in ("", "baseline_"):
         assert row[f"{side}train_bytes"] > row[f"{side}infer_bytes"] > 0
     assert row["train_ratio"] == round(row["train_bytes"] / row["baseline_train_bytes"], 4)
@@ -35,14 +71,19 @@ def test_memory_json_has_the_interface_keys(capsys):
 def test_memory_efficient_lowers_saved_bytes_only(capsys):
     rows = {}
     for flag in ([], ["--memory-efficient"]):
-        code, out, _ = run(capsys, "memory", "--arch", "afi_resnet20", "-b", "4", "--format", "json", *flag)
+        code, out, _ = run(
+            capsys, "memory", "--arch", "afi_resnet20", "-b", "4", "--format", "json", *flag
+        )
         assert code == 0
         rows[bool(flag)] = json.loads(out)[0]
     plain, efficient = rows[False], rows[True]
     assert efficient["memory_efficient"] and not plain["memory_efficient"]
     assert efficient["saved_bytes"] < plain["saved_bytes"]
     assert efficient["baseline_saved_bytes"] == plain["baseline_saved_bytes"]
-    assert efficient["infer_bytes"] == plain["infer_bytes"] and efficient["param_bytes"] == plain["param_bytes"]
+    assert (
+        efficient["infer_bytes"] == plain["infer_bytes"]
+        and efficient["param_bytes"] == plain["param_bytes"]
+    )
 
 
 def test_memory_of_a_baseline_has_no_ratio_and_bad_device_fails(capsys):
@@ -86,9 +127,30 @@ def test_meta_account_equals_real_tensors():
 
 
 def test_bench_json_with_tiny_sizes(capsys):
-    code, out, _ = run(capsys, "bench", "--arch", "resnet20", "--mode", "infer", "--mode", "train",
-                       "-b", "2", "--input-size", "16", "--repeats", "2", "--warmup", "1",
-                       "--threads", "1", "--timer", "cpu", "--format", "json")
+    code, out, _ = run(
+        capsys,
+        "bench",
+        "--arch",
+        "resnet20",
+        "--mode",
+        "infer",
+        "--mode",
+        "train",
+        "-b",
+        "2",
+        "--input-size",
+        "16",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--timer",
+        "cpu",
+        "--format",
+        "json",
+    )
     assert code == 0
     rows = json.loads(out)
     assert [r["mode"] for r in rows] == ["infer", "train"]
@@ -98,7 +160,9 @@ def test_bench_json_with_tiny_sizes(capsys):
         assert row["images_per_sec"] > 0 and row["baseline_images_per_sec"] > 0
         assert row["ratio_min"] <= row["speed_ratio"] <= row["ratio_max"]
         assert row["threads"] == 1 and row["repeats"] == 2 and row["input_size"] == 16
-        assert row["timer"] == "cpu" and row["aggregation"] == ("fused" if row["mode"] == "train" else "plain")
+        assert row["timer"] == "cpu" and row["aggregation"] == (
+            "fused" if row["mode"] == "train" else "plain"
+        )
 
 
 def test_bench_rejects_bad_input(capsys):

@@ -34,7 +34,9 @@ def test_output_shape_on_meta(name):
 @pytest.mark.parametrize("name", list_models("*", exclude=["*resnet101", "*resnet152"]))
 def test_real_forward_backward(name):
     info = get_model_info(name)
-    size = info.input_size if info.input_size == 32 else 64  # small, still valid input for ImageNet nets
+    size = (
+        info.input_size if info.input_size == 32 else 64
+    )  # small, still valid input for ImageNet nets
     model = create_model(name, num_classes=5)
     out = model(torch.randn(2, 3, size, size))
     assert out.shape == (2, 5) and torch.isfinite(out).all()
@@ -47,12 +49,28 @@ def test_real_forward_backward(name):
 # not self-consistent there); None: no reading of the paper reaches its number
 # (docs/ARCHITECTURE.md, "Families"). Our exact counts are the registry's ``num_params``.
 PAPER_TOLERANCE = {
-    "resnet32": 1e-4, "afi_resnet32": 0.005, "resnet110": 0.005, "afi_resnet110": 0.015,
-    "resnet50": 1e-3, "afi_resnet50": 0.005, "resnet101": 1e-3, "afi_resnet101": 0.005,
-    "resnet152": 1e-3, "afi_resnet152": 0.005, "mobilenetv2": 0.01, "afi_mobilenetv2": None,
-    "shufflenetv2": None, "afi_shufflenetv2": None, "resnext29_32x4d": 0.01,
-    "afi_resnext29_32x4d": 0.02, "densenet40": 0.01, "densenet100": 0.01, "mobilenet_v2": 0.01,
-    "afi_mobilenet_v2": None, "resnext50_32x4d": 0.01, "afi_resnext50_32x4d": 0.02,
+    "resnet32": 1e-4,
+    "afi_resnet32": 0.005,
+    "resnet110": 0.005,
+    "afi_resnet110": 0.015,
+    "resnet50": 1e-3,
+    "afi_resnet50": 0.005,
+    "resnet101": 1e-3,
+    "afi_resnet101": 0.005,
+    "resnet152": 1e-3,
+    "afi_resnet152": 0.005,
+    "mobilenetv2": 0.01,
+    "afi_mobilenetv2": None,
+    "shufflenetv2": None,
+    "afi_shufflenetv2": None,
+    "resnext29_32x4d": 0.01,
+    "afi_resnext29_32x4d": 0.02,
+    "densenet40": 0.01,
+    "densenet100": 0.01,
+    "mobilenet_v2": 0.01,
+    "afi_mobilenet_v2": None,
+    "resnext50_32x4d": 0.01,
+    "afi_resnext50_32x4d": 0.02,
 }
 
 
@@ -66,8 +84,14 @@ def test_registry_metadata_matches_the_built_model(name):
     row = paper_row(name)
     if row is not None and PAPER_TOLERANCE[name] is not None:
         assert abs(info.num_params - row.params) <= PAPER_TOLERANCE[name] * row.params, row
-    values = {"afi_stages": [1], "reduction": 2, "memory_efficient": True, "dropout": 0.1,
-              "attn": "se", "width": 0.5}
+    values = {
+        "afi_stages": [1],
+        "reduction": 2,
+        "memory_efficient": True,
+        "dropout": 0.1,
+        "attn": "se",
+        "width": 0.5,
+    }
     for option in info.options:  # each declared option is accepted
         create_meta_model(name, num_classes=3, **{option: values[option]})
     assert info.is_afi == ("memory_efficient" in info.options)
@@ -76,7 +100,9 @@ def test_registry_metadata_matches_the_built_model(name):
 def test_undeclared_options_are_refused_in_one_line():
     with pytest.raises(UserError, match=r"resnet20 does not take reduction; it takes no options"):
         create_model("resnet20", reduction=2)
-    with pytest.raises(UserError, match=r"does not take r; it takes afi_stages, reduction, memory_efficient"):
+    with pytest.raises(
+        UserError, match=r"does not take r; it takes afi_stages, reduction, memory_efficient"
+    ):
         create_model("afi_resnet20", r=2)
 
 
@@ -102,8 +128,12 @@ def test_torchvision_state_dict_loads_and_agrees():
 
 def test_registry_metadata_and_counterparts():
     info = get_model_info("afi_resnet50")
-    assert info.input_size == 224 and info.baseline == "resnet50" and info.home_dataset == "imagenet"
-    assert get_model_info("resnet32").input_size == 32 and get_model_info("resnet32").baseline is None
+    assert (
+        info.input_size == 224 and info.baseline == "resnet50" and info.home_dataset == "imagenet"
+    )
+    assert (
+        get_model_info("resnet32").input_size == 32 and get_model_info("resnet32").baseline is None
+    )
     assert counterpart("afi_resnet32") == "resnet32"
     assert counterpart("resnet32") == "afi_resnet32"
     assert list_models("afi_resnet1*") == ["afi_resnet101", "afi_resnet110", "afi_resnet152"]
@@ -120,7 +150,8 @@ def test_duplicate_registration_refused():
 
     with pytest.raises(ValueError, match="already registered"):
         register_model(family="resnet", input_size=32, num_stages=3, num_params=1, name="resnet20")(
-            lambda **kw: None)
+            lambda **kw: None
+        )
 
 
 @pytest.mark.parametrize("alias", ["conv3", "layer3", "stage3", "CONV3"])
@@ -185,7 +216,10 @@ def test_classifier_surface(name):
     info = get_model_info(name)
     x = torch.empty(1, 3, info.input_size, info.input_size, device="meta")
     assert model(x).shape == (1, 3)
-    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, model.num_features)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (
+        1,
+        model.num_features,
+    )
 
 
 def test_create_meta_model_skips_init_and_restores_it():
@@ -194,8 +228,12 @@ def test_create_meta_model_skips_init_and_restores_it():
     assert all(p.is_meta for p in model.parameters())
     assert torch.nn.init.kaiming_normal_ is init
     # the whole listing builds every model without the seconds of importing torch._dynamo
-    code = ("import sys\nfrom afictl.models.catalog import catalog\nrows = catalog()\n"
-            "print(len(rows), 'torch._dynamo' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys\nfrom afictl.models.catalog import catalog\nrows = catalog()\n"
+        "print(len(rows), 'torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     count, dynamo = out.split()
     assert int(count) > 20 and dynamo == "False"

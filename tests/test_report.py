@@ -14,10 +14,16 @@ def make_run(root, name, arch, dataset, top1s, *, epochs=None, **kw):
     d.mkdir(parents=True)
     cfg = {"arch": arch, "dataset": dataset, "epochs": epochs or len(top1s), "model_kwargs": kw}
     (d / "config.json").write_text(json.dumps(cfg))
-    pd.DataFrame({
-        "epoch": range(1, len(top1s) + 1), "train_loss": 1.0, "eval_loss": 1.0,
-        "eval_top1": top1s, "eval_top5": [min(100, t + 20) for t in top1s], "images_per_sec": 100.0,
-    }).to_csv(d / "metrics.csv", index=False)
+    pd.DataFrame(
+        {
+            "epoch": range(1, len(top1s) + 1),
+            "train_loss": 1.0,
+            "eval_loss": 1.0,
+            "eval_top1": top1s,
+            "eval_top5": [min(100, t + 20) for t in top1s],
+            "images_per_sec": 100.0,
+        }
+    ).to_csv(d / "metrics.csv", index=False)
     return d
 
 
@@ -54,17 +60,46 @@ def test_tables_take_measured_runs_and_leave_missing_cells_empty(tmp_path):
 
 
 def test_transfer_and_memory_tables_from_json(tmp_path):
-    pairs = [{"arch": "afi_resnet50", "pair": p, "top1": 50.0 + i} for i, p in enumerate(
-        ["Ar:Cl", "Ar:Pr", "Ar:Rw", "Cl:Ar", "Cl:Pr", "Cl:Rw", "Pr:Ar", "Pr:Cl", "Pr:Rw", "Rw:Ar", "Rw:Cl", "Rw:Pr"])]
-    mem = [{"arch": "afi_resnet50", "baseline": "resnet50", "batch_size": 64, "device": "cpu",
-            "train_bytes": 2**30, "baseline_train_bytes": 2**31, "infer_bytes": 2**29, "baseline_infer_bytes": 2**30}]
+    pairs = [
+        {"arch": "afi_resnet50", "pair": p, "top1": 50.0 + i}
+        for i, p in enumerate(
+            [
+                "Ar:Cl",
+                "Ar:Pr",
+                "Ar:Rw",
+                "Cl:Ar",
+                "Cl:Pr",
+                "Cl:Rw",
+                "Pr:Ar",
+                "Pr:Cl",
+                "Pr:Rw",
+                "Rw:Ar",
+                "Rw:Cl",
+                "Rw:Pr",
+            ]
+        )
+    ]
+    mem = [
+        {
+            "arch": "afi_resnet50",
+            "baseline": "resnet50",
+            "batch_size": 64,
+            "device": "cpu",
+            "train_bytes": 2**30,
+            "baseline_train_bytes": 2**31,
+            "infer_bytes": 2**29,
+            "baseline_infer_bytes": 2**30,
+        }
+    ]
     tables = build_tables(pd.DataFrame(), memory_rows=mem, transfer_rows=pairs, tables=(3, 6))
     t3 = tables[3].set_index(["arch", "source"])
     assert t3.loc[("afi_resnet50", "ours"), "Ar:Cl"] == 50.0
     assert t3.loc[("afi_resnet50", "ours"), "avg"] == 55.5
     assert pd.isna(t3.loc[("resnet50", "ours"), "avg"])
     t6 = tables[6].set_index("arch")
-    assert t6.loc["afi_resnet50", "train_mib"] == 1024.0 and t6.loc["resnet50", "infer_mib"] == 1024.0
+    assert (
+        t6.loc["afi_resnet50", "train_mib"] == 1024.0 and t6.loc["resnet50", "infer_mib"] == 1024.0
+    )
 
 
 def test_report_cli_writes_tables_and_figure(tmp_path, capsys):
@@ -74,7 +109,21 @@ def test_report_cli_writes_tables_and_figure(tmp_path, capsys):
     make_run(runs, "c", "afi_resnet32", "cifar100", [55.0])
     out = tmp_path / "rep"
     try:
-        main(["report", "--runs", str(runs), "--output", str(out), "-t", "4", "-f", "markdown", "-f", "csv"])
+        main(
+            [
+                "report",
+                "--runs",
+                str(runs),
+                "--output",
+                str(out),
+                "-t",
+                "4",
+                "-f",
+                "markdown",
+                "-f",
+                "csv",
+            ]
+        )
     except SystemExit as exc:
         assert not exc.code
     text = (out / "table4.md").read_text()

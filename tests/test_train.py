@@ -18,7 +18,17 @@ from afictl.checkpoint import (
 from afictl.train import RECIPES, resolve_config
 from afictl.train.optim import lr_factor
 
-TINY = ["--data", "shapes", "--data-size", "48", "--batch-size", "16", "--seed", "1", "--deterministic"]
+TINY = [
+    "--data",
+    "shapes",
+    "--data-size",
+    "48",
+    "--batch-size",
+    "16",
+    "--seed",
+    "1",
+    "--deterministic",
+]
 
 
 def weights(path):
@@ -27,11 +37,27 @@ def weights(path):
 
 def test_recipes_and_overrides(tmp_path):
     cfg = resolve_config({"arch": "afi_resnet32"})
-    assert (cfg.dataset, cfg.recipe, cfg.epochs, cfg.batch_size) == ("cifar100", "paper-cifar", 300, 64)
-    assert cfg.milestone_epochs() == [150, 225] and cfg.lr_effective == 0.1 and cfg.weight_decay == 1e-4
+    assert (cfg.dataset, cfg.recipe, cfg.epochs, cfg.batch_size) == (
+        "cifar100",
+        "paper-cifar",
+        300,
+        64,
+    )
+    assert (
+        cfg.milestone_epochs() == [150, 225]
+        and cfg.lr_effective == 0.1
+        and cfg.weight_decay == 1e-4
+    )
     img = resolve_config({"arch": "afi_resnet50"})
-    assert (img.dataset, img.recipe, img.input_size, img.epochs) == ("imagenet", "paper-imagenet", 224, 90)
-    assert img.milestone_epochs() == [30, 60, 80] and img.lr_effective == pytest.approx(0.1 * 64 / 256)
+    assert (img.dataset, img.recipe, img.input_size, img.epochs) == (
+        "imagenet",
+        "paper-imagenet",
+        224,
+        90,
+    )
+    assert img.milestone_epochs() == [30, 60, 80] and img.lr_effective == pytest.approx(
+        0.1 * 64 / 256
+    )
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text('epochs = 10\nlr = 0.2\nlr_milestones = ["50%"]\nmomentum = 0.8\n')
     cfg = resolve_config({"arch": "resnet20", "dataset": "cifar10", "lr": 0.3}, cfg_file)
@@ -52,11 +78,30 @@ def test_lr_schedule_steps_and_warmup():
 
 def test_train_writes_run_files_and_json(capsys, tmp_path):
     run_dir = tmp_path / "run"
-    code, out, err = run(capsys, "train", "--arch", "afi_resnet20", *TINY, "--epochs", "1",
-                         "--afi-stages", "1,3", "--reduction", "2", "--run-dir", run_dir, "--format", "json")
+    code, out, err = run(
+        capsys,
+        "train",
+        "--arch",
+        "afi_resnet20",
+        *TINY,
+        "--epochs",
+        "1",
+        "--afi-stages",
+        "1,3",
+        "--reduction",
+        "2",
+        "--run-dir",
+        run_dir,
+        "--format",
+        "json",
+    )
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["arch"] == "afi_resnet20" and result["epochs"] == 1 and result["run_dir"] == str(run_dir)
+    assert (
+        result["arch"] == "afi_resnet20"
+        and result["epochs"] == 1
+        and result["run_dir"] == str(run_dir)
+    )
     assert 0 <= result["eval_top1"] <= 100 and result["eval_top5"] >= result["eval_top1"]
     assert f"run: {run_dir}" in err
     for name in ("last.pt", "best.pt", "config.json", "metrics.csv", "metrics.jsonl"):
@@ -64,14 +109,26 @@ def test_train_writes_run_files_and_json(capsys, tmp_path):
     metrics = pd.read_csv(run_dir / "metrics.csv")
     for col in ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "images_per_sec"):
         assert col in metrics
-    assert metrics["epoch"].tolist() == [1] and metrics["eval_top1"].iloc[0] == pytest.approx(result["eval_top1"])
+    assert metrics["epoch"].tolist() == [1] and metrics["eval_top1"].iloc[0] == pytest.approx(
+        result["eval_top1"]
+    )
     config = json.loads((run_dir / "config.json").read_text())
     ckpt = load_checkpoint(run_dir / "last.pt")
-    for key, value in {"arch": "afi_resnet20", "dataset": "shapes", "data_root": None, "input_size": 32,
-                       "eval_split": "eval", "data_size": 48, "seed": 1, "num_classes": 8}.items():
+    for key, value in {
+        "arch": "afi_resnet20",
+        "dataset": "shapes",
+        "data_root": None,
+        "input_size": 32,
+        "eval_split": "eval",
+        "data_size": 48,
+        "seed": 1,
+        "num_classes": 8,
+    }.items():
         assert config[key] == value and ckpt["config"][key] == value
     assert ckpt["model_kwargs"] == config["model_kwargs"] == {"afi_stages": [1, 3], "reduction": 2}
-    assert ckpt["arch"] == "afi_resnet20" and ckpt["class_names"][0] == "circle" and ckpt["epoch"] == 1
+    assert (
+        ckpt["arch"] == "afi_resnet20" and ckpt["class_names"][0] == "circle" and ckpt["epoch"] == 1
+    )
     for key in ("optimizer", "scheduler", "scaler", "rng"):
         assert key in ckpt
     # the model of the checkpoint really has stage 2 without AFI and r = 2
@@ -79,16 +136,33 @@ def test_train_writes_run_files_and_json(capsys, tmp_path):
     assert model.afi_stages == (1, 3) and model.reduction == 2
 
     # eval of best.pt reproduces the recorded eval accuracy (same data from the recorded seed/size)
-    code, out, err = run(capsys, "eval", "--checkpoint", run_dir / "best.pt", "--data", "shapes", "--format", "json")
+    code, out, err = run(
+        capsys, "eval", "--checkpoint", run_dir / "best.pt", "--data", "shapes", "--format", "json"
+    )
     assert code == 0, err
     ev = json.loads(out)
     assert ev["arch"] == "afi_resnet20" and ev["images"] == 48
-    assert ev["top1"] == pytest.approx(result["eval_top1"], abs=1e-3) and ev["loss"] > 0 and ev["top5"] >= ev["top1"]
-    code, out, _ = run(capsys, "eval", "--checkpoint", run_dir, "--output", tmp_path / "ev.json", "--format", "json")
+    assert (
+        ev["top1"] == pytest.approx(result["eval_top1"], abs=1e-3)
+        and ev["loss"] > 0
+        and ev["top5"] >= ev["top1"]
+    )
+    code, out, _ = run(
+        capsys,
+        "eval",
+        "--checkpoint",
+        run_dir,
+        "--output",
+        tmp_path / "ev.json",
+        "--format",
+        "json",
+    )
     assert code == 0 and json.loads((tmp_path / "ev.json").read_text())["images"] == 48
 
     # a run folder holding a run is not overwritten by accident
-    code, _, err = run(capsys, "train", "--arch", "afi_resnet20", *TINY, "--epochs", "1", "--run-dir", run_dir)
+    code, _, err = run(
+        capsys, "train", "--arch", "afi_resnet20", *TINY, "--epochs", "1", "--run-dir", run_dir
+    )
     assert code == 2 and "--resume" in err
 
 
@@ -114,8 +188,17 @@ def test_nonfinite_loss_keeps_last_good_checkpoint(tmp_path):
     from afictl.data import build_dataset
     from afictl.train import NonFiniteLossError, load_resume, train
 
-    cfg = resolve_config({"arch": "resnet20", "dataset": "shapes", "data_size": 32, "batch_size": 16,
-                          "epochs": 1, "run_dir": str(tmp_path / "r"), "deterministic": True})
+    cfg = resolve_config(
+        {
+            "arch": "resnet20",
+            "dataset": "shapes",
+            "data_size": 32,
+            "batch_size": 16,
+            "epochs": 1,
+            "run_dir": str(tmp_path / "r"),
+            "deterministic": True,
+        }
+    )
     train(cfg)
     before = (tmp_path / "r" / "last.pt").read_bytes()
 
@@ -133,7 +216,11 @@ def test_nonfinite_loss_keeps_last_good_checkpoint(tmp_path):
     cfg2, ckpt = load_resume(tmp_path / "r", {"epochs": 2})
     ev = build_dataset("shapes", None, "eval", size=32)
     with pytest.raises(NonFiniteLossError, match="non-finite.*untouched"):
-        train(cfg2, resume=ckpt, datasets=(Poisoned(build_dataset("shapes", None, "train", size=32)), ev))
+        train(
+            cfg2,
+            resume=ckpt,
+            datasets=(Poisoned(build_dataset("shapes", None, "train", size=32)), ev),
+        )
     assert (tmp_path / "r" / "last.pt").read_bytes() == before
     assert len(pd.read_csv(tmp_path / "r" / "metrics.csv")) == 1
 
@@ -148,7 +235,9 @@ def test_atomic_checkpoint_survives_crash_mid_write(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(CheckpointError, match="cannot write checkpoint .*last.pt: disk full; the previous"):
+    with pytest.raises(
+        CheckpointError, match="cannot write checkpoint .*last.pt: disk full; the previous"
+    ):
         save_checkpoint(path, {"arch": "resnet20", "epoch": 2, "model": {"w": torch.zeros(3)}})
     assert path.read_bytes() == original and load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
@@ -180,8 +269,18 @@ def test_malicious_pickle_is_refused_without_running(capsys, tmp_path):
 
 def test_wrong_arch_checkpoint_names_both(capsys, tmp_path):
     path = tmp_path / "r" / "last.pt"
-    save_checkpoint(path, {"arch": "afi_resnet20", "num_classes": 8, "model_kwargs": {}, "epoch": 1,
-                           "model": {}, "config": {}, "optimizer": {}})
+    save_checkpoint(
+        path,
+        {
+            "arch": "afi_resnet20",
+            "num_classes": 8,
+            "model_kwargs": {},
+            "epoch": 1,
+            "model": {},
+            "config": {},
+            "optimizer": {},
+        },
+    )
     code, _, err = run(capsys, "eval", "--checkpoint", path, "--arch", "resnet20")
     assert code == 2 and "afi_resnet20 checkpoint, not resnet20" in err
     code, _, err = run(capsys, "train", "--resume", path.parent, "--arch", "resnet56")
@@ -202,11 +301,15 @@ def test_missing_home_dataset_creates_nothing(capsys, tmp_path, monkeypatch):
 
 
 def test_bad_options_are_one_line(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "--arch", "resnet20", "--afi-stages", "1", "--data", "shapes")
+    code, _, err = run(
+        capsys, "train", "--arch", "resnet20", "--afi-stages", "1", "--data", "shapes"
+    )
     assert code == 2 and "no AFI modules" in err
     code, _, err = run(capsys, "train", "--arch", "resnet20", "--data", "shapes", "--amp", "fp8")
     assert code == 2 and "--amp" in err
-    code, _, err = run(capsys, "train", "--arch", "resnet20", "--data", "shapes", "--recipe", "paper-mnist")
+    code, _, err = run(
+        capsys, "train", "--arch", "resnet20", "--data", "shapes", "--recipe", "paper-mnist"
+    )
     assert code == 2 and "paper-cifar" in err
 
 
@@ -219,11 +322,27 @@ def test_unreadable_images_skipped_with_warning_or_stop(capsys, tmp_path):
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
             for i in range(per_class - (split == "train" and c == "a")):
-                Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(
+                    tmp_path / split / c / f"{i}.png"
+                )
     bad = tmp_path / "train" / "a" / "zz_truncated.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    args = ["train", "--arch", "resnet20", "--data", "imagefolder", "--data-root", tmp_path, "--batch-size", "4",
-            "--epochs", "1", "--workers", "0", "--deterministic"]
+    args = [
+        "train",
+        "--arch",
+        "resnet20",
+        "--data",
+        "imagefolder",
+        "--data-root",
+        tmp_path,
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--deterministic",
+    ]
     code, _, err = run(capsys, *args, "--run-dir", tmp_path / "skip")
     assert code == 0, err
     assert f"skipped unreadable image {bad}" in err

@@ -18,11 +18,32 @@ def _equal(a, b):
 
 
 def test_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path):
-    args = ["train", "--arch", "resnet20", "--data", "shapes", "--data-size", "160", "--batch-size", "16",
-            "--epochs", "1", "--seed", "2", "--deterministic", "--format", "json"]
+    args = [
+        "train",
+        "--arch",
+        "resnet20",
+        "--data",
+        "shapes",
+        "--data-size",
+        "160",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--seed",
+        "2",
+        "--deterministic",
+        "--format",
+        "json",
+    ]
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "afictl", *args, "--run-dir", str(stopped)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "afictl", *args, "--run-dir", str(stopped)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     lines = []
     for line in proc.stderr:  # wait until the loop is about to start
         lines.append(line)
@@ -34,25 +55,65 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path):
     assert proc.returncode == 143, err  # 128 + SIGTERM, after the checkpoint: not a finished run
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["interrupted"] == "SIGTERM" and result["completed"] is False and result["epochs"] == 0
+    assert (
+        result["interrupted"] == "SIGTERM"
+        and result["completed"] is False
+        and result["epochs"] == 0
+    )
     ckpt = load_checkpoint(stopped / "last.pt")
     assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 10
 
     # continuing the interrupted run gives exactly the weights of an uninterrupted one (same
     # thread count as the first process: float sums are only bit-equal for the same split)
-    for argv in (["train", "--resume", str(stopped)], [*args, "--run-dir", str(tmp_path / "straight")]):
-        done = subprocess.run([sys.executable, "-m", "afictl", *argv], capture_output=True, text=True, env=ENV, timeout=300)
+    for argv in (
+        ["train", "--resume", str(stopped)],
+        [*args, "--run-dir", str(tmp_path / "straight")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "afictl", *argv],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
-    assert _equal(load_checkpoint(stopped / "last.pt")["model"], load_checkpoint(tmp_path / "straight" / "last.pt")["model"])
+    assert _equal(
+        load_checkpoint(stopped / "last.pt")["model"],
+        load_checkpoint(tmp_path / "straight" / "last.pt")["model"],
+    )
 
 
 def test_sigterm_to_the_process_group_with_workers(tmp_path):
     """A scheduler signals every process of the job: the loader workers must not die first."""
     run_dir = tmp_path / "r"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "afictl", "train", "--arch", "resnet20", "--data", "shapes", "--data-size", "320",
-         "--batch-size", "16", "--epochs", "1", "--workers", "1", "--run-dir", str(run_dir), "--format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "afictl",
+            "train",
+            "--arch",
+            "resnet20",
+            "--data",
+            "shapes",
+            "--data-size",
+            "320",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+            "--run-dir",
+            str(run_dir),
+            "--format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,
     )
     lines = []
     for line in proc.stderr:
@@ -62,17 +123,42 @@ def test_sigterm_to_the_process_group_with_workers(tmp_path):
     os.killpg(proc.pid, signal.SIGTERM)
     out, rest = proc.communicate(timeout=300)
     err = "".join(lines) + rest
-    assert proc.returncode == 143 and "Traceback" not in err and "interrupted by SIGTERM" in err, err
+    assert proc.returncode == 143 and "Traceback" not in err and "interrupted by SIGTERM" in err, (
+        err
+    )
     assert json.loads(out.strip().splitlines()[-1])["eval_top1"] is None  # strict JSON: no NaN
     assert load_checkpoint(run_dir / "last.pt")["step"] >= 1
 
 
 def test_torchrun_two_processes(tmp_path):
     run_dir, dump = tmp_path / "ddp", tmp_path / "dump"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "afictl", "train", "--arch", "afi_resnet20", "--data", "shapes", "--data-size", "64",
-           "--batch-size", "16", "--epochs", "1", "--run-dir", str(run_dir), "--format", "json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**ENV, "AFICTL_RANK_DUMP": str(dump)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "afictl",
+        "train",
+        "--arch",
+        "afi_resnet20",
+        "--data",
+        "shapes",
+        "--data-size",
+        "64",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        "--format",
+        "json",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**ENV, "AFICTL_RANK_DUMP": str(dump)}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     json_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert len(json_lines) == 1  # only rank 0 reports

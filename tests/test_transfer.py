@@ -32,21 +32,38 @@ def pretrained(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10)
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    save_checkpoint(path, {"arch": "resnet20", "num_classes": 10, "model_kwargs": {}, "model": model.state_dict(),
-                           "epoch": 1, "config": {"input_size": 32, "dataset": "shapes"}, "class_names": None})
+    save_checkpoint(
+        path,
+        {
+            "arch": "resnet20",
+            "num_classes": 10,
+            "model_kwargs": {},
+            "model": model.state_dict(),
+            "epoch": 1,
+            "config": {"input_size": 32, "dataset": "shapes"},
+            "class_names": None,
+        },
+    )
     return path
 
 
 def test_learning_rate_schedule_values():
     assert transfer_lr(0.0) == (0.01, 0.001)
     head, rest = transfer_lr(0.5)
-    assert head == pytest.approx(0.01 * 6 ** -0.75) and rest == pytest.approx(head / 10)
-    assert lr_factor(1.0) == pytest.approx(11 ** -0.75) and lr_factor(2.0) == lr_factor(1.0)
+    assert head == pytest.approx(0.01 * 6**-0.75) and rest == pytest.approx(head / 10)
+    assert lr_factor(1.0) == pytest.approx(11**-0.75) and lr_factor(2.0) == lr_factor(1.0)
 
 
 def test_recipe_param_groups_and_scheduled_lrs():
-    cfg = resolve_config({"arch": "resnet20", "dataset": "shapes", "recipe": "office-home", "epochs": 2})
-    assert cfg.epochs == 2 and cfg.lr == 0.01 and cfg.lr_schedule == "inv" and cfg.backbone_lr_mult == 0.1
+    cfg = resolve_config(
+        {"arch": "resnet20", "dataset": "shapes", "recipe": "office-home", "epochs": 2}
+    )
+    assert (
+        cfg.epochs == 2
+        and cfg.lr == 0.01
+        and cfg.lr_schedule == "inv"
+        and cfg.backbone_lr_mult == 0.1
+    )
     model = create_model("resnet20", num_classes=3)
     opt = build_optimizer(model, cfg)
     backbone, head = opt.param_groups
@@ -84,15 +101,43 @@ def test_domains_and_class_matching(office, tmp_path):
 
 def test_missing_class_in_target_is_a_clear_error(pretrained, tmp_path, capsys):
     root = make_office_home(tmp_path / "oh", per_class=1, drop=("Clipart", "cup"))
-    code, _, err = run(capsys, "transfer", "--checkpoint", str(pretrained), "--data-root", str(root),
-                       "--source", "Art", "--target", "Clipart", "--run-root", str(tmp_path / "runs"))
+    code, _, err = run(
+        capsys,
+        "transfer",
+        "--checkpoint",
+        str(pretrained),
+        "--data-root",
+        str(root),
+        "--source",
+        "Art",
+        "--target",
+        "Clipart",
+        "--run-root",
+        str(tmp_path / "runs"),
+    )
     assert code == 2 and "cup" in err and err.count("\n") == 1
 
 
 def test_all_pairs_matrix_and_resume(office, pretrained, tmp_path, capsys):
     runs = tmp_path / "runs"
-    args = ["transfer", "--checkpoint", str(pretrained), "--data-root", str(office), "--all-pairs",
-            "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--run-root", str(runs), "--format", "json"]
+    args = [
+        "transfer",
+        "--checkpoint",
+        str(pretrained),
+        "--data-root",
+        str(office),
+        "--all-pairs",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--run-root",
+        str(runs),
+        "--format",
+        "json",
+    ]
     code, out, _ = run(capsys, *args)
     assert code == 0
     rows = json.loads(out)
@@ -111,5 +156,7 @@ def test_all_pairs_matrix_and_resume(office, pretrained, tmp_path, capsys):
 
 
 def test_needs_pair_or_all_pairs(pretrained, office, capsys):
-    code, _, err = run(capsys, "transfer", "--checkpoint", str(pretrained), "--data-root", str(office))
+    code, _, err = run(
+        capsys, "transfer", "--checkpoint", str(pretrained), "--data-root", str(office)
+    )
     assert code == 2 and "--all-pairs" in err

@@ -34,10 +34,16 @@ __all__ = [
 
 
 def _afi_blocks(model: nn.Module, stage: str) -> list[int]:
-    return [i for i, b in enumerate(model.blocks(stage), start=1) if getattr(b.join, "afi", None) is not None]
+    return [
+        i
+        for i, b in enumerate(model.blocks(stage), start=1)
+        if getattr(b.join, "afi", None) is not None
+    ]
 
 
-def afi_block(model: nn.Module, stage: str | None, block: int | None) -> tuple[str, int, str, AFIModule]:
+def afi_block(
+    model: nn.Module, stage: str | None, block: int | None
+) -> tuple[str, int, str, AFIModule]:
     """(paper stage name, 1-based block, module name, AFI module); defaults: last AFI stage/block."""
     arch = getattr(model, "arch", type(model).__name__)
     if stage is None:
@@ -144,7 +150,9 @@ def dataset_attention(
     return {n: (s / images).numpy() for n, s in sums.items()}, images
 
 
-def _stage_alpha(model: nn.Module, stage: str, per_module: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+def _stage_alpha(
+    model: nn.Module, stage: str, per_module: dict[str, np.ndarray]
+) -> dict[int, np.ndarray]:
     names = {m: n for n, m in model.named_modules() if isinstance(m, AFIModule)}
     out = {}
     for i, b in enumerate(model.blocks(stage), start=1):
@@ -160,19 +168,23 @@ def attention_rows(result: AFIFeatures) -> list[dict[str, Any]]:
     argmax = w.argmax(axis=0)
     rows = []
     for j in range(w.shape[0]):
-        rows.append({
-            "checkpoint": result.checkpoint,
-            "arch": result.arch,
-            "stage": result.stage,
-            "block": result.block,
-            "input": f"X({j + 1})",
-            "source_block": j + 1,
-            "mean_alpha": round(float(w[j].mean()), 6),
-            "max_alpha": round(float(w[j].max()), 6),
-            "channels_dominated": int((argmax == j).sum()),
-            "channels": int(w.shape[1]),
-            "averaged_over": result.dataset_images if result.dataset_attention is not None else 1,
-        })
+        rows.append(
+            {
+                "checkpoint": result.checkpoint,
+                "arch": result.arch,
+                "stage": result.stage,
+                "block": result.block,
+                "input": f"X({j + 1})",
+                "source_block": j + 1,
+                "mean_alpha": round(float(w[j].mean()), 6),
+                "max_alpha": round(float(w[j].max()), 6),
+                "channels_dominated": int((argmax == j).sum()),
+                "channels": int(w.shape[1]),
+                "averaged_over": result.dataset_images
+                if result.dataset_attention is not None
+                else 1,
+            }
+        )
     return rows
 
 
@@ -199,7 +211,9 @@ def run_features(
         img = load_image(image)
         spec = model_input(ckpt)
         x = spec.tensor(img)[None]
-        result.inputs, result.output, result.attention, per_module = image_features(model, module_name, module, x)
+        result.inputs, result.output, result.attention, per_module = image_features(
+            model, module_name, module, x
+        )
         result.image = str(image)
         result.view = view_of(img, spec.input_size)
     if data is not None:
@@ -208,7 +222,9 @@ def run_features(
         loader = eval_loader(ckpt, data, data_root, batch_size=batch_size)
         total = len(loader) if max_batches is None else min(len(loader), max_batches)
         tick = progress(f"{ckpt['arch']} attention", total) if progress else None
-        per_module, result.dataset_images = dataset_attention(model, loader, max_batches=max_batches, progress=tick)
+        per_module, result.dataset_images = dataset_attention(
+            model, loader, max_batches=max_batches, progress=tick
+        )
         result.dataset_attention = per_module[module_name]
     result.stage_alpha = _stage_alpha(model, stage_name, per_module)
     return result

@@ -52,18 +52,21 @@ class CamMethod:
 
 
 #: The CAM methods of pytorch-grad-cam 1.5.7 that ``afictl gradcam --method`` offers.
-METHODS: dict[str, CamMethod] = {m.name: m for m in (
-    CamMethod("gradcam", "Grad-CAM", "GradCAM"),
-    CamMethod("gradcam++", "Grad-CAM++", "GradCAMPlusPlus"),
-    CamMethod("xgradcam", "XGrad-CAM", "XGradCAM"),
-    CamMethod("hirescam", "HiResCAM", "HiResCAM"),
-    CamMethod("scorecam", "Score-CAM", "ScoreCAM", gradients=False, per_channel=True),
-    CamMethod("eigencam", "Eigen-CAM", "EigenCAM", gradients=False),
-    CamMethod("eigengradcam", "EigenGrad-CAM", "EigenGradCAM"),
-    CamMethod("layercam", "LayerCAM", "LayerCAM"),
-    CamMethod("ablationcam", "Ablation-CAM", "AblationCAM", gradients=False, per_channel=True),
-    CamMethod("fullgrad", "FullGrad", "FullGrad"),
-)}
+METHODS: dict[str, CamMethod] = {
+    m.name: m
+    for m in (
+        CamMethod("gradcam", "Grad-CAM", "GradCAM"),
+        CamMethod("gradcam++", "Grad-CAM++", "GradCAMPlusPlus"),
+        CamMethod("xgradcam", "XGrad-CAM", "XGradCAM"),
+        CamMethod("hirescam", "HiResCAM", "HiResCAM"),
+        CamMethod("scorecam", "Score-CAM", "ScoreCAM", gradients=False, per_channel=True),
+        CamMethod("eigencam", "Eigen-CAM", "EigenCAM", gradients=False),
+        CamMethod("eigengradcam", "EigenGrad-CAM", "EigenGradCAM"),
+        CamMethod("layercam", "LayerCAM", "LayerCAM"),
+        CamMethod("ablationcam", "Ablation-CAM", "AblationCAM", gradients=False, per_channel=True),
+        CamMethod("fullgrad", "FullGrad", "FullGrad"),
+    )
+}
 
 #: Images per forward pass of Score-CAM and Ablation-CAM (each pass masks or ablates one channel
 #: of the target layer: 64 channels on a CIFAR ResNet, 2048 on ResNet-50).
@@ -189,20 +192,27 @@ def grad_cam(
     training = model.training
     heats, logits = [], []
     try:
-        with _quiet_progress(), torch.enable_grad() if spec.gradients else torch.no_grad(), \
-                cam_cls(model=model, **kwargs) as cam:
+        with (
+            _quiet_progress(),
+            torch.enable_grad() if spec.gradients else torch.no_grad(),
+            cam_cls(model=model, **kwargs) as cam,
+        ):
             cam.batch_size = batch_size  # Score-CAM reads it if set (else 16)
             for start in range(0, len(batch), step):
-                chunk_targets = None if cam_targets is None else cam_targets[start:start + step]
+                chunk_targets = None if cam_targets is None else cam_targets[start : start + step]
                 try:
-                    heats.append(cam(input_tensor=batch[start:start + step], targets=chunk_targets))
+                    heats.append(
+                        cam(input_tensor=batch[start : start + step], targets=chunk_targets)
+                    )
                 except IndexError as exc:  # the CAM's __exit__ would print and swallow it
                     raise RuntimeError(f"{spec.title} failed: {exc}") from exc
                 logits.append(cam.outputs.detach())
     finally:
         model.train(training)
     heat = np.concatenate(heats).astype(np.float32)
-    return np.clip(np.nan_to_num(heat, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0), torch.cat(logits)
+    return np.clip(np.nan_to_num(heat, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0), torch.cat(
+        logits
+    )
 
 
 @contextlib.contextmanager
@@ -253,19 +263,38 @@ def _ablation_cam() -> type:
             return super().__call__(x)
 
     class TargetAblationCAM(AblationCAM):
-        def __init__(self, model: nn.Module, target_layers: list[nn.Module], batch_size: int) -> None:
+        def __init__(
+            self, model: nn.Module, target_layers: list[nn.Module], batch_size: int
+        ) -> None:
             # a fresh stand-in each time: AblationCAM's default is one instance shared by all
-            super().__init__(model, target_layers, ablation_layer=TargetAblationLayer(target_layers[0]),
-                             batch_size=batch_size)
+            super().__init__(
+                model,
+                target_layers,
+                ablation_layer=TargetAblationLayer(target_layers[0]),
+                batch_size=batch_size,
+            )
 
-        def get_cam_weights(self, input_tensor: torch.Tensor, target_layer: nn.Module, targets: Any,
-                            activations: Any, grads: Any) -> np.ndarray:
+        def get_cam_weights(
+            self,
+            input_tensor: torch.Tensor,
+            target_layer: nn.Module,
+            targets: Any,
+            activations: Any,
+            grads: Any,
+        ) -> np.ndarray:
             try:
-                weights = super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+                weights = super().get_cam_weights(
+                    input_tensor, target_layer, targets, activations, grads
+                )
             finally:
                 if any(m is self.ablation_layer for m in self.model.modules()):
                     replace_layer_recursive(self.model, self.ablation_layer, target_layer)
-            scores = np.float32([target(out).cpu().item() for target, out in zip(targets, self.outputs, strict=True)])
+            scores = np.float32(
+                [
+                    target(out).cpu().item()
+                    for target, out in zip(targets, self.outputs, strict=True)
+                ]
+            )
             return weights * np.sign(scores)[:, None]
 
     return TargetAblationCAM
@@ -285,7 +314,9 @@ def _ordered_fullgrad() -> type:
     from pytorch_grad_cam import FullGrad
 
     class OrderedFullGrad(FullGrad):
-        def __init__(self, model: nn.Module, target_layers: Sequence[nn.Module] = (), **kwargs: Any) -> None:
+        def __init__(
+            self, model: nn.Module, target_layers: Sequence[nn.Module] = (), **kwargs: Any
+        ) -> None:
             # an empty list: FullGrad prints a warning on stdout when given target layers
             super().__init__(model, list(target_layers), **kwargs)
             self._all_bias = self.bias_data
@@ -308,12 +339,16 @@ def _ordered_fullgrad() -> type:
 
             output.register_hook(store)
 
-        def forward(self, input_tensor: torch.Tensor, targets: Any, eigen_smooth: bool = False) -> np.ndarray:
+        def forward(
+            self, input_tensor: torch.Tensor, targets: Any, eigen_smooth: bool = False
+        ) -> np.ndarray:
             self._grads.clear()
             self._calls.clear()
             return super().forward(input_tensor, targets, eigen_smooth)
 
-        def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: Any, eigen_smooth: bool) -> Any:
+        def compute_cam_per_layer(
+            self, input_tensor: torch.Tensor, targets: Any, eigen_smooth: bool
+        ) -> Any:
             keys = sorted(self._grads)
             self.activations_and_grads.gradients = [self._grads[k] for k in keys]
             self.bias_data = [self._all_bias[i] for i, _ in keys]
@@ -338,8 +373,10 @@ def run_gradcam(
     become error lines. An unknown method, or ``layer`` with FullGrad, is a :class:`UserError`."""
     cam = resolve_method(method)
     if cam.name == "fullgrad" and layer is not None:
-        raise UserError("--layer does not apply to --method fullgrad (it uses the bias of every "
-                        "convolution and BatchNorm of the network)")
+        raise UserError(
+            "--layer does not apply to --method fullgrad (it uses the bias of every "
+            "convolution and BatchNorm of the network)"
+        )
     errors: list[str] = []
     loaded: dict[str, Image.Image] = {}
     for path in images:
@@ -375,21 +412,23 @@ def run_gradcam(
         for i, name in enumerate(names):
             pred = int(probs[i].argmax())
             tgt = pred if target is None else target
-            results.append(CamResult(
-                image=name,
-                checkpoint=str(ckpt_path),
-                arch=ckpt["arch"],
-                predicted_index=pred,
-                predicted_class=class_name(ckpt, pred),
-                probability=round(float(probs[i, pred]), 6),
-                target_index=tgt,
-                target_class=class_name(ckpt, tgt),
-                target_probability=round(float(probs[i, tgt]), 6),
-                attention_area=round(attention_area(heat[i]), 6),
-                layer=layer_name,
-                method=cam.name,
-                heatmap=heat[i],
-                view=view_of(loaded[name], spec.input_size),
-            ))
+            results.append(
+                CamResult(
+                    image=name,
+                    checkpoint=str(ckpt_path),
+                    arch=ckpt["arch"],
+                    predicted_index=pred,
+                    predicted_class=class_name(ckpt, pred),
+                    probability=round(float(probs[i, pred]), 6),
+                    target_index=tgt,
+                    target_class=class_name(ckpt, tgt),
+                    target_probability=round(float(probs[i, tgt]), 6),
+                    attention_area=round(attention_area(heat[i]), 6),
+                    layer=layer_name,
+                    method=cam.name,
+                    heatmap=heat[i],
+                    view=view_of(loaded[name], spec.input_size),
+                )
+            )
     originals = {n: thumbnail(img) for n, img in loaded.items()}
     return GradCamReport(results, list(loaded), originals, used, errors, method=cam.name)

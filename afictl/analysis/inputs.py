@@ -60,7 +60,10 @@ class ModelInput:
     def of(cls, ckpt: dict[str, Any]) -> ModelInput:
         config = ckpt.get("config") or {}
         info = get_model_info(ckpt["arch"])
-        return cls(config.get("dataset") or info.home_dataset, int(config.get("input_size") or info.input_size))
+        return cls(
+            config.get("dataset") or info.home_dataset,
+            int(config.get("input_size") or info.input_size),
+        )
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
         """The normalised (3, S, S) tensor the model was evaluated on."""
@@ -114,8 +117,11 @@ def resolve_class(ckpt: dict[str, Any], target: str) -> int:
     lowered = [c.lower() for c in names]
     if target.strip().lower() in lowered:
         return lowered.index(target.strip().lower())
-    hint = f"; classes: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}" if names else \
-        " (the checkpoint records no class names; give an index)"
+    hint = (
+        f"; classes: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
+        if names
+        else " (the checkpoint records no class names; give an index)"
+    )
     raise UserError(f"unknown class {target!r} for {ckpt['path']}{hint}")
 
 

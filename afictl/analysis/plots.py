@@ -44,7 +44,9 @@ def _save(fig: plt.Figure, path: str | Path, dpi: int = _DPI) -> Path:
 def overlay(view: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The heatmap (resized to the view, jet colours) blended over the image, RGB in [0, 1]."""
     h, w = view.shape[:2]
-    heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8)).resize(
+        (w, h), Image.BILINEAR
+    )
     colored = plt.get_cmap("jet")(np.asarray(heat, dtype=np.float32) / 255.0)[..., :3]
     return np.clip((1 - alpha) * view + alpha * colored, 0, 1)
 
@@ -66,8 +68,13 @@ def gradcam_figure(report: GradCamReport, path: str | Path, dpi: int = _DPI) -> 
     # each row as tall as its image's aspect needs at 2.5 inches per panel, plus three title lines
     aspects = [report.originals[i].shape[0] / report.originals[i].shape[1] for i in images]
     heights = [2.5 * min(max(a, 0.4), 1.6) + 0.6 for a in aspects]
-    fig, axes = plt.subplots(len(images), cols, figsize=(2.5 * cols, sum(heights) + 0.3), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(images),
+        cols,
+        figsize=(2.5 * cols, sum(heights) + 0.3),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
     for row, image in enumerate(images):
         ax = axes[row, 0]
         ax.imshow(report.originals[image])
@@ -115,16 +122,26 @@ def selectivity_figure(channels: pd.DataFrame, path: str | Path, kind: str = "hi
         for i, ckpt in enumerate(ckpts):
             g = channels[(channels["checkpoint"] == ckpt) & (channels["block"] == block)]
             live = g.loc[~g["dead"], "index"].to_numpy()
-            label = f"{_label(archs[ckpt], ckpt, dup)}: {live.mean():.3f}" if live.size else \
-                f"{archs[ckpt]}: all dead"
+            label = (
+                f"{_label(archs[ckpt], ckpt, dup)}: {live.mean():.3f}"
+                if live.size
+                else f"{archs[ckpt]}: all dead"
+            )
             dead = int(g["dead"].sum())
             if dead:
                 label += f" ({dead} dead)"
             color = _COLORS[i % len(_COLORS)]
             data.append((live, label, color))
             if kind == "hist" and live.size:
-                ax.hist(live, bins=bins, histtype="stepfilled", alpha=0.35, color=color, label=label,
-                        weights=np.full(live.size, 1.0 / live.size))
+                ax.hist(
+                    live,
+                    bins=bins,
+                    histtype="stepfilled",
+                    alpha=0.35,
+                    color=color,
+                    label=label,
+                    weights=np.full(live.size, 1.0 / live.size),
+                )
                 ax.axvline(live.mean(), color=color, lw=1, ls="--")
         if kind == "violin":
             present = [(d, lab, c) for d, lab, c in data if d.size]
@@ -145,7 +162,7 @@ def selectivity_figure(channels: pd.DataFrame, path: str | Path, kind: str = "hi
         ax.set_title(f"{stage} block {block}", fontsize=9)
         ax.legend(fontsize=7, title="mean", title_fontsize=7, loc="upper right")
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(blocks):]:
+    for ax in list(axes.flat)[len(blocks) :]:
         ax.set_visible(False)
     fig.suptitle(f"Class selectivity index per channel, stage {stage}", fontsize=10)
     fig.tight_layout()
@@ -201,15 +218,26 @@ def features_figure(result: AFIFeatures, path: str | Path, channels: int = 8) ->
     # n inputs all sit near 1/n and look alike.)
     uniform = 1.0 / n
     spread = max(float(np.abs(result.weights - uniform).max()), 1e-3)
-    im = ax.imshow(result.weights, aspect="auto", cmap="RdBu_r", vmin=uniform - spread,
-                   vmax=uniform + spread, interpolation="nearest")
+    im = ax.imshow(
+        result.weights,
+        aspect="auto",
+        cmap="RdBu_r",
+        vmin=uniform - spread,
+        vmax=uniform + spread,
+        interpolation="nearest",
+    )
     ax.set_yticks(range(n), [f"X({j + 1})" for j in range(n)], fontsize=7)
     ax.set_xlabel("channel of R", fontsize=7)
     ax.tick_params(labelsize=6)
-    where = (f"mean over {result.dataset_images} images" if result.dataset_attention is not None
-             else "this image")
-    ax.set_title(rf"$\tilde{{S}}$ of AFI({result.block}) in {result.stage}, {where} (white: 1/{n})",
-                 fontsize=8)
+    where = (
+        f"mean over {result.dataset_images} images"
+        if result.dataset_attention is not None
+        else "this image"
+    )
+    ax.set_title(
+        rf"$\tilde{{S}}$ of AFI({result.block}) in {result.stage}, {where} (white: 1/{n})",
+        fontsize=8,
+    )
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01).ax.tick_params(labelsize=6)
     if result.stage_alpha:
         blocks = sorted(result.stage_alpha)
@@ -222,15 +250,28 @@ def features_figure(result: AFIFeatures, path: str | Path, channels: int = 8) ->
         # a nearly uniform module stays nearly white); the numbers are the weights themselves
         dev = mat - np.array([1.0 / (b - 1) for b in blocks])[:, None]
         spread = max(float(np.nanmax(np.abs(dev))), 0.1)
-        ax.imshow(np.ma.masked_invalid(dev), aspect="auto", cmap="RdBu_r", vmin=-spread, vmax=spread,
-                  interpolation="nearest")
+        ax.imshow(
+            np.ma.masked_invalid(dev),
+            aspect="auto",
+            cmap="RdBu_r",
+            vmin=-spread,
+            vmax=spread,
+            interpolation="nearest",
+        )
         ax.set_yticks(range(len(blocks)), [f"AFI({b})" for b in blocks], fontsize=7)
         ax.set_xticks(range(width), [f"X({j + 1})" for j in range(width)], fontsize=6)
         if mat.size <= 64:  # small enough to print the coefficients themselves
             for (r, c), v in np.ndenumerate(mat):
                 if not np.isnan(v):
-                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if abs(dev[r, c]) > 0.6 * spread else "black")
+                    ax.text(
+                        c,
+                        r,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if abs(dev[r, c]) > 0.6 * spread else "black",
+                    )
         ax.set_title(r"stage: mean $\alpha_j^{(i)}$ (Eq. 8; white: $1/(i-1)$)", fontsize=8)
     fig.suptitle(f"{result.arch}: AFI module {result.module}", fontsize=9)
     fig.tight_layout()

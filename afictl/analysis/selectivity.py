@@ -146,7 +146,12 @@ class SelectivityResult:
 
 
 def selectivity_frame(
-    cm: ClassMeans, *, checkpoint: str, arch: str, stage: str, class_names: Sequence[str] | None = None
+    cm: ClassMeans,
+    *,
+    checkpoint: str,
+    arch: str,
+    stage: str,
+    class_names: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """One row per channel: block, channel, index, dead, mu_max, mu_rest, preferred class."""
     observed = np.flatnonzero(cm.observed)
@@ -163,20 +168,25 @@ def selectivity_frame(
         mu_rest = (seen.sum(axis=0) - mu_max) / (seen.shape[0] - 1)
         preferred = observed[seen.argmax(axis=0)]
         for c in range(seen.shape[1]):
-            pref = "" if dead[c] else (
-                str(class_names[preferred[c]]) if class_names else str(int(preferred[c])))
-            rows.append({
-                "checkpoint": checkpoint,
-                "arch": arch,
-                "stage": stage,
-                "block": b,
-                "channel": c,
-                "index": float(index[c]),
-                "dead": bool(dead[c]),
-                "mu_max": float(mu_max[c]),
-                "mu_rest": float(mu_rest[c]),
-                "preferred_class": pref,
-            })
+            pref = (
+                ""
+                if dead[c]
+                else (str(class_names[preferred[c]]) if class_names else str(int(preferred[c])))
+            )
+            rows.append(
+                {
+                    "checkpoint": checkpoint,
+                    "arch": arch,
+                    "stage": stage,
+                    "block": b,
+                    "channel": c,
+                    "index": float(index[c]),
+                    "dead": bool(dead[c]),
+                    "mu_max": float(mu_max[c]),
+                    "mu_rest": float(mu_rest[c]),
+                    "preferred_class": pref,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -185,16 +195,18 @@ def summarize(channels: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for (ckpt, block), g in channels.groupby(["checkpoint", "block"], sort=False):
         live = g[~g["dead"]]
-        out.append({
-            "stage": g["stage"].iloc[0],
-            "block": int(block),
-            "checkpoint": ckpt,
-            "arch": g["arch"].iloc[0],
-            "mean_index": round(float(live["index"].mean()), 6) if len(live) else 0.0,
-            "median_index": round(float(live["index"].median()), 6) if len(live) else 0.0,
-            "channels": int(len(g)),
-            "dead_channels": int(g["dead"].sum()),
-        })
+        out.append(
+            {
+                "stage": g["stage"].iloc[0],
+                "block": int(block),
+                "checkpoint": ckpt,
+                "arch": g["arch"].iloc[0],
+                "mean_index": round(float(live["index"].mean()), 6) if len(live) else 0.0,
+                "median_index": round(float(live["index"].median()), 6) if len(live) else 0.0,
+                "channels": int(len(g)),
+                "dead_channels": int(g["dead"].sum()),
+            }
+        )
     return out
 
 
@@ -231,10 +243,17 @@ def run_selectivity(
         loader = eval_loader(ckpt, data, data_root, batch_size=batch_size, workers=workers)
         total = len(loader) if max_batches is None else min(len(loader), max_batches)
         tick = progress(f"{ckpt['arch']} {paper_stage}", total) if progress else None
-        cm = class_means(model, model.probes(paper_stage), loader, int(ckpt["num_classes"]),
-                         max_batches=max_batches, progress=tick)
+        cm = class_means(
+            model,
+            model.probes(paper_stage),
+            loader,
+            int(ckpt["num_classes"]),
+            max_batches=max_batches,
+            progress=tick,
+        )
         names = ckpt.get("class_names") or getattr(loader.dataset, "classes", None)
-        frame = selectivity_frame(cm, checkpoint=path, arch=ckpt["arch"], stage=paper_stage,
-                                  class_names=names)
+        frame = selectivity_frame(
+            cm, checkpoint=path, arch=ckpt["arch"], stage=paper_stage, class_names=names
+        )
         results.append(SelectivityResult(path, ckpt["arch"], paper_stage, frame))
     return results

@@ -13,23 +13,32 @@ from ..analysis.runs import default_checkpoints
 CheckpointOpt = Annotated[
     list[Path] | None,
     typer.Option(
-        "--checkpoint", "-c",
+        "--checkpoint",
+        "-c",
         help="Checkpoint file or run folder (repeatable). Default: the newest run under ./runs/ "
-             "with best.pt, and the newest run of its counterpart on the same dataset.",
+        "with best.pt, and the newest run of its counterpart on the same dataset.",
     ),
 ]
 DataOpt = Annotated[
     str | None,
-    typer.Option("--data", "-d", help="Dataset name (cifar10, cifar100, imagenet, imagefolder, shapes). "
-                                      "Default: the one recorded in the checkpoint."),
+    typer.Option(
+        "--data",
+        "-d",
+        help="Dataset name (cifar10, cifar100, imagenet, imagefolder, shapes). "
+        "Default: the one recorded in the checkpoint.",
+    ),
 ]
 DataRootOpt = Annotated[
-    Path | None, typer.Option("--data-root", help="Dataset folder (default: the checkpoint's recorded root).")
+    Path | None,
+    typer.Option("--data-root", help="Dataset folder (default: the checkpoint's recorded root)."),
 ]
 MaxBatchesOpt = Annotated[
-    int | None, typer.Option("--max-batches", min=1, help="Stop after this many batches (bounds the run).")
+    int | None,
+    typer.Option("--max-batches", min=1, help="Stop after this many batches (bounds the run)."),
 ]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size.")]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size.")
+]
 
 
 def choose_checkpoints(given: list[Path] | None, *, afi_only: bool = False) -> list[Path]:

@@ -11,15 +11,21 @@ from ..render import Format
 
 FormatOpt = Annotated[
     Format,
-    typer.Option("--format", "-f", help="Output format: table, json, csv or markdown.", case_sensitive=False),
+    typer.Option(
+        "--format", "-f", help="Output format: table, json, csv or markdown.", case_sensitive=False
+    ),
 ]
 OutputOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Write the results to this file instead of stdout.", dir_okay=False),
+    typer.Option(
+        "--output", "-o", help="Write the results to this file instead of stdout.", dir_okay=False
+    ),
 ]
 ArchOpt = Annotated[
     list[str] | None,
-    typer.Option("--arch", "-a", help="Registered architecture name (repeatable); see `afictl models`."),
+    typer.Option(
+        "--arch", "-a", help="Registered architecture name (repeatable); see `afictl models`."
+    ),
 ]
 
 

@@ -17,8 +17,18 @@ from ..errors import StageError, UnknownModelError, UserError
 #: A module is imported only when its command runs, so that ``afictl --help`` and commands that
 #: need neither torchvision nor matplotlib do not pay for importing them (seconds each).
 COMMANDS = (
-    "models", "train", "eval", "flops", "memory", "bench", "gradcam", "selectivity", "features",
-    "report", "transfer", "export",
+    "models",
+    "train",
+    "eval",
+    "flops",
+    "memory",
+    "bench",
+    "gradcam",
+    "selectivity",
+    "features",
+    "report",
+    "transfer",
+    "export",
 )
 
 
@@ -93,7 +103,9 @@ def _pil_error(exc: BaseException) -> bool:
     """An image PIL refuses (a decompression bomb; UnidentifiedImageError is an OSError).
     Looked up only when PIL is loaded: commands that read no image never import it."""
     image = sys.modules.get("PIL.Image")
-    return image is not None and isinstance(exc, image.DecompressionBombError | image.UnidentifiedImageError)
+    return image is not None and isinstance(
+        exc, image.DecompressionBombError | image.UnidentifiedImageError
+    )
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -16,25 +16,62 @@ from ._util import ArchOpt, FormatOpt, OutputOpt
 
 def bench_cli(
     arch: ArchOpt = None,
-    mode: Annotated[list[str] | None, typer.Option(
-        "--mode", "-m", help="train (a full SGD step) or infer (one no-grad forward); repeatable. Default: both.")] = None,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mode",
+            "-m",
+            help="train (a full SGD step) or infer (one no-grad forward); repeatable. Default: both.",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size.")] = 64,
-    input_size: Annotated[int | None, typer.Option(min=8, help="Input resolution (default: the model's).")] = None,
-    num_classes: Annotated[int | None, typer.Option(min=1, help="Classes (default: 100 CIFAR, 1000 ImageNet).")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="Timed repeats per model (medians).")] = 7,
+    input_size: Annotated[
+        int | None, typer.Option(min=8, help="Input resolution (default: the model's).")
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(min=1, help="Classes (default: 100 CIFAR, 1000 ImageNet).")
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option("--repeats", "-r", min=1, help="Timed repeats per model (medians).")
+    ] = 7,
     iters: Annotated[int, typer.Option(min=1, help="Steps per timed repeat.")] = 1,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed steps per model first.")] = 2,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="Both models and the input in channels-last memory format.")] = False,
-    amp: Annotated[bool, typer.Option("--amp", help="Autocast: bfloat16 on CPU, float16 (+ grad scaling) on CUDA.")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile both models (inductor).")] = False,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch.set_num_threads (default: PyTorch's).")] = None,
-    memory_efficient: Annotated[bool, typer.Option("--memory-efficient", help="The AFI model recomputes [X(i), R(i)] in backward.")] = False,
-    allocator_cache: Annotated[bool, typer.Option(
-        "--allocator-cache/--no-allocator-cache",
-        help="Keep freed memory in the process (glibc mallopt) so steps do not page-fault; both models alike.")] = True,
-    timer: Annotated[str, typer.Option(
-        help="wall, or cpu (process CPU time: ignores time preempted by other jobs; use with --threads 1).")] = "wall",
+    channels_last: Annotated[
+        bool,
+        typer.Option(
+            "--channels-last", help="Both models and the input in channels-last memory format."
+        ),
+    ] = False,
+    amp: Annotated[
+        bool,
+        typer.Option("--amp", help="Autocast: bfloat16 on CPU, float16 (+ grad scaling) on CUDA."),
+    ] = False,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile both models (inductor).")
+    ] = False,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch.set_num_threads (default: PyTorch's).")
+    ] = None,
+    memory_efficient: Annotated[
+        bool,
+        typer.Option(
+            "--memory-efficient", help="The AFI model recomputes [X(i), R(i)] in backward."
+        ),
+    ] = False,
+    allocator_cache: Annotated[
+        bool,
+        typer.Option(
+            "--allocator-cache/--no-allocator-cache",
+            help="Keep freed memory in the process (glibc mallopt) so steps do not page-fault; both models alike.",
+        ),
+    ] = True,
+    timer: Annotated[
+        str,
+        typer.Option(
+            help="wall, or cpu (process CPU time: ignores time preempted by other jobs; use with --threads 1)."
+        ),
+    ] = "wall",
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
@@ -46,19 +83,51 @@ def bench_cli(
     """
     archs = arch or ["afi_resnet110"]
     modes = tuple(mode or MODES)
-    with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
+    with Progress(
+        console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()
+    ) as progress:
         task = progress.add_task("timing", total=len(archs) * len(modes) * repeats)
         rows = bench(
-            archs, modes=modes, batch_size=batch_size, input_size=input_size, num_classes=num_classes,
-            repeats=repeats, iters=iters, warmup=warmup, device=device, channels_last=channels_last,
-            amp=amp, compile=compile, threads=threads, memory_efficient=memory_efficient,
-            allocator_cache=allocator_cache, timer=timer, progress=lambda: progress.advance(task),
+            archs,
+            modes=modes,
+            batch_size=batch_size,
+            input_size=input_size,
+            num_classes=num_classes,
+            repeats=repeats,
+            iters=iters,
+            warmup=warmup,
+            device=device,
+            channels_last=channels_last,
+            amp=amp,
+            compile=compile,
+            threads=threads,
+            memory_efficient=memory_efficient,
+            allocator_cache=allocator_cache,
+            timer=timer,
+            progress=lambda: progress.advance(task),
         )
     render(
-        rows, fmt, output,
-        columns=["arch", "baseline", "mode", "batch_size", "images_per_sec", "baseline_images_per_sec",
-                 "speed_ratio", "ratio_min", "ratio_max", "threads"],
-        formatters={"images_per_sec": "{:.1f}".format, "baseline_images_per_sec": "{:.1f}".format,
-                    "speed_ratio": "{:.3f}".format, "ratio_min": "{:.3f}".format, "ratio_max": "{:.3f}".format},
+        rows,
+        fmt,
+        output,
+        columns=[
+            "arch",
+            "baseline",
+            "mode",
+            "batch_size",
+            "images_per_sec",
+            "baseline_images_per_sec",
+            "speed_ratio",
+            "ratio_min",
+            "ratio_max",
+            "threads",
+        ],
+        formatters={
+            "images_per_sec": "{:.1f}".format,
+            "baseline_images_per_sec": "{:.1f}".format,
+            "speed_ratio": "{:.3f}".format,
+            "ratio_min": "{:.3f}".format,
+            "ratio_max": "{:.3f}".format,
+        },
         title=f"Throughput on {device}, batch {batch_size} (ratio > 1: AFI faster)",
     )

@@ -13,17 +13,51 @@ from ._util import FormatOpt, OutputOpt
 
 
 def eval_cli(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="A .pt written by afictl train (or its run folder: best.pt, else last.pt).")],
-    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset (default: the one the checkpoint was trained on).")] = None,
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset folder (default: the recorded one, else $AFICTL_DATA/<dataset> or ./data/<dataset>).")] = None,
-    split: Annotated[str, typer.Option("--split", help="eval (val/ or test/; CIFAR's test set) or train.")] = "eval",
-    arch: Annotated[str | None, typer.Option("--arch", "-a", help="Expected architecture: a checkpoint of another one is an error.")] = None,
-    data_size: Annotated[int | None, typer.Option("--data-size", help="Images (generated for shapes; a fixed subset otherwise).")] = None,
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="A .pt written by afictl train (or its run folder: best.pt, else last.pt).",
+        ),
+    ],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", help="Dataset (default: the one the checkpoint was trained on)."
+        ),
+    ] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root",
+            help="Dataset folder (default: the recorded one, else $AFICTL_DATA/<dataset> or ./data/<dataset>).",
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="eval (val/ or test/; CIFAR's test set) or train.")
+    ] = "eval",
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch", "-a", help="Expected architecture: a checkpoint of another one is an error."
+        ),
+    ] = None,
+    data_size: Annotated[
+        int | None,
+        typer.Option(
+            "--data-size", help="Images (generated for shapes; a fixed subset otherwise)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.")] = 256,
-    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Data loading processes.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Data loading processes.")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
     amp: Annotated[str, typer.Option("--amp", help="none, bf16 or fp16.")] = "none",
-    bad_images: Annotated[str, typer.Option("--bad-images", help="skip (default) or stop at an unreadable image.")] = "skip",
+    bad_images: Annotated[
+        str, typer.Option("--bad-images", help="skip (default) or stop at an unreadable image.")
+    ] = "skip",
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
@@ -34,8 +68,17 @@ def eval_cli(
     from ..train import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        checkpoint, data, data_root, split=split, arch=arch, data_size=data_size,
-        batch_size=batch_size, workers=workers, device=device, amp=amp, bad_images=bad_images,
+        checkpoint,
+        data,
+        data_root,
+        split=split,
+        arch=arch,
+        data_size=data_size,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        amp=amp,
+        bad_images=bad_images,
     )
     if fmt is Format.json:
         text = json.dumps(result)
@@ -44,5 +87,10 @@ def eval_cli(
         else:
             print(text)
         return
-    render([result], fmt, output, columns=["arch", "dataset", "split", "images", "top1", "top5", "loss", "epoch"],
-           title=f"evaluation of {result['checkpoint']}")
+    render(
+        [result],
+        fmt,
+        output,
+        columns=["arch", "dataset", "split", "images", "top1", "top5", "loss", "epoch"],
+        title=f"evaluation of {result['checkpoint']}",
+    )

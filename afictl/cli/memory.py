@@ -21,14 +21,33 @@ def _mib(value: int) -> str:
 
 def memory_cli(
     arch: ArchOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size (Table 6: 64).")] = 64,
-    input_size: Annotated[int | None, typer.Option(min=8, help="Input resolution (default: the model's).")] = None,
-    num_classes: Annotated[int | None, typer.Option(min=1, help="Classes (default: 100 CIFAR, 1000 ImageNet).")] = None,
-    memory_efficient: Annotated[bool, typer.Option(
-        "--memory-efficient", help="AFI models recompute [X(i), R(i)] in backward instead of storing it.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, or cuda to add torch.cuda.max_memory_allocated peaks.")] = "cpu",
-    rss: Annotated[bool, typer.Option("--rss", help="Also measure the peak resident memory of a fresh process "
-                                      "running one training step / one forward (slow: real tensors).")] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Batch size (Table 6: 64).")
+    ] = 64,
+    input_size: Annotated[
+        int | None, typer.Option(min=8, help="Input resolution (default: the model's).")
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(min=1, help="Classes (default: 100 CIFAR, 1000 ImageNet).")
+    ] = None,
+    memory_efficient: Annotated[
+        bool,
+        typer.Option(
+            "--memory-efficient",
+            help="AFI models recompute [X(i), R(i)] in backward instead of storing it.",
+        ),
+    ] = False,
+    device: Annotated[
+        str, typer.Option(help="cpu, or cuda to add torch.cuda.max_memory_allocated peaks.")
+    ] = "cpu",
+    rss: Annotated[
+        bool,
+        typer.Option(
+            "--rss",
+            help="Also measure the peak resident memory of a fresh process "
+            "running one training step / one forward (slow: real tensors).",
+        ),
+    ] = False,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
@@ -45,19 +64,48 @@ def memory_cli(
     archs = arch or ["afi_resnet50"]
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device {device}: choose cpu or cuda")
-    with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
+    with Progress(
+        console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()
+    ) as progress:
         task = progress.add_task("measuring", total=count_steps(archs))
         rows = memory_report(
-            archs, batch_size, input_size=input_size, num_classes=num_classes,
-            memory_efficient=memory_efficient, device=device, rss=rss,
+            archs,
+            batch_size,
+            input_size=input_size,
+            num_classes=num_classes,
+            memory_efficient=memory_efficient,
+            device=device,
+            rss=rss,
             progress=lambda: progress.advance(task),
         )
-    columns = ["arch", "baseline", "batch_size", "train_bytes", "baseline_train_bytes", "train_ratio",
-               "infer_bytes", "baseline_infer_bytes", "infer_ratio", "saved_ratio"]
+    columns = [
+        "arch",
+        "baseline",
+        "batch_size",
+        "train_bytes",
+        "baseline_train_bytes",
+        "train_ratio",
+        "infer_bytes",
+        "baseline_infer_bytes",
+        "infer_ratio",
+        "saved_ratio",
+    ]
     if device == "cuda":
-        columns += ["cuda_train_bytes", "baseline_cuda_train_bytes", "cuda_infer_bytes", "baseline_cuda_infer_bytes"]
+        columns += [
+            "cuda_train_bytes",
+            "baseline_cuda_train_bytes",
+            "cuda_infer_bytes",
+            "baseline_cuda_infer_bytes",
+        ]
     if rss:
-        columns += ["rss_train_bytes", "baseline_rss_train_bytes", "rss_infer_bytes", "baseline_rss_infer_bytes"]
+        columns += [
+            "rss_train_bytes",
+            "baseline_rss_train_bytes",
+            "rss_infer_bytes",
+            "baseline_rss_infer_bytes",
+        ]
     byte_cols = [c for c in columns if c.endswith("_bytes")]
-    title = f"Memory at batch {batch_size}" + (" (memory-efficient AFI)" if memory_efficient else "")
+    title = f"Memory at batch {batch_size}" + (
+        " (memory-efficient AFI)" if memory_efficient else ""
+    )
     render(rows, fmt, output, columns=columns, formatters={c: _mib for c in byte_cols}, title=title)

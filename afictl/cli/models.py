@@ -12,7 +12,9 @@ from ._util import FormatOpt, OutputOpt
 
 
 def models_cli(
-    include: Annotated[str, typer.Argument(help="Wildcard filter, e.g. 'afi_*' or '*resnet*'.")] = "*",
+    include: Annotated[
+        str, typer.Argument(help="Wildcard filter, e.g. 'afi_*' or '*resnet*'.")
+    ] = "*",
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
@@ -26,10 +28,14 @@ def models_cli(
 
         stem = include.replace("*", "").replace("?", "")
         close = difflib.get_close_matches(stem, list_models(), n=4, cutoff=0.3) if stem else []
-        hint = f"; closest names: {', '.join(close)}" if close else "; `afictl models` lists them all"
+        hint = (
+            f"; closest names: {', '.join(close)}" if close else "; `afictl models` lists them all"
+        )
         raise UserError(f"no registered model matches {include!r}{hint}")
     render(
-        rows, fmt, output,
+        rows,
+        fmt,
+        output,
         columns=["name", "family", "input_size", "home_dataset", "params", "baseline"],
         formatters={"params": human},
         title=f"{len(rows)} registered models",

@@ -33,8 +33,12 @@ class PlotKind(StrEnum):
 def selectivity_cli(
     stage: Annotated[
         str,
-        typer.Option("--stage", "-s", help="Stage: conv1..conv3 (CIFAR models) or conv1..conv4 (ImageNet); "
-                                           "aliases layerK, stageK."),
+        typer.Option(
+            "--stage",
+            "-s",
+            help="Stage: conv1..conv3 (CIFAR models) or conv1..conv4 (ImageNet); "
+            "aliases layerK, stageK.",
+        ),
     ] = "conv3",
     checkpoint: CheckpointOpt = None,
     data: DataOpt = None,
@@ -42,9 +46,12 @@ def selectivity_cli(
     max_batches: MaxBatchesOpt = None,
     batch_size: BatchSizeOpt = 128,
     output: Annotated[
-        Path, typer.Option("--output", "-o", file_okay=False, help="Folder for the figure and the CSV.")
+        Path,
+        typer.Option("--output", "-o", file_okay=False, help="Folder for the figure and the CSV."),
     ] = Path("selectivity"),
-    plot: Annotated[PlotKind, typer.Option("--plot", help="Distribution plot: hist or violin.")] = PlotKind.hist,
+    plot: Annotated[
+        PlotKind, typer.Option("--plot", help="Distribution plot: hist or violin.")
+    ] = PlotKind.hist,
     figure_format: Annotated[
         str, typer.Option("--figure-format", help="Figure file type: png, pdf or svg.")
     ] = "png",
@@ -63,19 +70,42 @@ def selectivity_cli(
         raise UserError(f"--figure-format {figure_format!r}: use png, pdf or svg")
     ckpts = choose_checkpoints(checkpoint)
     with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
-        results = run_selectivity(ckpts, stage, data=data, data_root=data_root, max_batches=max_batches,
-                                  batch_size=batch_size, progress=progress_factory(progress))
+        results = run_selectivity(
+            ckpts,
+            stage,
+            data=data,
+            data_root=data_root,
+            max_batches=max_batches,
+            batch_size=batch_size,
+            progress=progress_factory(progress),
+        )
     paper_stage = results[0].stage
     frames = [r.channels for r in results]
     csv_path = channel_csv(frames, output / f"selectivity-{paper_stage}.csv")
     import pandas as pd
 
-    fig_path = selectivity_figure(pd.concat(frames, ignore_index=True),
-                                  output / f"selectivity-{paper_stage}.{figure_format.lower()}", kind=plot.value)
+    fig_path = selectivity_figure(
+        pd.concat(frames, ignore_index=True),
+        output / f"selectivity-{paper_stage}.{figure_format.lower()}",
+        kind=plot.value,
+    )
     print(f"wrote {fig_path}", file=sys.stderr)
     print(f"wrote {csv_path}", file=sys.stderr)
     rows = [row for r in results for row in r.summary()]
-    render(rows, fmt, None,
-           columns=["stage", "block", "arch", "mean_index", "median_index", "channels", "dead_channels", "checkpoint"],
-           formatters={"mean_index": "{:.3f}".format, "median_index": "{:.3f}".format},
-           title=f"Class selectivity index, stage {paper_stage}")
+    render(
+        rows,
+        fmt,
+        None,
+        columns=[
+            "stage",
+            "block",
+            "arch",
+            "mean_index",
+            "median_index",
+            "channels",
+            "dead_channels",
+            "checkpoint",
+        ],
+        formatters={"mean_index": "{:.3f}".format, "median_index": "{:.3f}".format},
+        title=f"Class selectivity index, stage {paper_stage}",
+    )

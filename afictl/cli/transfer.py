@@ -16,17 +16,33 @@ from ._util import FormatOpt, OutputOpt
 
 
 def transfer_cli(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="ImageNet-trained checkpoint (afictl train).")],
-    data_root: Annotated[Path, typer.Option(help="Folder holding the domains (Art, Clipart, Product, Real World).")],
-    source: Annotated[str | None, typer.Option(help="Source domain to fine-tune on (name or Ar/Cl/Pr/Rw).")] = None,
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", "-c", help="ImageNet-trained checkpoint (afictl train).")
+    ],
+    data_root: Annotated[
+        Path, typer.Option(help="Folder holding the domains (Art, Clipart, Product, Real World).")
+    ],
+    source: Annotated[
+        str | None, typer.Option(help="Source domain to fine-tune on (name or Ar/Cl/Pr/Rw).")
+    ] = None,
     target: Annotated[str | None, typer.Option(help="Target domain to evaluate on.")] = None,
-    all_pairs_: Annotated[bool, typer.Option("--all-pairs", help="All 12 ordered pairs of the four domains.")] = False,
-    run_root: Annotated[Path, typer.Option(help="Where each pair's run folder goes (resumable).")] = Path("runs/transfer"),
-    epochs: Annotated[int | None, typer.Option(min=1, help="Fine-tuning epochs (paper: 20).")] = None,
+    all_pairs_: Annotated[
+        bool, typer.Option("--all-pairs", help="All 12 ordered pairs of the four domains.")
+    ] = False,
+    run_root: Annotated[
+        Path, typer.Option(help="Where each pair's run folder goes (resumable).")
+    ] = Path("runs/transfer"),
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Fine-tuning epochs (paper: 20).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default 32).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Classifier base lr (paper: 0.01; the rest gets a tenth).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Classifier base lr (paper: 0.01; the rest gets a tenth).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Data-loading worker processes.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Data-loading worker processes.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
@@ -44,8 +60,14 @@ def transfer_cli(
     if not all_pairs_ and (source is None or target is None):
         raise UserError("--source needs --target (and the other way round)")
     pairs = all_pairs(data_root) if all_pairs_ else [(source, target)]
-    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device,
-                 "workers": workers, "seed": seed}
+    overrides = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "device": device,
+        "workers": workers,
+        "seed": seed,
+    }
     for src, tgt in pairs:  # every pair's domains and classes, before any training
         check_pair(data_root, src, tgt)
     validate_checkpoint(load_checkpoint(checkpoint), model=True)  # and the checkpoint
@@ -56,4 +78,9 @@ def transfer_cli(
     if fmt in (Format.json, Format.csv):
         render(results, fmt, output)
     else:
-        render(accuracy_matrix(results), fmt, output, title="Office-Home accuracy (%), fine-tuned on A, tested on B")
+        render(
+            accuracy_matrix(results),
+            fmt,
+            output,
+            title="Office-Home accuracy (%), fine-tuned on A, tested on B",
+        )

@@ -76,9 +76,13 @@ def read_batch(path: str | Path) -> Any:
             f"{path} is not a CIFAR batch file: {exc}, which CIFAR data never holds; refused without running it"
         ) from None
     except OSError as exc:
-        raise DataMissingError(f"cannot read {path} ({exc.strerror or type(exc).__name__})") from None
+        raise DataMissingError(
+            f"cannot read {path} ({exc.strerror or type(exc).__name__})"
+        ) from None
     except Exception as exc:  # truncated, not a pickle, or an array that does not rebuild
-        raise UnsafeDataError(f"{path} is not a readable CIFAR batch file ({type(exc).__name__}: {str(exc)[:80]})") from None
+        raise UnsafeDataError(
+            f"{path} is not a readable CIFAR batch file ({type(exc).__name__}: {str(exc)[:80]})"
+        ) from None
 
 
 def _batch(path: Path, label_key: str) -> tuple[np.ndarray, list[int]]:
@@ -86,14 +90,25 @@ def _batch(path: Path, label_key: str) -> tuple[np.ndarray, list[int]]:
     entry = read_batch(path)
     data = entry.get("data") if isinstance(entry, dict) else None
     labels = entry.get(label_key, entry.get("labels")) if isinstance(entry, dict) else None
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
-        raise UnsafeDataError(f"{path} is not a CIFAR batch file: 'data' must be a uint8 array of N x 3072 pixels")
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3072
+    ):
+        raise UnsafeDataError(
+            f"{path} is not a CIFAR batch file: 'data' must be a uint8 array of N x 3072 pixels"
+        )
     if not (isinstance(labels, (list, np.ndarray)) and len(labels) == len(data)):
-        raise UnsafeDataError(f"{path} is not a CIFAR batch file: '{label_key}' must hold one label per image")
+        raise UnsafeDataError(
+            f"{path} is not a CIFAR batch file: '{label_key}' must hold one label per image"
+        )
     try:
         labels = [int(y) for y in labels]
     except (TypeError, ValueError):
-        raise UnsafeDataError(f"{path} is not a CIFAR batch file: its labels are not integers") from None
+        raise UnsafeDataError(
+            f"{path} is not a CIFAR batch file: its labels are not integers"
+        ) from None
     return data, labels
 
 
@@ -107,8 +122,14 @@ class _Present:
     meta: dict
     root: str
 
-    def __init__(self, root: str | Path, train: bool = True, transform=None, target_transform=None,
-                 download: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        train: bool = True,
+        transform=None,
+        target_transform=None,
+        download: bool = False,
+    ) -> None:
         VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
         self.train = train
         if download:
@@ -124,7 +145,9 @@ class _Present:
         self._load_meta()
         bad = [y for y in targets if not 0 <= y < len(self.classes)]
         if bad:
-            raise UnsafeDataError(f"{Path(self.root, self.base_folder)} has label {bad[0]} but {len(self.classes)} classes")
+            raise UnsafeDataError(
+                f"{Path(self.root, self.base_folder)} has label {bad[0]} but {len(self.classes)} classes"
+            )
         self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
         self.targets = targets
 
@@ -137,7 +160,9 @@ class _Present:
         data = read_batch(path)
         classes = data.get(self.meta["key"]) if isinstance(data, dict) else None
         if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-            raise UnsafeDataError(f"{path} is not a CIFAR meta file: '{self.meta['key']}' must list the class names")
+            raise UnsafeDataError(
+                f"{path} is not a CIFAR meta file: '{self.meta['key']}' must list the class names"
+            )
         self.classes = classes
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 

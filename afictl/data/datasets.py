@@ -48,9 +48,13 @@ DATASETS: dict[str, DatasetSpec] = {
     s.name: s
     for s in (
         DatasetSpec("cifar10", 32, True, help="CIFAR-10 (torchvision python batches; --download)"),
-        DatasetSpec("cifar100", 32, True, help="CIFAR-100 (torchvision python batches; --download)"),
+        DatasetSpec(
+            "cifar100", 32, True, help="CIFAR-100 (torchvision python batches; --download)"
+        ),
         DatasetSpec("imagenet", None, True, help="ImageNet as an ImageFolder: train/ and val/"),
-        DatasetSpec("imagefolder", None, True, help="any ImageFolder tree: train/ and val/ or test/"),
+        DatasetSpec(
+            "imagefolder", None, True, help="any ImageFolder tree: train/ and val/ or test/"
+        ),
         DatasetSpec("shapes", 32, False, 4000, "8 classes of generated coloured shapes, offline"),
         DatasetSpec("synthetic", None, False, 512, "random tensors in memory (benchmarks only)"),
     )
@@ -152,12 +156,16 @@ def build_dataset(
     if name == "shapes":
         return ShapesDataset(size or spec.default_size, seed=seed, split=split, transform=transform)
     if name == "synthetic":
-        return SyntheticDataset(size or spec.default_size, input_size, seed=seed + (split == "eval"))
+        return SyntheticDataset(
+            size or spec.default_size, input_size, seed=seed + (split == "eval")
+        )
     if name in ("cifar10", "cifar100"):
         ds = cifar(name, path, split, transform, download=download)
     else:
         if download:
-            raise UserError(f"{name} cannot be downloaded; put its train/ and val/ folders in {path}")
+            raise UserError(
+                f"{name} cannot be downloaded; put its train/ and val/ folders in {path}"
+            )
         ds = image_folder(name, path, split, transform, on_error=on_error)
     if size is not None and size < len(ds):
         g = torch.Generator().manual_seed(seed * 2 + (split == "eval"))

@@ -27,7 +27,9 @@ EVAL_FOLDERS = ("val", "test")
 class SafeImageFolder(ImageFolder):
     """``ImageFolder`` with a fixed class list and per-file error handling."""
 
-    def __init__(self, root: str | Path, classes: list[str] | None = None, on_error: str = "raise", **kw) -> None:
+    def __init__(
+        self, root: str | Path, classes: list[str] | None = None, on_error: str = "raise", **kw
+    ) -> None:
         self._fixed_classes = classes
         self.on_error = on_error
         super().__init__(str(root), **kw)
@@ -44,10 +46,16 @@ class SafeImageFolder(ImageFolder):
         return list(self._fixed_classes), {c: i for i, c in enumerate(self._fixed_classes)}
 
     @staticmethod
-    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+    def make_dataset(
+        directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False
+    ):
         # A class folder missing from the eval split is fine (its images are just absent).
         return ImageFolder.make_dataset(
-            directory, class_to_idx, extensions=extensions, is_valid_file=is_valid_file, allow_empty=True
+            directory,
+            class_to_idx,
+            extensions=extensions,
+            is_valid_file=is_valid_file,
+            allow_empty=True,
         )
 
     def __getitem__(self, index: int):
@@ -85,7 +93,9 @@ def _expect(name: str, root: Path) -> str:
     )
 
 
-def image_folder(name: str, root: Path, split: str, transform, on_error: str = "raise") -> SafeImageFolder:
+def image_folder(
+    name: str, root: Path, split: str, transform, on_error: str = "raise"
+) -> SafeImageFolder:
     """The ``split`` ("train" or "eval") of an ImageFolder tree under ``root``."""
     split_dir = find_split_dir(root, split)
     train_dir = find_split_dir(root, "train")
@@ -100,5 +110,7 @@ def image_folder(name: str, root: Path, split: str, transform, on_error: str = "
         raise DataMissingError(f"{_expect(name, root)} [{str(exc).splitlines()[0]}]") from None
     if len(ds) == 0:
         exts = " ".join(IMG_EXTENSIONS)
-        raise DataMissingError(f"no images in {split_dir} (looked for {exts} inside its class folders)")
+        raise DataMissingError(
+            f"no images in {split_dir} (looked for {exts} inside its class folders)"
+        )
     return ds

@@ -42,8 +42,12 @@ def collate_skip_broken(samples: list) -> Batch:
 class ResumableSampler(Sampler[int]):
     """A ``DistributedSampler`` whose epoch can start after its first ``skip`` samples."""
 
-    def __init__(self, dataset: Dataset, *, world: int, rank: int, seed: int, shuffle: bool = True) -> None:
-        self.inner = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    def __init__(
+        self, dataset: Dataset, *, world: int, rank: int, seed: int, shuffle: bool = True
+    ) -> None:
+        self.inner = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed
+        )
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -52,7 +56,7 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         indices = list(self.inner)
-        return iter(indices[self.skip:])
+        return iter(indices[self.skip :])
 
     def __len__(self) -> int:
         return len(self.inner) - self.skip

@@ -39,7 +39,9 @@ def _mask(kind: int, cy: float, cx: float, r: float) -> np.ndarray:
         d = np.sqrt(dy**2 + dx**2)
         return (d <= r) & (d >= r - 1.6 * w)
     if name == "x":
-        return ((abs(dx - dy) <= 1.4 * w) | (abs(dx + dy) <= 1.4 * w)) & (np.maximum(abs(dx), abs(dy)) <= r * 0.8)
+        return ((abs(dx - dy) <= 1.4 * w) | (abs(dx + dy) <= 1.4 * w)) & (
+            np.maximum(abs(dx), abs(dy)) <= r * 0.8
+        )
     # frame: a hollow square
     m = np.maximum(abs(dy), abs(dx))
     return (m <= r * 0.85) & (m >= r * 0.85 - 1.6 * w)

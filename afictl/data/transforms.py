@@ -34,8 +34,11 @@ def is_small(input_size: int) -> bool:
 def train_transform(dataset: str, input_size: int) -> T.Compose:
     mean, std = normalization(dataset)
     if is_small(input_size):
-        ops = [T.Resize((input_size, input_size)), T.RandomCrop(input_size, padding=input_size // 8),
-               T.RandomHorizontalFlip()]
+        ops = [
+            T.Resize((input_size, input_size)),
+            T.RandomCrop(input_size, padding=input_size // 8),
+            T.RandomHorizontalFlip(),
+        ]
     else:
         ops = [T.RandomResizedCrop(input_size), T.RandomHorizontalFlip()]
     return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])

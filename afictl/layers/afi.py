@@ -144,7 +144,9 @@ class AFIModule(nn.Module):
         s = s.masked_fill(s < negligible(dtype), 0.0)
         return self.attention(s)
 
-    def forward(self, features: Sequence[Tensor], squeezed: Sequence[Tensor] | None = None) -> Tensor:
+    def forward(
+        self, features: Sequence[Tensor], squeezed: Sequence[Tensor] | None = None
+    ) -> Tensor:
         """R = AFI(X(1..n)); ``squeezed`` (z of each input) when already computed."""
         if len(features) != self.num_inputs:
             raise ValueError(f"AFI module built for {self.num_inputs} inputs got {len(features)}")

@@ -40,8 +40,13 @@ from torch.autograd.function import once_differentiable
 from .afi import AFIModule, StageFeatures, squeeze
 
 __all__ = [
-    "AGGREGATIONS", "BufferedFeatures", "accelerated", "activation_bound", "aggregation",
-    "aggregation_mode", "plain_batch_norm",
+    "AGGREGATIONS",
+    "BufferedFeatures",
+    "accelerated",
+    "activation_bound",
+    "aggregation",
+    "aggregation_mode",
+    "plain_batch_norm",
 ]
 
 #: ``auto``: the stage buffer in eager training, the plain path everywhere else (default);
@@ -78,16 +83,21 @@ def accelerated(x: Tensor) -> bool:
     used: :func:`~afictl.layers.afi_join.aggregation_path`.
     """
     return (
-        type(x) is Tensor and _MODE.get() != "plain"
-        and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-        and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
+        type(x) is Tensor
+        and _MODE.get() != "plain"
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+        and not torch.onnx.is_in_onnx_export()
     )
 
 
 def plain_batch_norm(bn: nn.Module) -> bool:
     """A BatchNorm2d that the memory-efficient writer may apply itself."""
     return (
-        type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
+        type(bn) is nn.BatchNorm2d
+        and bn.affine
+        and bn.track_running_stats
         and bn.running_mean is not None
     )
 
@@ -119,8 +129,17 @@ def _activate_backward(grad: Tensor, y: Tensor, hi: float) -> Tensor:
 class _StageBuffer:
     """The features of one stage in one tensor (B, C, N, H, W), and their gradients."""
 
-    __slots__ = ("capacity", "recompute", "data", "writable", "shape", "sources", "written",
-                 "_grad", "_grad_pass")
+    __slots__ = (
+        "capacity",
+        "recompute",
+        "data",
+        "writable",
+        "shape",
+        "sources",
+        "written",
+        "_grad",
+        "_grad_pass",
+    )
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -144,7 +163,9 @@ class _StageBuffer:
             self.writable = self.data.data  # same storage, own version counter (invariant 1)
             self.shape = tuple(self.data.shape)
         elif tuple(x.shape) != self.feature_shape:
-            raise ValueError(f"AFI features of one stage must share a shape: {tuple(x.shape)} vs {self.feature_shape}")
+            raise ValueError(
+                f"AFI features of one stage must share a shape: {tuple(x.shape)} vs {self.feature_shape}"
+            )
         self.written[k] = True
         return self.writable[:, :, k]
 
@@ -210,8 +231,15 @@ def _rebuild(source: tuple, slot: Tensor) -> None:
     _, c, weight, bias, running_mean, running_var, training, eps, hi = source
     # the forward's kernel on the forward's input: the same numbers (running statistics untouched)
     out = torch.ops.aten.native_batch_norm(
-        c, weight, bias, None if training else running_mean, None if training else running_var,
-        training, 0.0, eps)[0]
+        c,
+        weight,
+        bias,
+        None if training else running_mean,
+        None if training else running_var,
+        training,
+        0.0,
+        eps,
+    )[0]
     _activate(out, hi, slot)
 
 
@@ -227,7 +255,9 @@ class _Write(torch.autograd.Function):
     """Write X(k), or act(h) as X(k), into the stage buffer; returns the token z(k) (invariant 2)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, stage: _StageBuffer, k: int, hi: float | None, record: bool) -> Tensor:  # type: ignore[override]
+    def forward(
+        ctx, x: Tensor, stage: _StageBuffer, k: int, hi: float | None, record: bool
+    ) -> Tensor:  # type: ignore[override]
         slot = stage.slot_for_write(x, k)
         if hi is None:
             slot.copy_(x)
@@ -237,7 +267,9 @@ class _Write(torch.autograd.Function):
         ctx.stage, ctx.k, ctx.hi = stage, k, hi
         ctx.hw = x.shape[2] * x.shape[3]
         if hi is not None:
-            ctx.save_for_backward(feature)  # the activation's mask (a view: the buffer, counted once)
+            ctx.save_for_backward(
+                feature
+            )  # the activation's mask (a view: the buffer, counted once)
         elif record:
             stage.sources[k] = ("copy", x)  # a view of an activation backward keeps anyway
             ctx.save_for_backward(x)
@@ -274,7 +306,8 @@ class _BatchNormActWrite(torch.autograd.Function):
     def forward(ctx, c, weight, bias, stage, k, bn_state, hi):  # type: ignore[override]
         running_mean, running_var, training, momentum, eps = bn_state
         out, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
-            c, weight, bias, running_mean, running_var, training, momentum, eps)
+            c, weight, bias, running_mean, running_var, training, momentum, eps
+        )
         _activate(out, hi, stage.slot_for_write(out, k))
         del out
         feature = stage.data[:, :, k]
@@ -291,8 +324,17 @@ class _BatchNormActWrite(torch.autograd.Function):
         grad = _write_grad(ctx, grad_z, act_of=ctx.stage.ensure()[:, :, ctx.k])
         training, eps = ctx.bn
         grad_c, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-            grad, c, weight, running_mean, running_var, save_mean, save_invstd, training, eps,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+            grad,
+            c,
+            weight,
+            running_mean,
+            running_var,
+            save_mean,
+            save_invstd,
+            training,
+            eps,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+        )
         return grad_c, grad_w, grad_b, None, None, None, None
 
 
@@ -356,13 +398,24 @@ def _integrate_grad(ctx, grad_out: Tensor) -> tuple:
             inp = _integrate_forward(stage, spec, mixing)
         stride, padding, dilation, groups = spec.conv
         grad_inp, grad_conv_weight, _ = torch.ops.aten.convolution_backward(
-            grad_out, inp, conv_weight.to(inp.dtype), None, stride, padding,
-            dilation, False, [0, 0], groups, [True, ctx.needs_input_grad[1], False],
+            grad_out,
+            inp,
+            conv_weight.to(inp.dtype),
+            None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0, 0],
+            groups,
+            [True, ctx.needs_input_grad[1], False],
         )
         del inp
     grad_weights = _integrate_backward(stage, spec, mixing, grad_inp, ctx.needs_input_grad[0])
     if grad_weights is not None:
-        grad_weights = grad_weights.reshape(ctx.weights_shape[0], ctx.weights_shape[2], -1).transpose(1, 2)
+        grad_weights = grad_weights.reshape(
+            ctx.weights_shape[0], ctx.weights_shape[2], -1
+        ).transpose(1, 2)
     return (grad_weights, grad_conv_weight, None, None, *[None] * (spec.n + spec.own))
 
 
@@ -458,7 +511,8 @@ class BufferedFeatures(StageFeatures):
             momentum = 0.0
         state = (bn.running_mean, bn.running_var, bn.training, momentum, bn.eps)
         self.squeezed.append(
-            _BatchNormActWrite.apply(c, bn.weight, bn.bias, self._stage, len(self), state, hi))
+            _BatchNormActWrite.apply(c, bn.weight, bn.bias, self._stage, len(self), state, hi)
+        )
 
     def integrate(self, afi: AFIModule | None, n: int) -> Tensor:
         if not self.buffered:
@@ -467,7 +521,9 @@ class BufferedFeatures(StageFeatures):
         spec = _Spec(n, own=False, conv=None, recompute=False)
         return _Integrate.apply(weights, None, self._stage, spec, *self.squeezed[:n])
 
-    def integrate_conv(self, afi: AFIModule | None, conv: nn.Conv2d, *, memory_efficient: bool) -> Tensor:
+    def integrate_conv(
+        self, afi: AFIModule | None, conv: nn.Conv2d, *, memory_efficient: bool
+    ) -> Tensor:
         """conv([X(i), R(i)]) with X(i) the newest feature and R(i) over all earlier ones.
 
         The concatenation is kept only for the convolution's backward and, with
@@ -475,8 +531,12 @@ class BufferedFeatures(StageFeatures):
         """
         n = len(self) - 1
         weights = None if afi is None else afi.weights(self.squeezed[:n])
-        spec = _Spec(n, own=True, conv=(conv.stride, conv.padding, conv.dilation, conv.groups),
-                     recompute=memory_efficient)
+        spec = _Spec(
+            n,
+            own=True,
+            conv=(conv.stride, conv.padding, conv.dilation, conv.groups),
+            recompute=memory_efficient,
+        )
         out = _Integrate.apply(weights, conv.weight, self._stage, spec, *self.squeezed[: n + 1])
         if len(self) == self._stage.capacity:  # the stage's last block: nobody reads X again
             self._stage.release()

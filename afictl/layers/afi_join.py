@@ -50,12 +50,17 @@ def first_conv_width(full: int, index: int | None) -> int:
 
 def has_hooks(*modules: nn.Module | None) -> bool:
     """Whether any module (or every module, globally) has forward or backward hooks."""
-    if (_module._global_forward_hooks or _module._global_forward_pre_hooks
-            or _module._global_backward_hooks or _module._global_backward_pre_hooks):
+    if (
+        _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or _module._global_backward_hooks
+        or _module._global_backward_pre_hooks
+    ):
         return True
     for m in modules:  # a plain loop: this runs once per block and forward
-        if m is not None and (m._forward_hooks or m._forward_pre_hooks
-                              or m._backward_hooks or m._backward_pre_hooks):
+        if m is not None and (
+            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        ):
             return True
     return False
 
@@ -97,7 +102,12 @@ class AFIJoin(nn.Module):
     """
 
     def __init__(
-        self, width: int, index: int | None = None, *, reduction: int = 4, seed_stride: int = 1,
+        self,
+        width: int,
+        index: int | None = None,
+        *,
+        reduction: int = 4,
+        seed_stride: int = 1,
         memory_efficient: bool = False,
     ) -> None:
         super().__init__()
@@ -105,12 +115,23 @@ class AFIJoin(nn.Module):
         self.index = index
         self.seed_stride = seed_stride
         self.memory_efficient = memory_efficient
-        self.afi = AFIModule(width // 2, index - 1, reduction) if index is not None and index >= 3 else None
+        self.afi = (
+            AFIModule(width // 2, index - 1, reduction)
+            if index is not None and index >= 3
+            else None
+        )
         self.afi_out = nn.Identity()
 
     def forward(
-        self, x: Tensor, feats: StageFeatures | None, *, first: nn.Module, norm: nn.Module | None = None,
-        act: nn.Module | None = None, conv: nn.Module | None = None, attn: nn.Module | None = None,
+        self,
+        x: Tensor,
+        feats: StageFeatures | None,
+        *,
+        first: nn.Module,
+        norm: nn.Module | None = None,
+        act: nn.Module | None = None,
+        conv: nn.Module | None = None,
+        attn: nn.Module | None = None,
     ) -> Tensor:
         """conv(join(act(norm(first(x))))): see the module docstring."""
         if self.index is None or self.index == 1 or feats is None:
@@ -131,8 +152,11 @@ class AFIJoin(nn.Module):
     def fuses(self, feats: StageFeatures | None, first, norm, act, conv, attn=None) -> bool:
         """Whether the fused path runs for these features and modules (see the module docstring)."""
         return (
-            isinstance(feats, BufferedFeatures) and attn is None and isinstance(conv, nn.Conv2d)
-            and activation_bound(act) is not None and isinstance(first, nn.Conv2d)
+            isinstance(feats, BufferedFeatures)
+            and attn is None
+            and isinstance(conv, nn.Conv2d)
+            and activation_bound(act) is not None
+            and isinstance(first, nn.Conv2d)
             and not has_hooks(self, self.afi_out, self.afi, first, norm, act, conv)
         )
 
@@ -154,8 +178,12 @@ class AFIJoin(nn.Module):
         # memory-efficient in eager training (features still listed: the attn variants);
         # never under hooks, which would see the recomputation run a second time
         listed = isinstance(feats, BufferedFeatures) and not feats.buffered
-        if (conv is not None and self.memory_efficient and listed
-                and not has_hooks(self.afi_out, self.afi, attn, conv)):
+        if (
+            conv is not None
+            and self.memory_efficient
+            and listed
+            and not has_hooks(self.afi_out, self.afi, attn, conv)
+        ):
             out = self._recomputed(xi, feats, n, conv, attn)
             feats.append(xi)
             return out

@@ -32,5 +32,7 @@ def create_attn(name: str | None, channels: int, **kwargs) -> nn.Module | None:
     try:
         layer = ATTENTION_LAYERS[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown attention {name!r}; choose from {', '.join(ATTENTION_LAYERS)}") from None
+        raise ValueError(
+            f"unknown attention {name!r}; choose from {', '.join(ATTENTION_LAYERS)}"
+        ) from None
     return layer(channels, **kwargs)

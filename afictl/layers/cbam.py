@@ -22,7 +22,8 @@ class ChannelGate(nn.Module):
         super().__init__()
         hidden = max(min_hidden, channels // reduction)
         self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.ReLU(inplace=True),
             nn.Conv2d(hidden, channels, 1, bias=False),
         )
 

@@ -25,7 +25,9 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
 class EfficientChannelAttention(nn.Module):
     """ECA block on channels-first features (B, C, H, W); the shape is unchanged."""
 
-    def __init__(self, channels: int, kernel_size: int | None = None, gamma: int = 2, b: int = 1) -> None:
+    def __init__(
+        self, channels: int, kernel_size: int | None = None, gamma: int = 2, b: int = 1
+    ) -> None:
         super().__init__()
         k = kernel_size or eca_kernel_size(channels, gamma, b)
         self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)

@@ -29,7 +29,9 @@ class GatherExcite(nn.Module):
         reduction: bottleneck ratio when ``use_mlp``.
     """
 
-    def __init__(self, channels: int, extent: int = 0, use_mlp: bool = False, reduction: int = 16) -> None:
+    def __init__(
+        self, channels: int, extent: int = 0, use_mlp: bool = False, reduction: int = 16
+    ) -> None:
         super().__init__()
         if extent < 0 or extent == 1:
             raise ValueError("extent must be 0 (global) or >= 2")
@@ -38,14 +40,18 @@ class GatherExcite(nn.Module):
         if use_mlp:
             hidden = max(8, channels // reduction)
             self.mlp = nn.Sequential(
-                nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1)
+                nn.Conv2d(channels, hidden, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, channels, 1),
             )
 
     def gather(self, x: Tensor) -> Tensor:
         """xi_G: the mean of each channel over every e x e neighbourhood (stride e)."""
         if self.extent == 0:
             return x.mean(dim=(2, 3), keepdim=True)
-        return F.avg_pool2d(x, self.extent, stride=self.extent, ceil_mode=True, count_include_pad=False)
+        return F.avg_pool2d(
+            x, self.extent, stride=self.extent, ceil_mode=True, count_include_pad=False
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.gather(x)

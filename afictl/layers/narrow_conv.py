@@ -35,10 +35,18 @@ def conv_narrow(conv: nn.Conv2d, x: Tensor) -> Tensor:
 
 def _pairs(conv: nn.Conv2d, x: Tensor) -> bool:
     return (
-        x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-        and x.shape[0] >= 2 and x.shape[0] % 2 == 0 and x.is_contiguous() and conv.weight.is_contiguous()
-        and conv.groups == 1 and conv.out_channels < NARROW and conv.padding_mode == "zeros"
-        and isinstance(conv.padding, tuple) and not torch.is_autocast_enabled("cpu")
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[0] >= 2
+        and x.shape[0] % 2 == 0
+        and x.is_contiguous()
+        and conv.weight.is_contiguous()
+        and conv.groups == 1
+        and conv.out_channels < NARROW
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+        and not torch.is_autocast_enabled("cpu")
     )
 
 
@@ -47,7 +55,15 @@ class _PairedConv(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, args: tuple) -> Tensor:  # type: ignore[override]
         stride, padding, dilation = args
         b, c, h, w = x.shape
-        out = F.conv2d(x.view(b // 2, 2 * c, h, w), torch.cat((weight, weight)), None, stride, padding, dilation, 2)
+        out = F.conv2d(
+            x.view(b // 2, 2 * c, h, w),
+            torch.cat((weight, weight)),
+            None,
+            stride,
+            padding,
+            dilation,
+            2,
+        )
         ctx.args = args
         ctx.save_for_backward(x, weight)
         return out.view(b, weight.shape[0], out.shape[2], out.shape[3])
@@ -58,7 +74,16 @@ class _PairedConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, dilation = ctx.args
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, stride, padding, dilation, False, [0, 0], 1,
+            grad,
+            x,
+            weight,
+            None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0, 0],
+            1,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
         )
         return grad_x, grad_w, None

@@ -33,7 +33,9 @@ class Stage(nn.Sequential):
     """
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        feats = stage_features(self, x)  # plain lists, or the accelerated buffer (layers/afi_join.py)
+        feats = stage_features(
+            self, x
+        )  # plain lists, or the accelerated buffer (layers/afi_join.py)
         for block in self:
             x = block(x, feats)
         return x
@@ -80,7 +82,9 @@ class Backbone(nn.Module):
         return getattr(self, self.stage_attrs[idx])
 
     def stages(self) -> dict[str, nn.Module]:
-        return {n: getattr(self, a) for n, a in zip(self.stage_names, self.stage_attrs, strict=True)}
+        return {
+            n: getattr(self, a) for n, a in zip(self.stage_names, self.stage_attrs, strict=True)
+        }
 
     def blocks(self, stage: str) -> list[nn.Module]:
         return list(self.get_stage(stage).children())

@@ -28,6 +28,15 @@ def catalog(include: str | list[str] = "*") -> list[ModelRow]:
     rows = []
     for name in list_models(include):
         info = get_model_info(name)
-        rows.append(ModelRow(name, info.family, info.input_size, info.home_dataset, info.num_classes,
-                             info.num_params, info.baseline))
+        rows.append(
+            ModelRow(
+                name,
+                info.family,
+                info.input_size,
+                info.home_dataset,
+                info.num_classes,
+                info.num_params,
+                info.baseline,
+            )
+        )
     return rows

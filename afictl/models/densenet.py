@@ -42,14 +42,19 @@ class Transition(nn.Sequential):
 
     def __init__(self, inp: int, oup: int) -> None:
         super().__init__(
-            nn.BatchNorm2d(inp), nn.ReLU(inplace=True), nn.Conv2d(inp, oup, 1, bias=False), nn.AvgPool2d(2)
+            nn.BatchNorm2d(inp),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(inp, oup, 1, bias=False),
+            nn.AvgPool2d(2),
         )
 
 
 class DenseNet(Backbone):
     """CIFAR DenseNet of depth ``3n + 4`` with growth rate ``growth`` (no bottleneck, no compression)."""
 
-    def __init__(self, depth: int = 40, num_classes: int = 100, *, growth: int = 12, stem: int = 16) -> None:
+    def __init__(
+        self, depth: int = 40, num_classes: int = 100, *, growth: int = 12, stem: int = 16
+    ) -> None:
         super().__init__()
         if (depth - 4) % 3:
             raise ValueError("DenseNet depth must be 3n + 4")

@@ -39,7 +39,13 @@ __all__ = ["ConvBNAct", "InvertedResidual", "MobileNetV2", "mobilenetv2_stages"]
 
 # (expansion t, output channels c, blocks n, stride s) of the MobileNetV2 paper's Table 2.
 _CFG: tuple[tuple[int, int, int, int], ...] = (
-    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
 )
 _STEM, _LAST = 32, 1280
 
@@ -47,8 +53,15 @@ _STEM, _LAST = 32, 1280
 class ConvBNAct(nn.Sequential):
     """conv -> BN -> activation, keyed ``0/1/2`` like torchvision's ``Conv2dNormActivation``."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-                 act: type[nn.Module] = nn.ReLU6) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: type[nn.Module] = nn.ReLU6,
+    ) -> None:
         super().__init__(
             nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
             nn.BatchNorm2d(cout),
@@ -90,9 +103,13 @@ class InvertedResidual(nn.Module):
         ]
         self.conv = nn.Sequential(*layers)
         # the stride is in the depthwise conv, after X
-        self.join = AFIJoin(hidden, afi_index, reduction=reduction, memory_efficient=memory_efficient)
+        self.join = AFIJoin(
+            hidden, afi_index, reduction=reduction, memory_efficient=memory_efficient
+        )
         # Table 9: attention on R(i), the AFI module's resulting feature (Eq. 2).
-        self.attn = create_attn(attn, hidden // 2) if afi_index is not None and afi_index >= 2 else None
+        self.attn = (
+            create_attn(attn, hidden // 2) if afi_index is not None and afi_index >= 2 else None
+        )
         # pytorch-cifar adds a projection shortcut where a stride-1 block changes the width.
         self.shortcut: nn.Module | None = None
         if cifar and stride == 1 and inp != oup:
@@ -110,7 +127,9 @@ class InvertedResidual(nn.Module):
         if isinstance(nxt, ConvBNAct):
             nxt, *tail = nxt
             rest = [*tail, *rest]
-        out = self.join(x, feats, first=first[0], norm=first[1], act=first[2], conv=nxt, attn=self.attn)
+        out = self.join(
+            x, feats, first=first[0], norm=first[1], act=first[2], conv=nxt, attn=self.attn
+        )
         for layer in rest:
             out = layer(out)
         if self.use_res_connect:
@@ -175,8 +194,17 @@ class MobileNetV2(Backbone):
         for k, specs in enumerate(stages, start=1):
             on = k in self.afi_stages
             blocks = [
-                InvertedResidual(inp, oup, s, t, cifar=cifar, afi_index=i if on else None, reduction=reduction,
-                                 attn=attn, memory_efficient=memory_efficient)
+                InvertedResidual(
+                    inp,
+                    oup,
+                    s,
+                    t,
+                    cifar=cifar,
+                    afi_index=i if on else None,
+                    reduction=reduction,
+                    attn=attn,
+                    memory_efficient=memory_efficient,
+                )
                 for i, (inp, oup, s, t) in enumerate(specs, start=1)
             ]
             setattr(self, f"stage{k}", Stage(*blocks))
@@ -238,10 +266,10 @@ _TV_KEY = re.compile(r"features\.\d+\.")
 def _accept_torchvision_keys(module: MobileNetV2, state_dict: dict, prefix: str, *_args) -> None:
     """Rename torchvision's ``features.N.*`` keys in place before loading (ours pass unchanged)."""
     for key in [k for k in state_dict if k.startswith(prefix + "features.")]:
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         m = _TV_KEY.match(rest)
         if m and m.group(0) in module._tv_keys:
-            state_dict[prefix + module._tv_keys[m.group(0)] + rest[m.end():]] = state_dict.pop(key)
+            state_dict[prefix + module._tv_keys[m.group(0)] + rest[m.end() :]] = state_dict.pop(key)
 
 
 def _mobilenetv2(*, cifar: bool, afi: bool, **kwargs) -> MobileNetV2:
@@ -253,57 +281,95 @@ def _mobilenetv2(*, cifar: bool, afi: bool, **kwargs) -> MobileNetV2:
 # ImageNet (Table 5): torchvision's mobilenet_v2 and its AFI version.
 
 
-@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_412_212,
-                options=("dropout",))
+@register_model(
+    family="mobilenetv2", input_size=32, num_stages=7, num_params=2_412_212, options=("dropout",)
+)
 def mobilenetv2(**kwargs) -> MobileNetV2:
     """MobileNetV2 for 32x32 inputs (pytorch-cifar's, Table 4)."""
     return _mobilenetv2(cifar=True, afi=False, **kwargs)
 
 
-@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_351_972, baseline="mobilenetv2",
-                options=("dropout", "attn"))
+@register_model(
+    family="mobilenetv2",
+    input_size=32,
+    num_stages=7,
+    num_params=2_351_972,
+    baseline="mobilenetv2",
+    options=("dropout", "attn"),
+)
 def afi_mobilenetv2(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 for 32x32 inputs (Table 4)."""
     return _mobilenetv2(cifar=True, afi=True, **kwargs)
 
 
-@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_450_888, baseline="mobilenetv2",
-                options=("dropout",))
+@register_model(
+    family="mobilenetv2",
+    input_size=32,
+    num_stages=7,
+    num_params=2_450_888,
+    baseline="mobilenetv2",
+    options=("dropout",),
+)
 def afi_mobilenetv2_se(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 with SE on R(i) (Table 9)."""
     return _mobilenetv2(cifar=True, afi=True, attn="se", **kwargs)
 
 
-@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_351_972, baseline="mobilenetv2",
-                options=("dropout",))
+@register_model(
+    family="mobilenetv2",
+    input_size=32,
+    num_stages=7,
+    num_params=2_351_972,
+    baseline="mobilenetv2",
+    options=("dropout",),
+)
 def afi_mobilenetv2_ge(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 with Gather-Excite on R(i) (Table 9)."""
     return _mobilenetv2(cifar=True, afi=True, attn="ge", **kwargs)
 
 
-@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_449_356, baseline="mobilenetv2",
-                options=("dropout",))
+@register_model(
+    family="mobilenetv2",
+    input_size=32,
+    num_stages=7,
+    num_params=2_449_356,
+    baseline="mobilenetv2",
+    options=("dropout",),
+)
 def afi_mobilenetv2_cbam(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 with CBAM on R(i) (Table 9)."""
     return _mobilenetv2(cifar=True, afi=True, attn="cbam", **kwargs)
 
 
-@register_model(family="mobilenetv2", input_size=32, num_stages=7, num_params=2_352_016, baseline="mobilenetv2",
-                options=("dropout",))
+@register_model(
+    family="mobilenetv2",
+    input_size=32,
+    num_stages=7,
+    num_params=2_352_016,
+    baseline="mobilenetv2",
+    options=("dropout",),
+)
 def afi_mobilenetv2_eca(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 with ECA on R(i) (Table 9)."""
     return _mobilenetv2(cifar=True, afi=True, attn="eca", **kwargs)
 
 
-@register_model(family="mobilenetv2", input_size=224, num_stages=7, num_params=3_504_872,
-                options=("dropout",))
+@register_model(
+    family="mobilenetv2", input_size=224, num_stages=7, num_params=3_504_872, options=("dropout",)
+)
 def mobilenet_v2(**kwargs) -> MobileNetV2:
     """torchvision's MobileNetV2 (Table 5)."""
     return _mobilenetv2(cifar=False, afi=False, **kwargs)
 
 
-@register_model(family="mobilenetv2", input_size=224, num_stages=7, num_params=3_444_632, baseline="mobilenet_v2",
-                options=("dropout", "attn"))
+@register_model(
+    family="mobilenetv2",
+    input_size=224,
+    num_stages=7,
+    num_params=3_444_632,
+    baseline="mobilenet_v2",
+    options=("dropout", "attn"),
+)
 def afi_mobilenet_v2(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 for ImageNet (Table 5)."""
     return _mobilenetv2(cifar=False, afi=True, **kwargs)

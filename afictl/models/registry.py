@@ -103,7 +103,9 @@ def register_model(
     return wrap
 
 
-def list_models(include: str | list[str] = "*", exclude: str | list[str] | None = None) -> list[str]:
+def list_models(
+    include: str | list[str] = "*", exclude: str | list[str] | None = None
+) -> list[str]:
     """Registered names matching any ``include`` pattern and no ``exclude`` pattern, sorted."""
     inc = [include] if isinstance(include, str) else include
     exc = [exclude] if isinstance(exclude, str) else (exclude or [])
@@ -154,8 +156,16 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
 
 #: ``torch.nn.init`` functions the families call; ``create_meta_model`` makes them no-ops.
 _INIT_FUNCTIONS = (
-    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
-    "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
 )
 
 

@@ -54,7 +54,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         # the stride is in conv1, before X
-        self.join = AFIJoin(planes, afi_index, reduction=reduction, memory_efficient=memory_efficient)
+        self.join = AFIJoin(
+            planes, afi_index, reduction=reduction, memory_efficient=memory_efficient
+        )
 
     def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -92,8 +94,13 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         # the stride is in conv2
-        self.join = AFIJoin(width, afi_index, reduction=reduction, seed_stride=stride,
-                            memory_efficient=memory_efficient)
+        self.join = AFIJoin(
+            width,
+            afi_index,
+            reduction=reduction,
+            seed_stride=stride,
+            memory_efficient=memory_efficient,
+        )
 
     def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -137,7 +144,9 @@ class ResNet(Backbone):
         self.inplanes = widths[0]
         self.cifar = cifar
         if cifar:
-            self.conv1 = nn.Conv2d(3, self.inplanes, stem_kernel, padding=stem_kernel // 2, bias=False)
+            self.conv1 = nn.Conv2d(
+                3, self.inplanes, stem_kernel, padding=stem_kernel // 2, bias=False
+            )
         else:
             self.conv1 = nn.Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
@@ -145,7 +154,9 @@ class ResNet(Backbone):
         self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(3, stride=2, padding=1)
         self.stage_attrs = []
         for i, (w, n) in enumerate(zip(widths, layers, strict=True), start=1):
-            stage = self._make_stage(block, w, n, stride=1 if i == 1 else 2, afi=i in self.afi_stages)
+            stage = self._make_stage(
+                block, w, n, stride=1 if i == 1 else 2, afi=i in self.afi_stages
+            )
             setattr(self, f"layer{i}", stage)
             self.stage_attrs.append(f"layer{i}")
         self.num_features = widths[-1] * block.expansion
@@ -160,8 +171,12 @@ class ResNet(Backbone):
                 conv1x1(self.inplanes, planes * block.expansion, stride),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        kw = dict(reduction=self.reduction, groups=self.groups, base_width=self.base_width,
-                  memory_efficient=self.memory_efficient)
+        kw = dict(
+            reduction=self.reduction,
+            groups=self.groups,
+            base_width=self.base_width,
+            memory_efficient=self.memory_efficient,
+        )
         layers = [
             block(self.inplanes, planes, stride, downsample, afi_index=1 if afi else None, **kw)
         ]
@@ -205,7 +220,9 @@ def resnet20(**kwargs) -> ResNet:
     return _resnet_cifar(depth=20, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, num_stages=3, num_params=230_388, baseline="resnet20")
+@register_model(
+    family="resnet", input_size=32, num_stages=3, num_params=230_388, baseline="resnet20"
+)
 def afi_resnet20(**kwargs) -> ResNet:
     """AFI-ResNet-20 for 32x32 inputs (Table 4)."""
     return _resnet_cifar(depth=20, afi=True, **kwargs)
@@ -217,7 +234,9 @@ def resnet32(**kwargs) -> ResNet:
     return _resnet_cifar(depth=32, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, num_stages=3, num_params=377_556, baseline="resnet32")
+@register_model(
+    family="resnet", input_size=32, num_stages=3, num_params=377_556, baseline="resnet32"
+)
 def afi_resnet32(**kwargs) -> ResNet:
     """AFI-ResNet-32 for 32x32 inputs (Table 4)."""
     return _resnet_cifar(depth=32, afi=True, **kwargs)
@@ -229,7 +248,9 @@ def resnet44(**kwargs) -> ResNet:
     return _resnet_cifar(depth=44, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, num_stages=3, num_params=524_724, baseline="resnet44")
+@register_model(
+    family="resnet", input_size=32, num_stages=3, num_params=524_724, baseline="resnet44"
+)
 def afi_resnet44(**kwargs) -> ResNet:
     """AFI-ResNet-44 for 32x32 inputs (Table 4)."""
     return _resnet_cifar(depth=44, afi=True, **kwargs)
@@ -241,7 +262,9 @@ def resnet56(**kwargs) -> ResNet:
     return _resnet_cifar(depth=56, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, num_stages=3, num_params=671_892, baseline="resnet56")
+@register_model(
+    family="resnet", input_size=32, num_stages=3, num_params=671_892, baseline="resnet56"
+)
 def afi_resnet56(**kwargs) -> ResNet:
     """AFI-ResNet-56 for 32x32 inputs (Table 4)."""
     return _resnet_cifar(depth=56, afi=True, **kwargs)
@@ -253,7 +276,9 @@ def resnet110(**kwargs) -> ResNet:
     return _resnet_cifar(depth=110, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=32, num_stages=3, num_params=1_334_148, baseline="resnet110")
+@register_model(
+    family="resnet", input_size=32, num_stages=3, num_params=1_334_148, baseline="resnet110"
+)
 def afi_resnet110(**kwargs) -> ResNet:
     """AFI-ResNet-110 for 32x32 inputs (Table 4)."""
     return _resnet_cifar(depth=110, afi=True, **kwargs)
@@ -268,7 +293,9 @@ def resnet50(**kwargs) -> ResNet:
     return _resnet_imagenet(depth=50, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=224, num_stages=4, num_params=23_805_736, baseline="resnet50")
+@register_model(
+    family="resnet", input_size=224, num_stages=4, num_params=23_805_736, baseline="resnet50"
+)
 def afi_resnet50(**kwargs) -> ResNet:
     """AFI-ResNet-50 (Table 5)."""
     return _resnet_imagenet(depth=50, afi=True, **kwargs)
@@ -280,7 +307,9 @@ def resnet101(**kwargs) -> ResNet:
     return _resnet_imagenet(depth=101, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=224, num_stages=4, num_params=40_704_552, baseline="resnet101")
+@register_model(
+    family="resnet", input_size=224, num_stages=4, num_params=40_704_552, baseline="resnet101"
+)
 def afi_resnet101(**kwargs) -> ResNet:
     """AFI-ResNet-101 (Table 5)."""
     return _resnet_imagenet(depth=101, afi=True, **kwargs)
@@ -292,7 +321,9 @@ def resnet152(**kwargs) -> ResNet:
     return _resnet_imagenet(depth=152, afi=False, **kwargs)
 
 
-@register_model(family="resnet", input_size=224, num_stages=4, num_params=54_624_040, baseline="resnet152")
+@register_model(
+    family="resnet", input_size=224, num_stages=4, num_params=54_624_040, baseline="resnet152"
+)
 def afi_resnet152(**kwargs) -> ResNet:
     """AFI-ResNet-152 (Table 5)."""
     return _resnet_imagenet(depth=152, afi=True, **kwargs)

@@ -22,8 +22,15 @@ def _resnext29(*, afi: bool, **kwargs) -> ResNet:
     # Bottleneck width = planes * width_per_group / 64 * groups: planes 64-128-256 with 32 groups
     # of 4 give the group widths 128-256-512 and, x4, the outputs 256-512-1024.
     return ResNet(
-        Bottleneck, [3, 3, 3], cifar=True, widths=[64, 128, 256], stem_kernel=1,
-        groups=32, width_per_group=4, afi=afi, **kwargs,
+        Bottleneck,
+        [3, 3, 3],
+        cifar=True,
+        widths=[64, 128, 256],
+        stem_kernel=1,
+        groups=32,
+        width_per_group=4,
+        afi=afi,
+        **kwargs,
     )
 
 
@@ -40,7 +47,9 @@ def resnext29_32x4d(**kwargs) -> ResNet:
     return _resnext29(afi=False, **kwargs)
 
 
-@register_model(family="resnext", input_size=32, num_stages=3, num_params=4_219_556, baseline="resnext29_32x4d")
+@register_model(
+    family="resnext", input_size=32, num_stages=3, num_params=4_219_556, baseline="resnext29_32x4d"
+)
 def afi_resnext29_32x4d(**kwargs) -> ResNet:
     """AFI-ResNeXt-29 (32x4d) for 32x32 inputs (Table 4)."""
     return _resnext29(afi=True, **kwargs)
@@ -52,7 +61,13 @@ def resnext50_32x4d(**kwargs) -> ResNet:
     return _resnext50(afi=False, **kwargs)
 
 
-@register_model(family="resnext", input_size=224, num_stages=4, num_params=21_666_600, baseline="resnext50_32x4d")
+@register_model(
+    family="resnext",
+    input_size=224,
+    num_stages=4,
+    num_params=21_666_600,
+    baseline="resnext50_32x4d",
+)
 def afi_resnext50_32x4d(**kwargs) -> ResNet:
     """AFI-ResNeXt-50 (32x4d) (Table 5)."""
     return _resnext50(afi=True, **kwargs)

@@ -44,14 +44,25 @@ def channel_shuffle(x: Tensor, groups: int = 2) -> Tensor:
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
 
 
 class ShuffleUnit(nn.Module):
     """A basic unit (``stride=1``, input split in halves) or a down-sampling unit (``stride=2``)."""
 
-    def __init__(self, inp: int, oup: int, stride: int = 1, *, afi_index: int | None = None, reduction: int = 4,
-                 memory_efficient: bool = False) -> None:
+    def __init__(
+        self,
+        inp: int,
+        oup: int,
+        stride: int = 1,
+        *,
+        afi_index: int | None = None,
+        reduction: int = 4,
+        memory_efficient: bool = False,
+    ) -> None:
         super().__init__()
         if stride == 1 and inp != oup:
             raise ValueError("a stride-1 ShuffleNetV2 unit keeps its width")
@@ -60,7 +71,9 @@ class ShuffleUnit(nn.Module):
         self.branch1: nn.Module | None = None  # the left branch of a down-sampling unit
         if stride > 1:
             self.branch1 = nn.Sequential(
-                *_conv_bn(inp, inp, 3, stride, groups=inp), *_conv_bn(inp, branch, 1), nn.ReLU(inplace=True)
+                *_conv_bn(inp, inp, 3, stride, groups=inp),
+                *_conv_bn(inp, branch, 1),
+                nn.ReLU(inplace=True),
             )
         first = first_conv_width(branch, afi_index)
         self.conv1 = nn.Conv2d(inp if stride > 1 else branch, first, 1, bias=False)
@@ -70,8 +83,13 @@ class ShuffleUnit(nn.Module):
         self.conv3 = nn.Conv2d(branch, branch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(branch)
         self.relu = nn.ReLU(inplace=True)
-        self.join = AFIJoin(branch, afi_index, reduction=reduction, seed_stride=stride,  # stride in conv2
-                            memory_efficient=memory_efficient)
+        self.join = AFIJoin(
+            branch,
+            afi_index,
+            reduction=reduction,
+            seed_stride=stride,  # stride in conv2
+            memory_efficient=memory_efficient,
+        )
 
     def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
         if self.branch1 is None:
@@ -114,7 +132,9 @@ class ShuffleNetV2(Backbone):
             on = k in self.afi_stages
             kw = dict(reduction=reduction, memory_efficient=memory_efficient)
             units = [ShuffleUnit(inp, w, 2, afi_index=1 if on else None, **kw)]
-            units += [ShuffleUnit(w, w, 1, afi_index=i if on else None, **kw) for i in range(2, n + 1)]
+            units += [
+                ShuffleUnit(w, w, 1, afi_index=i if on else None, **kw) for i in range(2, n + 1)
+            ]
             setattr(self, f"layer{k}", Stage(*units))
             self.stage_attrs.append(f"layer{k}")
             inp = w
@@ -137,14 +157,22 @@ class ShuffleNetV2(Backbone):
 # CIFAR (Table 4): ShuffleNetV2 1x of pytorch-cifar and its AFI version.
 
 
-@register_model(family="shufflenetv2", input_size=32, num_stages=3, num_params=1_356_104, options=("width",))
+@register_model(
+    family="shufflenetv2", input_size=32, num_stages=3, num_params=1_356_104, options=("width",)
+)
 def shufflenetv2(**kwargs) -> ShuffleNetV2:
     """ShuffleNetV2 1x for 32x32 inputs (Table 4)."""
     return ShuffleNetV2(**kwargs)
 
 
-@register_model(family="shufflenetv2", input_size=32, num_stages=3, num_params=1_245_556,
-                baseline="shufflenetv2", options=("width",))
+@register_model(
+    family="shufflenetv2",
+    input_size=32,
+    num_stages=3,
+    num_params=1_245_556,
+    baseline="shufflenetv2",
+    options=("width",),
+)
 def afi_shufflenetv2(**kwargs) -> ShuffleNetV2:
     """AFI-ShuffleNetV2 1x for 32x32 inputs (Table 4)."""
     return ShuffleNetV2(afi=True, **kwargs)

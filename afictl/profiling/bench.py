@@ -124,8 +124,16 @@ def _amp_dtype(device: str) -> torch.dtype:
 class _Runner:
     """One model prepared for timed steps in one mode."""
 
-    def __init__(self, model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, *, amp: bool,
-                 compile: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        amp: bool,
+        compile: bool,
+    ) -> None:
         self.mode, self.x, self.y, self.amp = mode, x, y, amp
         self.device = x.device.type
         self.model = model.train(mode == "train")
@@ -138,7 +146,11 @@ class _Runner:
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     def _autocast(self):
-        return torch.autocast(self.device, dtype=_amp_dtype(self.device)) if self.amp else nullcontext()
+        return (
+            torch.autocast(self.device, dtype=_amp_dtype(self.device))
+            if self.amp
+            else nullcontext()
+        )
 
     def step(self) -> None:
         if self.mode == "infer":
@@ -216,7 +228,9 @@ def bench(
         afi_kwargs = {"memory_efficient": True} if memory_efficient else {}
         models = {}
         for name, kwargs in ((afi_name, afi_kwargs), (base_name, {})):
-            model = create_model(name, num_classes=num_classes, **kwargs).to(device)  # options checked
+            model = create_model(name, num_classes=num_classes, **kwargs).to(
+                device
+            )  # options checked
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
             models[name] = model
@@ -226,7 +240,10 @@ def bench(
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, classes, (batch_size,), device=device)
         for mode in modes:
-            runners = [_Runner(models[n], mode, x, y, amp=amp, compile=compile) for n in (afi_name, base_name)]
+            runners = [
+                _Runner(models[n], mode, x, y, amp=amp, compile=compile)
+                for n in (afi_name, base_name)
+            ]
             warm = [r.timed(warmup) for r in runners]  # with --compile: includes compilation
             times: list[list[float]] = [[], []]
             for rep in range(repeats):
@@ -237,33 +254,35 @@ def bench(
                     progress()
             ratios = [b / a for a, b in zip(times[0], times[1], strict=True)]
             med_afi, med_base = statistics.median(times[0]), statistics.median(times[1])
-            rows.append(BenchRow(
-                arch=afi_name,
-                baseline=base_name,
-                mode=mode,
-                batch_size=batch_size,
-                input_size=size,
-                device=device,
-                images_per_sec=round(batch_size * iters / med_afi, 2),
-                baseline_images_per_sec=round(batch_size * iters / med_base, 2),
-                speed_ratio=round(statistics.median(ratios), 4),
-                ms_per_step=round(1000 * med_afi / iters, 3),
-                warmup_seconds=round(warm[0], 3),
-                baseline_warmup_seconds=round(warm[1], 3),
-                baseline_ms_per_step=round(1000 * med_base / iters, 3),
-                ratio_min=round(min(ratios), 4),
-                ratio_max=round(max(ratios), 4),
-                repeats=repeats,
-                iters=iters,
-                warmup=warmup,
-                threads=torch.get_num_threads(),
-                channels_last=channels_last,
-                amp=amp,
-                compile=compile,
-                memory_efficient=memory_efficient,
-                aggregation="plain" if compile else aggregation_path(x, grad=mode == "train"),
-                allocator=allocator,
-                timer=timer,
-                torch_version=torch.__version__,
-            ))
+            rows.append(
+                BenchRow(
+                    arch=afi_name,
+                    baseline=base_name,
+                    mode=mode,
+                    batch_size=batch_size,
+                    input_size=size,
+                    device=device,
+                    images_per_sec=round(batch_size * iters / med_afi, 2),
+                    baseline_images_per_sec=round(batch_size * iters / med_base, 2),
+                    speed_ratio=round(statistics.median(ratios), 4),
+                    ms_per_step=round(1000 * med_afi / iters, 3),
+                    warmup_seconds=round(warm[0], 3),
+                    baseline_warmup_seconds=round(warm[1], 3),
+                    baseline_ms_per_step=round(1000 * med_base / iters, 3),
+                    ratio_min=round(min(ratios), 4),
+                    ratio_max=round(max(ratios), 4),
+                    repeats=repeats,
+                    iters=iters,
+                    warmup=warmup,
+                    threads=torch.get_num_threads(),
+                    channels_last=channels_last,
+                    amp=amp,
+                    compile=compile,
+                    memory_efficient=memory_efficient,
+                    aggregation="plain" if compile else aggregation_path(x, grad=mode == "train"),
+                    allocator=allocator,
+                    timer=timer,
+                    torch_version=torch.__version__,
+                )
+            )
     return rows

@@ -31,13 +31,18 @@ def paper_table(
         rows = []
         for r in stage_rows or []:
             paper = TABLE2.get((r.arch, r.stage))
-            rows.append({
-                "arch": r.arch, "stage": r.stage, "params": r.params, "flops": r.flops,
-                "paper_params": paper[0] if paper else None,
-                "paper_flops": paper[1] * scale if paper else None,
-                "params_diff_pct": _diff(r.params, paper[0]) if paper else None,
-                "flops_diff_pct": _diff(r.flops, paper[1] * scale) if paper else None,
-            })
+            rows.append(
+                {
+                    "arch": r.arch,
+                    "stage": r.stage,
+                    "params": r.params,
+                    "flops": r.flops,
+                    "paper_params": paper[0] if paper else None,
+                    "paper_flops": paper[1] * scale if paper else None,
+                    "params_diff_pct": _diff(r.params, paper[0]) if paper else None,
+                    "flops_diff_pct": _diff(r.flops, paper[1] * scale) if paper else None,
+                }
+            )
         return rows
     paper_rows = TABLES[table]
     names = [p.arch for p in paper_rows if registered is None or p.arch in registered]
@@ -45,20 +50,22 @@ def paper_table(
     rows = []
     for p in paper_rows:
         o = ours.get(p.arch)
-        rows.append({
-            "table": table,
-            "model": p.label,
-            "arch": p.arch,
-            "params": o.params if o else None,
-            "paper_params": p.params,
-            "params_diff_pct": _diff(o.params if o else None, p.params),
-            "flops": o.flops if o else None,
-            "paper_flops": p.flops * scale,
-            "flops_diff_pct": _diff(o.flops if o else None, p.flops * scale),
-            "flops_with_aggregation": o.flops_with_aggregation if o else None,
-            "flops_exact": o.flops_exact if o else None,
-            "baseline": o.baseline if o else None,
-            "params_delta_pct": o.params_delta_pct if o else None,
-            "flops_delta_pct": o.flops_delta_pct if o else None,
-        })
+        rows.append(
+            {
+                "table": table,
+                "model": p.label,
+                "arch": p.arch,
+                "params": o.params if o else None,
+                "paper_params": p.params,
+                "params_diff_pct": _diff(o.params if o else None, p.params),
+                "flops": o.flops if o else None,
+                "paper_flops": p.flops * scale,
+                "flops_diff_pct": _diff(o.flops if o else None, p.flops * scale),
+                "flops_with_aggregation": o.flops_with_aggregation if o else None,
+                "flops_exact": o.flops_exact if o else None,
+                "baseline": o.baseline if o else None,
+                "params_delta_pct": o.params_delta_pct if o else None,
+                "flops_delta_pct": o.flops_delta_pct if o else None,
+            }
+        )
     return rows

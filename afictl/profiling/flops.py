@@ -77,7 +77,9 @@ class ThopCount:
     layers: dict
 
 
-def thop_count(model: nn.Module, input_size: int, batch_size: int = 1, *, copy_model: bool = True) -> ThopCount:
+def thop_count(
+    model: nn.Module, input_size: int, batch_size: int = 1, *, copy_model: bool = True
+) -> ThopCount:
     """thop MACs of ``model`` at ``batch_size``.
 
     thop leaves ``total_ops``/``total_params`` buffers in what it profiles, so it gets a copy
@@ -96,7 +98,10 @@ def thop_count(model: nn.Module, input_size: int, batch_size: int = 1, *, copy_m
     x = torch.empty(batch_size, 3, input_size, input_size, device=device).normal_()
     # thop hooks every module, so every block runs the plain path and its AFIModule's forward
     macs, _params, layers = profile(
-        target, inputs=(x,), custom_ops={AFIModule: _afi_rule(counts), nn.BatchNorm2d: _batchnorm_rule}, verbose=False,
+        target,
+        inputs=(x,),
+        custom_ops={AFIModule: _afi_rule(counts), nn.BatchNorm2d: _batchnorm_rule},
+        verbose=False,
         ret_layer_info=True,
     )
     return ThopCount(float(macs), counts.scoring, counts.aggregation, layers)
@@ -199,8 +204,12 @@ def flops_report(
         key = name + repr(sorted(kwargs.items()))
         if key not in cache:
             cache[key] = count_flops(
-                name, batch_size=batch_size, input_size=input_size, num_classes=num_classes,
-                exact=exact, **kwargs,
+                name,
+                batch_size=batch_size,
+                input_size=input_size,
+                num_classes=num_classes,
+                exact=exact,
+                **kwargs,
             )
         return cache[key]
 
@@ -234,7 +243,11 @@ class StageReport:
 
 
 def stage_report(
-    arch: str, *, batch_size: int = 32, input_size: int | None = None, num_classes: int | None = None,
+    arch: str,
+    *,
+    batch_size: int = 32,
+    input_size: int | None = None,
+    num_classes: int | None = None,
     **model_kwargs,
 ) -> list[StageReport]:
     info = get_model_info(arch)

@@ -119,6 +119,7 @@ class _LiveBytes(TorchDispatchMode):
     @contextmanager
     def tracking_modules(self) -> Iterator[None]:
         """Keep ``running`` (the stack of the model's modules being run) while the block runs."""
+
         def enter(module, _args):
             if id(module) in self.names:
                 self.running.append(self.names[id(module)] or "(model)")
@@ -166,7 +167,9 @@ class MemoryAccount:
     infer_peak_module: str
 
 
-def _build(arch: str, num_classes: int | None, device: str, memory_efficient: bool, **kwargs) -> nn.Module:
+def _build(
+    arch: str, num_classes: int | None, device: str, memory_efficient: bool, **kwargs
+) -> nn.Module:
     if memory_efficient:
         kwargs["memory_efficient"] = True
     if device == "meta":  # the registry refuses options a model does not take (one line)
@@ -213,8 +216,13 @@ def account(
 
 
 def cuda_peaks(
-    arch: str, batch_size: int, *, input_size: int | None = None, num_classes: int | None = None,
-    memory_efficient: bool = False, **model_kwargs,
+    arch: str,
+    batch_size: int,
+    *,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+    memory_efficient: bool = False,
+    **model_kwargs,
 ) -> tuple[int, int]:
     """``torch.cuda.max_memory_allocated`` of one training step and of one no-grad forward."""
     if not torch.cuda.is_available():
@@ -249,14 +257,27 @@ def cuda_peaks(
 
 
 def rss_peak(
-    arch: str, batch_size: int, mode: str, *, input_size: int | None = None,
-    num_classes: int | None = None, memory_efficient: bool = False,
+    arch: str,
+    batch_size: int,
+    mode: str,
+    *,
+    input_size: int | None = None,
+    num_classes: int | None = None,
+    memory_efficient: bool = False,
 ) -> int:
     """Resident bytes one ``train`` step or ``infer`` forward adds in a fresh process (above)."""
-    spec = dict(arch=arch, batch_size=batch_size, mode=mode, input_size=input_size,
-                num_classes=num_classes, memory_efficient=memory_efficient)
+    spec = dict(
+        arch=arch,
+        batch_size=batch_size,
+        mode=mode,
+        input_size=input_size,
+        num_classes=num_classes,
+        memory_efficient=memory_efficient,
+    )
     code = "from afictl.profiling.memory import _rss_main; _rss_main()"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"resident-memory probe failed: {proc.stderr.strip().splitlines()[-1:]}")
     return int(json.loads(proc.stdout.strip().splitlines()[-1])["rss_bytes"])
@@ -379,10 +400,16 @@ def memory_report(
             acc = account(name, batch_size, memory_efficient=eff, **common)
             extra: dict[str, int | None] = {}
             if device == "cuda":
-                extra["cuda_train"], extra["cuda_infer"] = cuda_peaks(name, batch_size, memory_efficient=eff, **common)
+                extra["cuda_train"], extra["cuda_infer"] = cuda_peaks(
+                    name, batch_size, memory_efficient=eff, **common
+                )
             if rss:
-                extra["rss_train"] = rss_peak(name, batch_size, "train", memory_efficient=eff, **common)
-                extra["rss_infer"] = rss_peak(name, batch_size, "infer", memory_efficient=eff, **common)
+                extra["rss_train"] = rss_peak(
+                    name, batch_size, "train", memory_efficient=eff, **common
+                )
+                extra["rss_infer"] = rss_peak(
+                    name, batch_size, "infer", memory_efficient=eff, **common
+                )
             results[name] = (acc, extra)
             if progress is not None:
                 progress()
@@ -392,42 +419,45 @@ def memory_report(
         def b(field: str, base=base):
             return getattr(base, field) if base is not None else None
 
-        rows.append(MemoryRow(
-            arch=arch,
-            baseline=base_name,
-            batch_size=batch_size,
-            input_size=acc.input_size,
-            device=device,
-            memory_efficient=efficient,
-            train_bytes=acc.train_bytes,
-            baseline_train_bytes=b("train_bytes"),
-            train_ratio=_ratio(acc.train_bytes, b("train_bytes")),
-            infer_bytes=acc.infer_bytes,
-            baseline_infer_bytes=b("infer_bytes"),
-            infer_ratio=_ratio(acc.infer_bytes, b("infer_bytes")),
-            saved_bytes=acc.saved_bytes,
-            baseline_saved_bytes=b("saved_bytes"),
-            saved_ratio=_ratio(acc.saved_bytes, b("saved_bytes")),
-            infer_activation_bytes=acc.infer_activation_bytes,
-            baseline_infer_activation_bytes=b("infer_activation_bytes"),
-            infer_activation_ratio=_ratio(acc.infer_activation_bytes, b("infer_activation_bytes")),
-            param_bytes=acc.param_bytes,
-            baseline_param_bytes=b("param_bytes"),
-            infer_peak_module=acc.infer_peak_module,
-            baseline_infer_peak_module=b("infer_peak_module"),
-            cuda_train_bytes=extra.get("cuda_train"),
-            baseline_cuda_train_bytes=bextra.get("cuda_train"),
-            cuda_infer_bytes=extra.get("cuda_infer"),
-            baseline_cuda_infer_bytes=bextra.get("cuda_infer"),
-            rss_train_bytes=extra.get("rss_train"),
-            baseline_rss_train_bytes=bextra.get("rss_train"),
-            rss_infer_bytes=extra.get("rss_infer"),
-            baseline_rss_infer_bytes=bextra.get("rss_infer"),
-        ))
+        rows.append(
+            MemoryRow(
+                arch=arch,
+                baseline=base_name,
+                batch_size=batch_size,
+                input_size=acc.input_size,
+                device=device,
+                memory_efficient=efficient,
+                train_bytes=acc.train_bytes,
+                baseline_train_bytes=b("train_bytes"),
+                train_ratio=_ratio(acc.train_bytes, b("train_bytes")),
+                infer_bytes=acc.infer_bytes,
+                baseline_infer_bytes=b("infer_bytes"),
+                infer_ratio=_ratio(acc.infer_bytes, b("infer_bytes")),
+                saved_bytes=acc.saved_bytes,
+                baseline_saved_bytes=b("saved_bytes"),
+                saved_ratio=_ratio(acc.saved_bytes, b("saved_bytes")),
+                infer_activation_bytes=acc.infer_activation_bytes,
+                baseline_infer_activation_bytes=b("infer_activation_bytes"),
+                infer_activation_ratio=_ratio(
+                    acc.infer_activation_bytes, b("infer_activation_bytes")
+                ),
+                param_bytes=acc.param_bytes,
+                baseline_param_bytes=b("param_bytes"),
+                infer_peak_module=acc.infer_peak_module,
+                baseline_infer_peak_module=b("infer_peak_module"),
+                cuda_train_bytes=extra.get("cuda_train"),
+                baseline_cuda_train_bytes=bextra.get("cuda_train"),
+                cuda_infer_bytes=extra.get("cuda_infer"),
+                baseline_cuda_infer_bytes=bextra.get("cuda_infer"),
+                rss_train_bytes=extra.get("rss_train"),
+                baseline_rss_train_bytes=bextra.get("rss_train"),
+                rss_infer_bytes=extra.get("rss_infer"),
+                baseline_rss_infer_bytes=bextra.get("rss_infer"),
+            )
+        )
     return rows
 
 
 def count_steps(archs: list[str]) -> int:
     """Models :func:`memory_report` measures (for a progress bar)."""
     return sum(2 if get_model_info(a).is_afi else 1 for a in archs)
-

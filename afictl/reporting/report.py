@@ -40,14 +40,23 @@ class Report:
 _NUMBER = (int, float, type(None))
 _TEXT = (str, type(None))
 #: the fields the tables read from each row: name -> (accepted types, required)
-MEMORY_FIELDS = {"arch": ((str,), True), "baseline": (_TEXT, False), "batch_size": (_NUMBER, False),
-                 "device": (_TEXT, False)} | {
-    k: (_NUMBER, False) for k in ("train_bytes", "infer_bytes", "baseline_train_bytes", "baseline_infer_bytes")}
+MEMORY_FIELDS = {
+    "arch": ((str,), True),
+    "baseline": (_TEXT, False),
+    "batch_size": (_NUMBER, False),
+    "device": (_TEXT, False),
+} | {
+    k: (_NUMBER, False)
+    for k in ("train_bytes", "infer_bytes", "baseline_train_bytes", "baseline_infer_bytes")
+}
 TRANSFER_FIELDS = {"arch": ((str,), True), "pair": ((str,), True), "top1": (_NUMBER, True)}
 
 
-def read_json_rows(paths: list[Path], fields: dict[str, tuple[tuple[type, ...], bool]] | None = None,
-                   command: str = "memory") -> list[dict]:
+def read_json_rows(
+    paths: list[Path],
+    fields: dict[str, tuple[tuple[type, ...], bool]] | None = None,
+    command: str = "memory",
+) -> list[dict]:
     """Rows from JSON files written by `afictl memory/transfer --format json --output F`;
     with ``fields``, a row without a required field or with a value of the wrong type is a
     :class:`UserError` naming the file, the row and the field."""
@@ -61,8 +70,10 @@ def read_json_rows(paths: list[Path], fields: dict[str, tuple[tuple[type, ...], 
         for i, row in enumerate(data, 1):
             problem = _row_problem(row, fields) if fields else None
             if problem:
-                raise UserError(f"{p}: row {i} {problem}; expected the output of "
-                                f"`afictl {command} --format json --output FILE`")
+                raise UserError(
+                    f"{p}: row {i} {problem}; expected the output of "
+                    f"`afictl {command} --format json --output FILE`"
+                )
         rows += data
     return rows
 
@@ -91,7 +102,9 @@ def table_text(df: pd.DataFrame, number: int, fmt: str) -> str:
     """One table in one format (Markdown/LaTeX with human numbers, CSV/JSON raw)."""
     if fmt == "latex":
         return _latex(df, TITLES[number])
-    return render_text(df, fmt, title=TITLES[number], formatters=FORMATTERS if fmt == "markdown" else None)
+    return render_text(
+        df, fmt, title=TITLES[number], formatters=FORMATTERS if fmt == "markdown" else None
+    )
 
 
 def make_report(
@@ -108,7 +121,9 @@ def make_report(
 ) -> Report:
     runs = collect_runs(runs_dir)
     built = build_tables(
-        runs, cifar_dataset=cifar_dataset, imagenet_dataset=imagenet_dataset,
+        runs,
+        cifar_dataset=cifar_dataset,
+        imagenet_dataset=imagenet_dataset,
         memory_rows=read_json_rows(memory_files or [], MEMORY_FIELDS, "memory"),
         transfer_rows=read_json_rows(transfer_files or [], TRANSFER_FIELDS, "transfer"),
         tables=tables,
@@ -124,6 +139,7 @@ def make_report(
     for number, dataset in ((4, cifar_dataset), (5, imagenet_dataset)):
         if number in built:  # every measured model on the table's dataset, paper's or not
             paths = [output / f"figure4_table{number}.{ext}" for ext in figure_formats]
-            report.files += plot_figure4(measured_models(runs, dataset), paths,
-                                         f"Figure 4 ({dataset}): accuracy vs cost")
+            report.files += plot_figure4(
+                measured_models(runs, dataset), paths, f"Figure 4 ({dataset}): accuracy vs cost"
+            )
     return report

@@ -10,8 +10,19 @@ import pandas as pd
 __all__ = ["RUN_COLUMNS", "collect_runs", "normalise_stages"]
 
 RUN_COLUMNS = [
-    "run_dir", "arch", "dataset", "afi_stages", "reduction", "epochs", "epochs_done",
-    "complete", "top1", "top5", "final_top1", "images_per_sec", "mtime",
+    "run_dir",
+    "arch",
+    "dataset",
+    "afi_stages",
+    "reduction",
+    "epochs",
+    "epochs_done",
+    "complete",
+    "top1",
+    "top5",
+    "final_top1",
+    "images_per_sec",
+    "mtime",
 ]
 
 
@@ -67,7 +78,9 @@ def read_run(run_dir: Path) -> dict | None:
         "top1": float(best["eval_top1"]),
         "top5": float(best["eval_top5"]) if "eval_top5" in best else None,
         "final_top1": float(metrics["eval_top1"].iloc[-1]),
-        "images_per_sec": float(metrics["images_per_sec"].median()) if "images_per_sec" in metrics else None,
+        "images_per_sec": float(metrics["images_per_sec"].median())
+        if "images_per_sec" in metrics
+        else None,
         "mtime": metrics_file.stat().st_mtime,
     }
 
@@ -75,6 +88,10 @@ def read_run(run_dir: Path) -> dict | None:
 def collect_runs(root: str | Path = "runs") -> pd.DataFrame:
     """Every run folder under ``root`` with at least one evaluated epoch (newest last)."""
     root = Path(root)
-    rows = [r for d in sorted(root.glob("*/")) if (r := read_run(d)) is not None] if root.is_dir() else []
+    rows = (
+        [r for d in sorted(root.glob("*/")) if (r := read_run(d)) is not None]
+        if root.is_dir()
+        else []
+    )
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     return df.sort_values("mtime").reset_index(drop=True) if not df.empty else df

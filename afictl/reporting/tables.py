@@ -43,8 +43,14 @@ def _counts(arch: str) -> tuple[int | None, float | None]:
     return r.params, r.flops
 
 
-def pick_run(runs: pd.DataFrame, arch: str, dataset: str, *, afi_stages: str | None = None,
-             reduction: int | None = None) -> pd.Series | None:
+def pick_run(
+    runs: pd.DataFrame,
+    arch: str,
+    dataset: str,
+    *,
+    afi_stages: str | None = None,
+    reduction: int | None = None,
+) -> pd.Series | None:
     """The newest complete run of a configuration (else the newest one), or None.
 
     ``afi_stages=None`` / ``reduction=None`` select the model's defaults (all stages, r = 4).
@@ -75,7 +81,11 @@ def _top(run: pd.Series | None, key: str = "top1") -> float | None:
 def _epochs(run: pd.Series | None) -> str | None:
     if run is None:
         return None
-    return f"{int(run['epochs_done'])}/{int(run['epochs'])}" if run.get("epochs") else str(int(run["epochs_done"]))
+    return (
+        f"{int(run['epochs_done'])}/{int(run['epochs'])}"
+        if run.get("epochs")
+        else str(int(run["epochs_done"]))
+    )
 
 
 def table_accuracy(number: int, runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -87,15 +97,21 @@ def table_accuracy(number: int, runs: pd.DataFrame, dataset: str) -> pd.DataFram
         baseline = get_model_info(p.arch).baseline if p.arch in set(list_models()) else None
         base_run = pick_run(runs, baseline, dataset) if baseline else None
         row = {
-            "model": p.label, "arch": p.arch,
-            "paper_top1": p.top1, "top1": _top(run),
+            "model": p.label,
+            "arch": p.arch,
+            "paper_top1": p.top1,
+            "top1": _top(run),
             "top1_vs_baseline": _delta(_top(run), _top(base_run)) if baseline else None,
         }
         if number == 5:
             row |= {"paper_top5": p.top5, "top5": _top(run, "top5")}
         row |= {
-            "params": params, "paper_params": p.params, "flops": flops, "paper_flops": p.flops,
-            "epochs": _epochs(run), "run": run["run_dir"] if run is not None else None,
+            "params": params,
+            "paper_params": p.params,
+            "flops": flops,
+            "paper_flops": p.flops,
+            "epochs": _epochs(run),
+            "run": run["run_dir"] if run is not None else None,
         }
         rows.append(row)
     return pd.DataFrame(rows)
@@ -114,8 +130,16 @@ def measured_models(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
             continue
         params, flops = _counts(arch)
         row = paper_row(arch)
-        rows.append({"model": row.label if row else arch, "arch": arch, "top1": _top(run),
-                     "params": params, "flops": flops, "run": run["run_dir"]})
+        rows.append(
+            {
+                "model": row.label if row else arch,
+                "arch": arch,
+                "top1": _top(run),
+                "params": params,
+                "flops": flops,
+                "run": run["run_dir"],
+            }
+        )
     return pd.DataFrame(rows, columns=["model", "arch", "top1", "params", "flops", "run"])
 
 
@@ -123,23 +147,37 @@ def table6(memory_rows: Iterable[dict]) -> pd.DataFrame:
     """Table 6: training and inference memory (MiB, batch 64) from `afictl memory` JSON."""
     ours: dict[str, dict] = {}
     for r in memory_rows:
-        ours[r["arch"]] = {"train": r.get("train_bytes"), "infer": r.get("infer_bytes"),
-                           "batch_size": r.get("batch_size"), "device": r.get("device")}
+        ours[r["arch"]] = {
+            "train": r.get("train_bytes"),
+            "infer": r.get("infer_bytes"),
+            "batch_size": r.get("batch_size"),
+            "device": r.get("device"),
+        }
         if r.get("baseline"):
-            ours.setdefault(r["baseline"], {"train": r.get("baseline_train_bytes"),
-                                             "infer": r.get("baseline_infer_bytes"),
-                                             "batch_size": r.get("batch_size"), "device": r.get("device")})
+            ours.setdefault(
+                r["baseline"],
+                {
+                    "train": r.get("baseline_train_bytes"),
+                    "infer": r.get("baseline_infer_bytes"),
+                    "batch_size": r.get("batch_size"),
+                    "device": r.get("device"),
+                },
+            )
     rows = []
     for arch, label in (("resnet50", "ResNet-50"), ("afi_resnet50", "AFI-ResNet-50")):
         o = ours.get(arch, {})
-        rows.append({
-            "model": label, "arch": arch,
-            "paper_train_mib": TABLE6[arch]["train_mib"],
-            "train_mib": round(o["train"] / MIB, 1) if o.get("train") else None,
-            "paper_infer_mib": TABLE6[arch]["infer_mib"],
-            "infer_mib": round(o["infer"] / MIB, 1) if o.get("infer") else None,
-            "batch_size": o.get("batch_size"), "device": o.get("device"),
-        })
+        rows.append(
+            {
+                "model": label,
+                "arch": arch,
+                "paper_train_mib": TABLE6[arch]["train_mib"],
+                "train_mib": round(o["train"] / MIB, 1) if o.get("train") else None,
+                "paper_infer_mib": TABLE6[arch]["infer_mib"],
+                "infer_mib": round(o["infer"] / MIB, 1) if o.get("infer") else None,
+                "batch_size": o.get("batch_size"),
+                "device": o.get("device"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -148,12 +186,24 @@ def table7(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     rows = []
     for base, paper in TABLE7.items():
         afi = f"afi_{base}"
-        rows.append({"model": base, "column": "baseline", "paper_top1": paper["baseline"],
-                     "top1": _top(pick_run(runs, base, dataset))})
+        rows.append(
+            {
+                "model": base,
+                "column": "baseline",
+                "paper_top1": paper["baseline"],
+                "top1": _top(pick_run(runs, base, dataset)),
+            }
+        )
         for stage in ("1", "2", "3"):
             run = pick_run(runs, afi, dataset, afi_stages=stage)
-            rows.append({"model": afi, "column": f"stage {stage}", "paper_top1": paper[stage],
-                         "top1": _top(run)})
+            rows.append(
+                {
+                    "model": afi,
+                    "column": f"stage {stage}",
+                    "paper_top1": paper[stage],
+                    "top1": _top(run),
+                }
+            )
     df = pd.DataFrame(rows)
     base_top = df[df["column"] == "baseline"].set_index("model")["top1"].to_dict()
     df["top1_vs_baseline"] = [
@@ -165,19 +215,30 @@ def table7(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 def table8(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Table 8: AFI-ResNet-50 with reduction ratio r in (1, 2, 4, 8)."""
-    return pd.DataFrame([
-        {"r": r, "paper_top1": top, "top1": _top(pick_run(runs, "afi_resnet50", dataset, reduction=r))}
-        for r, top in TABLE8.items()
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "r": r,
+                "paper_top1": top,
+                "top1": _top(pick_run(runs, "afi_resnet50", dataset, reduction=r)),
+            }
+            for r, top in TABLE8.items()
+        ]
+    )
 
 
 def table9(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Table 9: MobileNetV2 with AFI and an attention module on the AFI result."""
-    rows = [{"arch": a, "paper_top1": p, "top1": _top(pick_run(runs, a, dataset))} for a, p in TABLE9.items()]
+    rows = [
+        {"arch": a, "paper_top1": p, "top1": _top(pick_run(runs, a, dataset))}
+        for a, p in TABLE9.items()
+    ]
     df = pd.DataFrame(rows)
     base = df.loc[df["arch"] == "mobilenetv2", "top1"].iloc[0]
-    df["top1_vs_baseline"] = [_delta(t, base) if a != "mobilenetv2" else None
-                              for a, t in zip(df["arch"], df["top1"], strict=True)]
+    df["top1_vs_baseline"] = [
+        _delta(t, base) if a != "mobilenetv2" else None
+        for a, t in zip(df["arch"], df["top1"], strict=True)
+    ]
     return df
 
 
@@ -187,15 +248,26 @@ def table3(transfer_rows: Iterable[dict]) -> pd.DataFrame:
     for r in transfer_rows:
         ours.setdefault(r["arch"], {})[r["pair"]] = r["top1"]
     rows = []
-    for arch in sorted(set(TABLE3) | set(ours), key=lambda a: (a.removeprefix("afi_"), a.startswith("afi_"))):
+    for arch in sorted(
+        set(TABLE3) | set(ours), key=lambda a: (a.removeprefix("afi_"), a.startswith("afi_"))
+    ):
         for source in ("paper", "ours"):
-            vals = TABLE3.get(arch) if source == "paper" else [ours.get(arch, {}).get(p) for p in OFFICE_HOME_PAIRS]
+            vals = (
+                TABLE3.get(arch)
+                if source == "paper"
+                else [ours.get(arch, {}).get(p) for p in OFFICE_HOME_PAIRS]
+            )
             if vals is None:
                 continue
-            row = {"arch": arch, "source": source} | {p: v for p, v in zip(OFFICE_HOME_PAIRS, vals, strict=True)}
+            row = {"arch": arch, "source": source} | {
+                p: v for p, v in zip(OFFICE_HOME_PAIRS, vals, strict=True)
+            }
             have = [v for v in vals if v is not None]
-            row["avg"] = (TABLE3_AVG.get(arch) if source == "paper"
-                          else (round(sum(have) / len(have), 2) if len(have) == len(vals) else None))
+            row["avg"] = (
+                TABLE3_AVG.get(arch)
+                if source == "paper"
+                else (round(sum(have) / len(have), 2) if len(have) == len(vals) else None)
+            )
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -40,29 +40,61 @@ __all__ = [
 
 RECIPES: dict[str, dict[str, Any]] = {
     "paper-cifar": dict(
-        epochs=300, batch_size=64, lr=0.1, lr_reference_batch=None, lr_milestones=["50%", "75%"],
-        lr_gamma=0.1, warmup_epochs=0.0, momentum=0.9, weight_decay=1e-4,
+        epochs=300,
+        batch_size=64,
+        lr=0.1,
+        lr_reference_batch=None,
+        lr_milestones=["50%", "75%"],
+        lr_gamma=0.1,
+        warmup_epochs=0.0,
+        momentum=0.9,
+        weight_decay=1e-4,
     ),
     "paper-imagenet": dict(
-        epochs=90, batch_size=64, lr=0.1, lr_reference_batch=256, lr_milestones=[30, 60, 80],
-        lr_gamma=0.1, warmup_epochs=0.0, momentum=0.9, weight_decay=1e-4,
+        epochs=90,
+        batch_size=64,
+        lr=0.1,
+        lr_reference_batch=256,
+        lr_milestones=[30, 60, 80],
+        lr_gamma=0.1,
+        warmup_epochs=0.0,
+        momentum=0.9,
+        weight_decay=1e-4,
     ),
     # Milestones in epochs, not percent: the schedule does not depend on --epochs, so
     # 1 epoch + resume + 1 epoch equals 2 epochs; the drop at 0.75 settles a 1-epoch run.
     # Office-Home fine-tuning (paper section 4.2): 20 epochs, the new classifier at
     # 0.01 (1 + 10 p)^-0.75, the rest of the network at a tenth of it (`afictl transfer`).
     "office-home": dict(
-        epochs=20, batch_size=32, lr=0.01, lr_reference_batch=None, lr_milestones=[], lr_gamma=0.1,
-        warmup_epochs=0.0, momentum=0.9, weight_decay=5e-4, lr_schedule="inv", backbone_lr_mult=0.1,
+        epochs=20,
+        batch_size=32,
+        lr=0.01,
+        lr_reference_batch=None,
+        lr_milestones=[],
+        lr_gamma=0.1,
+        warmup_epochs=0.0,
+        momentum=0.9,
+        weight_decay=5e-4,
+        lr_schedule="inv",
+        backbone_lr_mult=0.1,
     ),
     "quick": dict(
-        epochs=2, batch_size=32, lr=0.05, lr_reference_batch=None, lr_milestones=[0.75],
-        lr_gamma=0.1, warmup_epochs=0.1, momentum=0.9, weight_decay=5e-4,
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        lr_reference_batch=None,
+        lr_milestones=[0.75],
+        lr_gamma=0.1,
+        warmup_epochs=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
     ),
 }
 
 #: Keys that may change when a run is resumed (they do not change what is learned).
-RUNTIME_KEYS = frozenset({"epochs", "workers", "threads", "device", "tensorboard", "bad_images", "data_root"})
+RUNTIME_KEYS = frozenset(
+    {"epochs", "workers", "threads", "device", "tensorboard", "bad_images", "data_root"}
+)
 
 
 @dataclass
@@ -112,7 +144,11 @@ class TrainConfig:
     @property
     def lr_effective(self) -> float:
         """The learning rate actually used (``paper-imagenet`` scales it by batch / 256)."""
-        return self.lr * self.batch_size / self.lr_reference_batch if self.lr_reference_batch else self.lr
+        return (
+            self.lr * self.batch_size / self.lr_reference_batch
+            if self.lr_reference_batch
+            else self.lr
+        )
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -154,7 +190,9 @@ def parse_milestones(items: list | str | None, epochs: int) -> list[float]:
         except ValueError:
             value = math.nan
         if not math.isfinite(value) or value < 0:
-            raise UserError(f"bad lr milestone {text!r}: use epochs (30) or percent of training (50%)")
+            raise UserError(
+                f"bad lr milestone {text!r}: use epochs (30) or percent of training (50%)"
+            )
         out.append(value)
     return sorted(out)
 
@@ -187,7 +225,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             try:
                 import yaml  # optional: only when PyYAML is installed
             except ImportError:
-                raise UserError(f"{path}: YAML needs PyYAML (pip install pyyaml); or write TOML") from None
+                raise UserError(
+                    f"{path}: YAML needs PyYAML (pip install pyyaml); or write TOML"
+                ) from None
             data = yaml.safe_load(text)
         else:
             raise UserError(f"{path}: unknown config format; use .toml, .json or .yaml")
@@ -204,7 +244,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     valid = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(data) - valid - derived)
     if unknown:
-        raise UserError(f"{path}: unknown keys {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+        raise UserError(
+            f"{path}: unknown keys {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
+        )
     return {k: v for k, v in data.items() if k not in derived}
 
 
@@ -216,7 +258,9 @@ def _check(cfg: TrainConfig) -> None:
             setattr(cfg, f.name, check_option(f.name, getattr(cfg, f.name)))
     parse_milestones(cfg.lr_milestones, cfg.epochs)
     if not math.isfinite(cfg.lr_effective):
-        raise UserError(f"--lr {cfg.lr:g} x batch {cfg.batch_size} / {cfg.lr_reference_batch} is not a finite number")
+        raise UserError(
+            f"--lr {cfg.lr:g} x batch {cfg.batch_size} / {cfg.lr_reference_batch} is not a finite number"
+        )
 
 
 def _check_input_size(cfg: TrainConfig) -> None:
@@ -236,8 +280,10 @@ def _check_input_size(cfg: TrainConfig) -> None:
             model(torch.empty(2, 3, cfg.input_size, cfg.input_size, device="meta"))
     except (RuntimeError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:100]
-        raise UserError(f"--input-size {cfg.input_size}: {cfg.arch} cannot take {cfg.input_size}-pixel "
-                        f"inputs ({reason}); multiples of 32 work") from None
+        raise UserError(
+            f"--input-size {cfg.input_size}: {cfg.arch} cannot take {cfg.input_size}-pixel "
+            f"inputs ({reason}); multiples of 32 work"
+        ) from None
 
 
 def resolve_config(options: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
@@ -256,13 +302,25 @@ def resolve_config(options: dict[str, Any], config_file: str | Path | None = Non
     info = get_model_info(merged["arch"])
     dataset = merged.get("dataset") or info.home_dataset
     spec = dataset_spec(dataset)
-    input_size = next(v for v in (merged.get("input_size"), spec.native_size, info.input_size) if v is not None)
+    input_size = next(
+        v for v in (merged.get("input_size"), spec.native_size, info.input_size) if v is not None
+    )
     recipe = merged.get("recipe") or default_recipe(dataset, input_size)
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    values = {**RECIPES[recipe], **merged, "dataset": dataset, "input_size": int(input_size), "recipe": recipe}
-    if (values.get("afi_stages") is not None or values.get("reduction") is not None) and not info.is_afi:
-        raise UserError(f"{info.name} has no AFI modules: --afi-stages and --reduction apply to AFI models")
+    values = {
+        **RECIPES[recipe],
+        **merged,
+        "dataset": dataset,
+        "input_size": int(input_size),
+        "recipe": recipe,
+    }
+    if (
+        values.get("afi_stages") is not None or values.get("reduction") is not None
+    ) and not info.is_afi:
+        raise UserError(
+            f"{info.name} has no AFI modules: --afi-stages and --reduction apply to AFI models"
+        )
     check_stages_of(values.get("afi_stages") or [], info.name, info.num_stages)
     if values.get("amp") is None:
         values["amp"] = "none"

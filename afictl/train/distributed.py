@@ -15,7 +15,16 @@ import torch.distributed as dist
 
 from ..errors import UserError
 
-__all__ = ["DistContext", "all_reduce_sum", "any_rank", "barrier", "broadcast_object", "cleanup", "setup", "sync_buffers"]
+__all__ = [
+    "DistContext",
+    "all_reduce_sum",
+    "any_rank",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "setup",
+    "sync_buffers",
+]
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,9 @@ def pick_device(device: str, local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+            raise UserError(
+                "--device cuda asked for, but torch sees no CUDA device; use --device cpu"
+            )
         return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
     if device != "cpu":
         raise UserError(f"unknown device {device!r}; use cpu, cuda or auto")

@@ -47,14 +47,18 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_device(
+    batch: Batch, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = batch.images.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, batch.targets.to(device, non_blocking=True)
 
 
-def handle_broken(broken: list[BrokenImage], policy: str, warn: Callable[[str], None], seen: list[int]) -> None:
+def handle_broken(
+    broken: list[BrokenImage], policy: str, warn: Callable[[str], None], seen: list[int]
+) -> None:
     """``stop``: raise naming the file. ``skip``: warn (first 10 files by name), count in ``seen``."""
     for b in broken:
         if policy == "stop":
@@ -66,7 +70,9 @@ def handle_broken(broken: list[BrokenImage], policy: str, warn: Callable[[str], 
         if seen[0] <= 10:
             warn(f"afictl: warning: skipped unreadable image {b.path} ({b.reason})")
         elif seen[0] == 11:
-            warn("afictl: warning: more unreadable images; only their count is reported from now on")
+            warn(
+                "afictl: warning: more unreadable images; only their count is reported from now on"
+            )
 
 
 def _flags(ctx: DistContext, stop: bool, nonfinite: bool) -> tuple[bool, bool]:
@@ -114,7 +120,9 @@ def train_epoch(
             handle_broken(batch.broken, bad_images, warn, skipped)
         if batch.images.numel() == 0:
             if ctx.distributed:  # the other ranks would wait for this one's gradients forever
-                raise CorruptImageError("every image of a batch was unreadable; fix the data or use --bad-images stop to find the files")
+                raise CorruptImageError(
+                    "every image of a batch was unreadable; fix the data or use --bad-images stop to find the files"
+                )
             continue
         x, y = _to_device(batch, device, channels_last)
         with autocast(device, amp):
@@ -149,7 +157,13 @@ def train_epoch(
     if not nonfinite:
         nonfinite = not math.isfinite(loss_sum.item())
         nonfinite = _flags(ctx, False, nonfinite)[1]
-    new = Sums(sums.loss + loss_sum.item(), sums.top1 + top1_sum.item(), 0.0, sums.n + n_local, sums.skipped + skipped[0])
+    new = Sums(
+        sums.loss + loss_sum.item(),
+        sums.top1 + top1_sum.item(),
+        0.0,
+        sums.n + n_local,
+        sums.skipped + skipped[0],
+    )
     return EpochOutcome(step, new, seconds + time.perf_counter() - t0, stopped, nonfinite)
 
 
@@ -181,13 +195,19 @@ def evaluate(
             logits = model(x)
         logits = logits.float()
         c1, c5 = topk_correct(logits, y)
-        acc += torch.stack([
-            F.cross_entropy(logits, y, reduction="sum").double(), c1.double(), c5.double(),
-            torch.tensor(float(y.shape[0]), dtype=torch.float64, device=device),
-        ])
+        acc += torch.stack(
+            [
+                F.cross_entropy(logits, y, reduction="sum").double(),
+                c1.double(),
+                c5.double(),
+                torch.tensor(float(y.shape[0]), dtype=torch.float64, device=device),
+            ]
+        )
         if progress is not None:
             progress.advance(1, run=False)
     model.train(was_training)
-    loss, top1, top5, n = all_reduce_sum([*acc.tolist()], device) if ctx.distributed else acc.tolist()
+    loss, top1, top5, n = (
+        all_reduce_sum([*acc.tolist()], device) if ctx.distributed else acc.tolist()
+    )
     skipped_total = all_reduce_sum([float(skipped[0])], device)[0]
     return Sums(loss, top1, top5, n, skipped_total)

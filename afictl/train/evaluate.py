@@ -39,9 +39,23 @@ def evaluate_checkpoint(
     recorded root, size and seed are used unless given. ``arch``, when given, must match.
     """
     # The options first (afictl/validate.py, shared with train): one line before any loading.
-    opts = check_options(dict(split=split, data_size=data_size, batch_size=batch_size, workers=workers,
-                              device=device, amp=amp, bad_images=bad_images))
-    split, data_size, batch_size, workers = opts["split"], opts["data_size"], opts["batch_size"], opts["workers"]
+    opts = check_options(
+        dict(
+            split=split,
+            data_size=data_size,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            amp=amp,
+            bad_images=bad_images,
+        )
+    )
+    split, data_size, batch_size, workers = (
+        opts["split"],
+        opts["data_size"],
+        opts["batch_size"],
+        opts["workers"],
+    )
     device, amp, bad_images = opts["device"], opts["amp"], opts["bad_images"]
     dev = pick_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, arch=arch, map_location=dev)
@@ -53,19 +67,38 @@ def evaluate_checkpoint(
     size = data_size if data_size is not None else (config.get("data_size") if same else None)
     seed = int(config.get("seed") or 0) if same else 0
     input_size = int(config.get("input_size") or ckpt.get("input_size") or info.input_size)
-    dataset = build_dataset(data, root, split, input_size=input_size, download=download, size=size,
-                            seed=seed, train_transforms=False, on_error="mark")
+    dataset = build_dataset(
+        data,
+        root,
+        split,
+        input_size=input_size,
+        download=download,
+        size=size,
+        seed=seed,
+        train_transforms=False,
+        on_error="mark",
+    )
     if len(dataset.classes) != ckpt["num_classes"]:
         raise CheckpointError(
             f"{data} has {len(dataset.classes)} classes but {ckpt['path']} was trained for "
             f"{ckpt['num_classes']}; evaluate it on the data it was trained on"
         )
-    loader = make_loader(dataset, batch_size, train=False,
-                         workers=default_workers(data) if workers is None else workers,
-                         pin_memory=dev.type == "cuda")
+    loader = make_loader(
+        dataset,
+        batch_size,
+        train=False,
+        workers=default_workers(data) if workers is None else workers,
+        pin_memory=dev.type == "cuda",
+    )
     warnings: list[str] = []
-    sums = evaluate(ctx=DistContext(0, 1, 0, dev), model=model, loader=loader, amp=amp,
-                    bad_images=bad_images, warn=warnings.append)
+    sums = evaluate(
+        ctx=DistContext(0, 1, 0, dev),
+        model=model,
+        loader=loader,
+        amp=amp,
+        bad_images=bad_images,
+        warn=warnings.append,
+    )
     for w in warnings:
         print(w, file=sys.stderr)
 

@@ -79,7 +79,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise UserError(f"cannot write in run folder {self.run_dir}: {exc.strerror or exc}") from None
+                raise UserError(
+                    f"cannot write in run folder {self.run_dir}: {exc.strerror or exc}"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -91,7 +93,9 @@ class RunLock:
                 ) from None
             except OSError as exc:  # e.g. a network file system without locks
                 os.close(fd)
-                raise UserError(f"cannot lock run folder {self.run_dir}: {exc.strerror or exc}") from None
+                raise UserError(
+                    f"cannot lock run folder {self.run_dir}: {exc.strerror or exc}"
+                ) from None
             # A holder that just ended removed the file after we opened it: lock the one on disk.
             try:
                 on_disk = os.stat(self.path)

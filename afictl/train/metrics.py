@@ -15,12 +15,23 @@ __all__ = ["METRIC_COLUMNS", "MetricsLog", "Sums", "topk_correct"]
 
 #: Columns of ``metrics.csv``, one row per epoch (epoch is 1-based: epochs completed).
 METRIC_COLUMNS = [
-    "epoch", "lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5",
-    "images_per_sec", "train_time_s", "eval_time_s", "skipped_images",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "eval_loss",
+    "eval_top1",
+    "eval_top5",
+    "images_per_sec",
+    "train_time_s",
+    "eval_time_s",
+    "skipped_images",
 ]
 
 
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+def topk_correct(
+    logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> list[torch.Tensor]:
     """Number of samples whose target is among the top-k logits, for each k (tensors, no sync)."""
     kmax = min(max(ks), logits.shape[1])
     pred = logits.topk(kmax, dim=1).indices

@@ -23,17 +23,27 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[d
         return [{"params": list(model.parameters()), "lr": lr, "name": "all"}]
     head = {id(p) for p in model.get_classifier().parameters()}
     return [
-        {"params": [p for p in model.parameters() if id(p) not in head], "lr": lr * backbone_lr_mult,
-         "name": "backbone"},
-        {"params": [p for p in model.parameters() if id(p) in head], "lr": lr, "name": "classifier"},
+        {
+            "params": [p for p in model.parameters() if id(p) not in head],
+            "lr": lr * backbone_lr_mult,
+            "name": "backbone",
+        },
+        {
+            "params": [p for p in model.parameters() if id(p) in head],
+            "lr": lr,
+            "name": "classifier",
+        },
     ]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay on every parameter, as in the paper (section 4.3)."""
     return torch.optim.SGD(
-        param_groups(model, cfg.lr_effective, cfg.backbone_lr_mult), lr=cfg.lr_effective,
-        momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0,
+        param_groups(model, cfg.lr_effective, cfg.backbone_lr_mult),
+        lr=cfg.lr_effective,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
     )
 
 
@@ -43,7 +53,9 @@ def inv_factor(step: int, total_steps: int) -> float:
     return (1.0 + 10.0 * p) ** -0.75
 
 
-def lr_factor(step: int, steps_per_epoch: int, milestones: list[float], gamma: float, warmup_epochs: float) -> float:
+def lr_factor(
+    step: int, steps_per_epoch: int, milestones: list[float], gamma: float, warmup_epochs: float
+) -> float:
     """Multiplier of the base lr at iteration ``step`` (0-based): linear warm-up, then
     ``gamma`` at each milestone (in epochs) already passed."""
     epoch = step / steps_per_epoch

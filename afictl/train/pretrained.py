@@ -27,5 +27,7 @@ def load_pretrained(model: nn.Module, path: str | Path, arch: str) -> dict:
     missing, unexpected = model.load_state_dict(state, strict=False)
     bad = sorted(set(missing) - head) + [k for k in unexpected if k not in head]
     if bad:
-        raise CheckpointError(f"{ckpt['path']}: weights do not fit {arch} ({', '.join(bad[:3])} ...)")
+        raise CheckpointError(
+            f"{ckpt['path']}: weights do not fit {arch} ({', '.join(bad[:3])} ...)"
+        )
     return ckpt

@@ -47,7 +47,9 @@ class TrainProgress:
     def __enter__(self) -> TrainProgress:
         if self.enabled:
             self.bars.start()
-            self.run_task = self.bars.add_task("run", total=self._total, completed=self._done, stats="")
+            self.run_task = self.bars.add_task(
+                "run", total=self._total, completed=self._done, stats=""
+            )
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -91,7 +91,9 @@ def default_run_dir(arch: str, dataset: str, root: str | Path = "runs") -> Path:
     return path
 
 
-def load_resume(run_dir: str | Path, overrides: dict[str, Any], arch: str | None = None) -> tuple[TrainConfig, dict]:
+def load_resume(
+    run_dir: str | Path, overrides: dict[str, Any], arch: str | None = None
+) -> tuple[TrainConfig, dict]:
     """The config and ``last.pt`` of a run to continue. Only :data:`RUNTIME_KEYS` may change;
     ``arch``, when given, must match the checkpoint's."""
     run_dir = Path(run_dir)
@@ -101,22 +103,32 @@ def load_resume(run_dir: str | Path, overrides: dict[str, Any], arch: str | None
     ckpt = load_checkpoint(path)
     saved = ckpt.get("arch")
     if arch is not None and arch != saved:
-        raise CheckpointError(f"{path} holds a {saved} checkpoint, not {arch}; drop --arch or pick another run")
+        raise CheckpointError(
+            f"{path} holds a {saved} checkpoint, not {arch}; drop --arch or pick another run"
+        )
     if "optimizer" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path} was not written by afictl train (no optimizer state); cannot resume it")
+        raise CheckpointError(
+            f"{path} was not written by afictl train (no optimizer state); cannot resume it"
+        )
     try:
         cfg = TrainConfig.from_dict(ckpt["config"])
     except (TypeError, AttributeError):  # not a dict, or without the fields every run records
         raise CheckpointError(f"{path} records an incomplete config; cannot resume it") from None
     validate_checkpoint(ckpt, resume=cfg)  # before anything of the run folder is rewritten
-    fixed = {k: v for k, v in overrides.items() if v is not None and k not in RUNTIME_KEYS and getattr(cfg, k, v) != v}
+    fixed = {
+        k: v
+        for k, v in overrides.items()
+        if v is not None and k not in RUNTIME_KEYS and getattr(cfg, k, v) != v
+    }
     if fixed:
         raise UserError(
             f"cannot change {', '.join(sorted(fixed))} when resuming (the run's settings are in "
             f"{run_dir / 'config.json'}); only {', '.join(sorted(RUNTIME_KEYS))} may change"
         )
     if overrides.get("epochs") is not None and overrides["epochs"] < int(ckpt["epoch"]):
-        raise UserError(f"{path} has {ckpt['epoch']} epochs done already; --epochs must be at least that")
+        raise UserError(
+            f"{path} has {ckpt['epoch']} epochs done already; --epochs must be at least that"
+        )
     for key, value in overrides.items():
         if value is not None and key in RUNTIME_KEYS:
             setattr(cfg, key, value)
@@ -130,9 +142,21 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
-    common = dict(input_size=cfg.input_size, download=cfg.download, size=cfg.data_size, seed=cfg.seed, on_error="mark")
+    common = dict(
+        input_size=cfg.input_size,
+        download=cfg.download,
+        size=cfg.data_size,
+        seed=cfg.seed,
+        on_error="mark",
+    )
     train_ds = build_dataset(cfg.dataset, cfg.data_root, "train", **common)
-    eval_ds = build_dataset(cfg.dataset, cfg.data_root, "eval", download=False, **{k: v for k, v in common.items() if k != "download"})
+    eval_ds = build_dataset(
+        cfg.dataset,
+        cfg.data_root,
+        "eval",
+        download=False,
+        **{k: v for k, v in common.items() if k != "download"},
+    )
     return train_ds, eval_ds
 
 
@@ -143,7 +167,9 @@ def _make_run_dir(cfg: TrainConfig, overwrite: bool) -> tuple[Path, RunLock]:
     lock = RunLock(run_dir).acquire()
     if (run_dir / "last.pt").exists() and not overwrite:
         lock.release()
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass --overwrite")
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass --overwrite"
+        )
     return run_dir, lock
 
 
@@ -153,9 +179,16 @@ def _restored_sums(resume: dict, ctx: D.DistContext) -> Sums:
     others start from zero, so the epoch's metrics (a sum over ranks) are still right."""
     ranks = resume.get("partial_ranks")
     if ranks is not None:
-        if not (isinstance(ranks, list) and all(
-                isinstance(r, list) and len(r) == 5 and all(isinstance(v, int | float) for v in r) for r in ranks)):
-            raise CheckpointError(f"{resume.get('path', 'checkpoint')}: partial_ranks must be five numbers per process")
+        if not (
+            isinstance(ranks, list)
+            and all(
+                isinstance(r, list) and len(r) == 5 and all(isinstance(v, int | float) for v in r)
+                for r in ranks
+            )
+        ):
+            raise CheckpointError(
+                f"{resume.get('path', 'checkpoint')}: partial_ranks must be five numbers per process"
+            )
         if len(ranks) == ctx.world:
             return Sums.from_list(ranks[ctx.rank])
     total = resume.get("partial", Sums().as_list())
@@ -186,12 +219,20 @@ def _repair_best(run_dir: Path, resume: dict, best_epoch: int, log) -> None:
         held = None
     if held == best_epoch:
         return
-    was = f"epoch {held}" if held is not None else "nothing readable" if path.exists() else "nothing"
+    was = (
+        f"epoch {held}" if held is not None else "nothing readable" if path.exists() else "nothing"
+    )
     if best_epoch == int(resume["epoch"]) and not int(resume.get("step", 0)):
-        save_checkpoint(path, {k: v for k, v in resume.items() if k not in ("path", "format", "version")})
-        log(f"afictl: repaired {path}: it held {was}, the run's best is epoch {best_epoch} (rewritten from last.pt)")
+        save_checkpoint(
+            path, {k: v for k, v in resume.items() if k not in ("path", "format", "version")}
+        )
+        log(
+            f"afictl: repaired {path}: it held {was}, the run's best is epoch {best_epoch} (rewritten from last.pt)"
+        )
     else:
-        log(f"afictl: warning: {path} holds {was} but the run's best is epoch {best_epoch}; it cannot be restored")
+        log(
+            f"afictl: warning: {path} holds {was} but the run's best is epoch {best_epoch}; it cannot be restored"
+        )
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -224,18 +265,30 @@ def train(
     ctx = D.setup(cfg.device)
     auto_threads = ctx.device.type == "cpu" and not cfg.deterministic
     try:
-        with deterministic_mode(cfg.deterministic), cpu_threads(cfg.threads, auto_threads) as note, \
-                contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+        with (
+            deterministic_mode(cfg.deterministic),
+            cpu_threads(cfg.threads, auto_threads) as note,
+            contextlib.ExitStack() as held,
+        ):  # the run folder's lock, released however the run ends
             cfg.threads = torch.get_num_threads()  # recorded: a resumed run uses the same count
             return _train(ctx, cfg, resume, datasets, overwrite, note, held)
     finally:
         D.cleanup()
 
 
-def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, overwrite: bool,
-           note: str = "", held: contextlib.ExitStack | None = None) -> TrainResult:
+def _train(
+    ctx: D.DistContext,
+    cfg: TrainConfig,
+    resume: dict | None,
+    datasets,
+    overwrite: bool,
+    note: str = "",
+    held: contextlib.ExitStack | None = None,
+) -> TrainResult:
     if cfg.batch_size % ctx.world:
-        raise UserError(f"--batch-size {cfg.batch_size} (global) does not split evenly over {ctx.world} processes")
+        raise UserError(
+            f"--batch-size {cfg.batch_size} (global) does not split evenly over {ctx.world} processes"
+        )
     if cfg.amp == "fp16" and ctx.device.type != "cuda":
         raise UserError("--amp fp16 needs CUDA; use --amp bf16 on CPU, or none")
     cfg.world_size = ctx.world
@@ -249,7 +302,9 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
     if list(eval_ds.classes) != classes:
         raise UserError("the train and eval splits have different classes")
     if resume is not None and resume["num_classes"] != len(classes):
-        raise CheckpointError(f"the run has {resume['num_classes']} classes but the data now has {len(classes)}")
+        raise CheckpointError(
+            f"the run has {resume['num_classes']} classes but the data now has {len(classes)}"
+        )
     cfg.num_classes = len(classes)
 
     model = create_model(cfg.arch, num_classes=cfg.num_classes, **cfg.model_kwargs)
@@ -258,14 +313,33 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
     params = sum(p.numel() for p in model.parameters())
     if cfg.sync_bn and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(ctx.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    model.to(
+        ctx.device,
+        memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format,
+    )
 
     per_rank = cfg.batch_size // ctx.world
     pin = ctx.device.type == "cuda"
-    train_loader = make_loader(train_ds, per_rank, train=True, workers=cfg.workers, seed=cfg.seed,
-                               world=ctx.world, rank=ctx.rank, pin_memory=pin)
-    eval_loader = make_loader(eval_ds, per_rank, train=False, workers=cfg.workers, seed=cfg.seed,
-                              world=ctx.world, rank=ctx.rank, pin_memory=pin)
+    train_loader = make_loader(
+        train_ds,
+        per_rank,
+        train=True,
+        workers=cfg.workers,
+        seed=cfg.seed,
+        world=ctx.world,
+        rank=ctx.rank,
+        pin_memory=pin,
+    )
+    eval_loader = make_loader(
+        eval_ds,
+        per_rank,
+        train=False,
+        workers=cfg.workers,
+        seed=cfg.seed,
+        world=ctx.world,
+        rank=ctx.rank,
+        pin_memory=pin,
+    )
     steps_per_epoch = len(train_loader)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
@@ -324,7 +398,9 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
             _repair_best(run_dir, resume, best_epoch, lambda m: _log(ctx, None, m))
     info = get_model_info(cfg.arch)
 
-    def payload(done_epochs: int, done_steps: int, sums: list[list[float]], seconds: float, rngs: list) -> dict[str, Any]:
+    def payload(
+        done_epochs: int, done_steps: int, sums: list[list[float]], seconds: float, rngs: list
+    ) -> dict[str, Any]:
         return {
             "arch": cfg.arch,
             "num_classes": cfg.num_classes,
@@ -360,19 +436,30 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
         return gather(get_rng_state())
 
     total_steps = cfg.epochs * steps_per_epoch
-    progress = TrainProgress(ctx.is_main, total_steps, min(total_steps, epoch * steps_per_epoch + step))
+    progress = TrainProgress(
+        ctx.is_main, total_steps, min(total_steps, epoch * steps_per_epoch + step)
+    )
     last = history[-1] if history else {}
     interrupted: str | None = None
     with StopFlag() as stop, progress:  # from here on SIGINT/SIGTERM end with a checkpoint
         _log(ctx, None, f"run: {run_dir}")
         if note:
             _log(ctx, None, f"afictl: {note}")
-        _log(ctx, None, (
-            f"train: {cfg.arch} ({params:,} parameters) on {cfg.dataset} ({len(train_ds)} train / "
-            f"{len(eval_ds)} eval images, {cfg.num_classes} classes, {cfg.input_size}px), recipe {cfg.recipe}, "
-            f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr_effective:g}, {ctx.world} process(es) on "
-            f"{ctx.device}" + (f", from epoch {epoch + 1}" + (f" step {step}" if step else "") if resume else "")
-        ))
+        _log(
+            ctx,
+            None,
+            (
+                f"train: {cfg.arch} ({params:,} parameters) on {cfg.dataset} ({len(train_ds)} train / "
+                f"{len(eval_ds)} eval images, {cfg.num_classes} classes, {cfg.input_size}px), recipe {cfg.recipe}, "
+                f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr_effective:g}, {ctx.world} process(es) on "
+                f"{ctx.device}"
+                + (
+                    f", from epoch {epoch + 1}" + (f" step {step}" if step else "")
+                    if resume
+                    else ""
+                )
+            ),
+        )
         while epoch < cfg.epochs:
             if step >= steps_per_epoch:  # resumed right after the last step of an epoch
                 step = 0
@@ -380,15 +467,30 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
             train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
             progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch, step)
             out = train_epoch(
-                ctx=ctx, model=model, loader=train_loader, optimizer=optimizer, scheduler=scheduler,
-                scaler=scaler, amp=cfg.amp, channels_last=cfg.channels_last,
-                label_smoothing=cfg.label_smoothing, start_step=step, sums=partial,
-                seconds=partial_seconds, stop=stop, progress=progress, bad_images=cfg.bad_images,
+                ctx=ctx,
+                model=model,
+                loader=train_loader,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                amp=cfg.amp,
+                channels_last=cfg.channels_last,
+                label_smoothing=cfg.label_smoothing,
+                start_step=step,
+                sums=partial,
+                seconds=partial_seconds,
+                stop=stop,
+                progress=progress,
+                bad_images=cfg.bad_images,
                 warn=lambda m: _log(ctx, progress, m),
             )
             if out.nonfinite:
                 ckpt = run_dir / "last.pt"
-                kept = f"the last good checkpoint {ckpt} (epoch {epoch}) is untouched" if ckpt.exists() else "no checkpoint was written"
+                kept = (
+                    f"the last good checkpoint {ckpt} (epoch {epoch}) is untouched"
+                    if ckpt.exists()
+                    else "no checkpoint was written"
+                )
                 raise NonFiniteLossError(
                     f"the loss became non-finite (NaN/inf) in epoch {epoch + 1}; stopped; {kept}; "
                     "try a lower --lr or --amp none"
@@ -396,21 +498,34 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
             if out.stopped:
                 rngs, sums = gather_rng(), gather(out.sums.as_list())
                 if ctx.is_main:
-                    save_checkpoint(run_dir / "last.pt", payload(epoch, out.steps, sums, out.seconds, rngs))
+                    save_checkpoint(
+                        run_dir / "last.pt", payload(epoch, out.steps, sums, out.seconds, rngs)
+                    )
                 D.barrier()
                 interrupted = out.stopped
-                _log(ctx, progress, (
-                    f"interrupted by {out.stopped} in epoch {epoch + 1} after step {out.steps}/{steps_per_epoch}; "
-                    f"checkpoint written to {run_dir / 'last.pt'}; continue with: afictl train --resume {run_dir}"
-                ))
+                _log(
+                    ctx,
+                    progress,
+                    (
+                        f"interrupted by {out.stopped} in epoch {epoch + 1} after step {out.steps}/{steps_per_epoch}; "
+                        f"checkpoint written to {run_dir / 'last.pt'}; continue with: afictl train --resume {run_dir}"
+                    ),
+                )
                 break
             train_sums = Sums.from_list(D.all_reduce_sum(out.sums.as_list(), ctx.device))
             D.sync_buffers(_unwrap(model))  # every rank evaluates the model rank 0 saves
             eval_start = time.perf_counter()
             progress.start(f"eval {epoch + 1}/{cfg.epochs}", len(eval_loader))
-            ev = evaluate(ctx=ctx, model=_unwrap(model), loader=eval_loader, amp=cfg.amp,
-                          channels_last=cfg.channels_last, progress=progress, bad_images=cfg.bad_images,
-                          warn=lambda m: _log(ctx, progress, m))
+            ev = evaluate(
+                ctx=ctx,
+                model=_unwrap(model),
+                loader=eval_loader,
+                amp=cfg.amp,
+                channels_last=cfg.channels_last,
+                progress=progress,
+                bad_images=cfg.bad_images,
+                warn=lambda m: _log(ctx, progress, m),
+            )
             epoch += 1
             step, partial, partial_seconds = 0, Sums(), 0.0
             top1 = ev.pct("top1")
@@ -442,17 +557,28 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
                 log_file.append(row)
             D.barrier()
             last = row
-            _log(ctx, progress, (
-                f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.1f}%  "
-                f"eval loss {row['eval_loss']:.4f} top1 {top1:.2f}% top5 {row['eval_top5']:.2f}%  "
-                f"{row['images_per_sec']:.0f} img/s  lr {row['lr']:.3g}" + ("  *best" if improved else "")
-            ))
-            if epoch < cfg.epochs and D.any_rank(bool(stop), ctx.device):  # signal during evaluation
+            _log(
+                ctx,
+                progress,
+                (
+                    f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.1f}%  "
+                    f"eval loss {row['eval_loss']:.4f} top1 {top1:.2f}% top5 {row['eval_top5']:.2f}%  "
+                    f"{row['images_per_sec']:.0f} img/s  lr {row['lr']:.3g}"
+                    + ("  *best" if improved else "")
+                ),
+            )
+            if epoch < cfg.epochs and D.any_rank(
+                bool(stop), ctx.device
+            ):  # signal during evaluation
                 interrupted = stop.signal_name or "signal"
-                _log(ctx, progress, (
-                    f"interrupted by {interrupted} after epoch {epoch}; checkpoint written to "
-                    f"{run_dir / 'last.pt'}; continue with: afictl train --resume {run_dir}"
-                ))
+                _log(
+                    ctx,
+                    progress,
+                    (
+                        f"interrupted by {interrupted} after epoch {epoch}; checkpoint written to "
+                        f"{run_dir / 'last.pt'}; continue with: afictl train --resume {run_dir}"
+                    ),
+                )
                 break
     if log_file is not None:
         log_file.close()
@@ -461,13 +587,18 @@ def _train(ctx: D.DistContext, cfg: TrainConfig, resume: dict | None, datasets, 
         dump.mkdir(parents=True, exist_ok=True)
         torch.save(_unwrap(model).state_dict(), dump / f"rank{ctx.rank}.pt")
     return TrainResult(
-        arch=cfg.arch, dataset=cfg.dataset, epochs=epoch,
+        arch=cfg.arch,
+        dataset=cfg.dataset,
+        epochs=epoch,
         eval_top1=float(last.get("eval_top1", float("nan"))),
         eval_top5=float(last.get("eval_top5", float("nan"))),
         eval_loss=float(last.get("eval_loss", float("nan"))),
         best_top1=best if best >= 0 else float("nan"),
         train_loss=float(last.get("train_loss", float("nan"))),
         images_per_sec=float(last.get("images_per_sec", float("nan"))),
-        params=params, run_dir=str(run_dir), checkpoint=str(run_dir / "last.pt"),
-        completed=epoch >= cfg.epochs and interrupted is None, interrupted=interrupted,
+        params=params,
+        run_dir=str(run_dir),
+        checkpoint=str(run_dir / "last.pt"),
+        completed=epoch >= cfg.epochs and interrupted is None,
+        interrupted=interrupted,
     )

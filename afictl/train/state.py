@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["StopFlag", "cpu_threads", "deterministic_mode", "get_rng_state", "seed_all", "set_rng_state"]
+__all__ = [
+    "StopFlag",
+    "cpu_threads",
+    "deterministic_mode",
+    "get_rng_state",
+    "seed_all",
+    "set_rng_state",
+]
 
 
 def seed_all(seed: int) -> None:
@@ -31,8 +38,12 @@ def seed_all(seed: int) -> None:
 def deterministic_mode(on: bool) -> Iterator[None]:
     """Bit-reproducible kernels where torch has them (``--deterministic``), else cuDNN autotuning;
     the process's previous settings come back afterwards (the library may run inside tests)."""
-    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    before = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False

@@ -74,11 +74,15 @@ def all_pairs(root: Path) -> list[tuple[str, str]]:
     present = [d for d in DOMAINS if any((root / f).is_dir() for f in DOMAINS[d][1])]
     if len(present) != len(DOMAINS):
         missing = sorted(set(DOMAINS) - set(present))
-        raise UserError(f"--all-pairs needs the four Office-Home domains under {root}; missing: {', '.join(missing)}")
+        raise UserError(
+            f"--all-pairs needs the four Office-Home domains under {root}; missing: {', '.join(missing)}"
+        )
     return list(permutations(present, 2))
 
 
-def match_classes(source: Sequence[str], target: Sequence[str], *, target_name: str = "target") -> list[int]:
+def match_classes(
+    source: Sequence[str], target: Sequence[str], *, target_name: str = "target"
+) -> list[int]:
     """For each target class index, the index of the same-named source class.
 
     Classes are matched by name, never by position; a class missing on either side is an error.
@@ -87,9 +91,13 @@ def match_classes(source: Sequence[str], target: Sequence[str], *, target_name: 
     missing_in_target = sorted(set(source) - set(target))
     missing_in_source = sorted(set(target) - set(source))
     if missing_in_target:
-        raise UserError(f"class(es) {', '.join(missing_in_target[:5])} of the source are missing in {target_name}")
+        raise UserError(
+            f"class(es) {', '.join(missing_in_target[:5])} of the source are missing in {target_name}"
+        )
     if missing_in_source:
-        raise UserError(f"class(es) {', '.join(missing_in_source[:5])} of {target_name} are missing in the source")
+        raise UserError(
+            f"class(es) {', '.join(missing_in_source[:5])} of {target_name} are missing in the source"
+        )
     return [index[c] for c in target]
 
 
@@ -111,7 +119,18 @@ def param_groups(model: nn.Module, base: float = HEAD_LR, weight_decay: float = 
     head = [p for p in model.parameters() if id(p) in head_ids]
     rest = [p for p in model.parameters() if id(p) not in head_ids]
     return [
-        {"params": rest, "lr": base * BACKBONE_FACTOR, "initial_lr": base * BACKBONE_FACTOR,
-         "weight_decay": weight_decay, "name": "backbone"},
-        {"params": head, "lr": base, "initial_lr": base, "weight_decay": weight_decay, "name": "classifier"},
+        {
+            "params": rest,
+            "lr": base * BACKBONE_FACTOR,
+            "initial_lr": base * BACKBONE_FACTOR,
+            "weight_decay": weight_decay,
+            "name": "backbone",
+        },
+        {
+            "params": head,
+            "lr": base,
+            "initial_lr": base,
+            "weight_decay": weight_decay,
+            "name": "classifier",
+        },
     ]

@@ -74,31 +74,66 @@ def transfer_pair(
     src_classes = check_pair(data_root, source, target)
     src_dir, tgt_dir = resolve_domain(data_root, source), resolve_domain(data_root, target)
     # The transforms of ImageNet-style data: the checkpoint's resolution, ImageNet statistics.
-    train_ds = SafeImageFolder(src_dir, classes=src_classes, on_error="mark",
-                               transform=train_transform("imagenet", input_size))
-    eval_ds = SafeImageFolder(tgt_dir, classes=src_classes, on_error="mark",
-                              transform=eval_transform("imagenet", input_size))
+    train_ds = SafeImageFolder(
+        src_dir,
+        classes=src_classes,
+        on_error="mark",
+        transform=train_transform("imagenet", input_size),
+    )
+    eval_ds = SafeImageFolder(
+        tgt_dir,
+        classes=src_classes,
+        on_error="mark",
+        transform=eval_transform("imagenet", input_size),
+    )
     name = f"{arch}-{domain_code(source)}-{domain_code(target)}"
     if Path(name).name != name or "\\" in name:  # a path, not a name: it would leave out_dir
-        raise UserError(f"the run folder of {source}:{target} would leave --run-root {out_dir}; refused")
+        raise UserError(
+            f"the run folder of {source}:{target} would leave --run-root {out_dir}; refused"
+        )
     run_dir = out_dir / name
     pair = f"{domain_code(source)}:{domain_code(target)}"
 
     reused = False
     if (run_dir / "last.pt").is_file():
-        cfg, ckpt = load_resume(run_dir, {"epochs": overrides.get("epochs"), "device": overrides.get("device"),
-                                          "workers": overrides.get("workers")}, arch=arch)
+        cfg, ckpt = load_resume(
+            run_dir,
+            {
+                "epochs": overrides.get("epochs"),
+                "device": overrides.get("device"),
+                "workers": overrides.get("workers"),
+            },
+            arch=arch,
+        )
         if int(ckpt["epoch"]) >= cfg.epochs:
             reused = True
             history = ckpt.get("metrics") or []
             last = history[-1] if history else {}
-            return TransferResult(arch, source, target, pair, float(last.get("eval_top1", float("nan"))),
-                                  float(last.get("eval_top5", float("nan"))), int(ckpt["epoch"]),
-                                  len(train_ds), len(eval_ds), str(run_dir), reused)
+            return TransferResult(
+                arch,
+                source,
+                target,
+                pair,
+                float(last.get("eval_top1", float("nan"))),
+                float(last.get("eval_top5", float("nan"))),
+                int(ckpt["epoch"]),
+                len(train_ds),
+                len(eval_ds),
+                str(run_dir),
+                reused,
+            )
         result = train(cfg, resume=ckpt, datasets=(train_ds, eval_ds))
     else:
-        options = {"arch": arch, "dataset": "imagefolder", "recipe": "office-home", "data_root": str(data_root),
-                   "input_size": input_size, "pretrained": str(checkpoint), "run_dir": str(run_dir), **overrides}
+        options = {
+            "arch": arch,
+            "dataset": "imagefolder",
+            "recipe": "office-home",
+            "data_root": str(data_root),
+            "input_size": input_size,
+            "pretrained": str(checkpoint),
+            "run_dir": str(run_dir),
+            **overrides,
+        }
         kw = pre.get("model_kwargs") or {}  # the pretrained network's AFI options
         if "afi_stages" in kw:
             options["afi_stages"] = kw["afi_stages"]
@@ -108,9 +143,22 @@ def transfer_pair(
         cfg = resolve_config(options)
         result = train(cfg, datasets=(train_ds, eval_ds), overwrite=True)
     if result.interrupted:
-        raise UserError(f"interrupted during {pair}; run the same command again to continue from {run_dir}")
-    return TransferResult(arch, source, target, pair, result.eval_top1, result.eval_top5, result.epochs,
-                          len(train_ds), len(eval_ds), str(run_dir), reused)
+        raise UserError(
+            f"interrupted during {pair}; run the same command again to continue from {run_dir}"
+        )
+    return TransferResult(
+        arch,
+        source,
+        target,
+        pair,
+        result.eval_top1,
+        result.eval_top5,
+        result.epochs,
+        len(train_ds),
+        len(eval_ds),
+        str(run_dir),
+        reused,
+    )
 
 
 def accuracy_matrix(results: list[TransferResult]) -> pd.DataFrame:
