@@ -8,10 +8,13 @@ import pytest
 import torch
 from reference import assert_close_scaled
 
+from zoo import COVERED_BY, representatives, structure
+
 from afictl.models import create_model, get_model_info, list_models
 
-#: one model of each family and variant kind in the quick run; the rest (deeper CIFAR models and
-#: the 224-pixel ImageNet ones, up to 70 s each on two cores) are marked slow
+#: one model of each family and variant kind in the quick run; the other structures (the
+#: 224-pixel ImageNet ones, up to 20 s each on two cores) are marked slow; deeper copies of a
+#: structure are covered by their shallowest sibling (tests/zoo.py)
 QUICK = {"resnet20", "afi_resnet20", "afi_shufflenetv2"}
 
 
@@ -26,7 +29,7 @@ def _model_and_input(name, batch=2):
     return model, torch.randn(batch, 3, size, size, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("name", _params(list_models()))
+@pytest.mark.parametrize("name", _params(representatives()))
 def test_export_jit_trace_and_fx_equal_eager(name):
     model, x = _model_and_input(name)
     x3 = torch.randn(3, *x.shape[1:], dtype=x.dtype)
@@ -77,3 +80,14 @@ def test_compile_fullgraph_makes_one_graph(name):
     out = compiled(x)  # training mode: one graph too, gradients through it
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_representatives_cover_the_zoo():
+    """Each model left out of the whole-model tests has its stand-in's exact structure, and
+    every other registered model is a representative."""
+    assert set(COVERED_BY) <= set(list_models())
+    for name, stand_in in COVERED_BY.items():
+        assert structure(name) == structure(stand_in), name
+    shapes = [structure(n) for n in representatives()]
+    assert len(shapes) == len(set(shapes))  # no two representatives share a structure
