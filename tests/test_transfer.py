@@ -11,15 +11,10 @@ from afictl.checkpoint import save_checkpoint
 from afictl.errors import UserError
 from afictl.models import create_model
 from afictl.train import resolve_config
-from afictl.train.optim import build_optimizer, build_scheduler
+from afictl.train.optim import build_optimizer, build_scheduler, inv_factor, param_groups
 from afictl.train.pretrained import load_pretrained
-from afictl.transfer.protocol import (
-    all_pairs,
-    lr_factor,
-    match_classes,
-    resolve_domain,
-    transfer_lr,
-)
+from afictl.transfer import protocol
+from afictl.transfer.protocol import all_pairs, match_classes, pair_average, resolve_domain
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +42,16 @@ def pretrained(tmp_path_factory):
     return path
 
 
-def test_learning_rate_schedule_values():
-    assert transfer_lr(0.0) == (0.01, 0.001)
-    head, rest = transfer_lr(0.5)
-    assert head == pytest.approx(0.01 * 6**-0.75) and rest == pytest.approx(head / 10)
-    assert lr_factor(1.0) == pytest.approx(11**-0.75) and lr_factor(2.0) == lr_factor(1.0)
+def test_one_implementation_of_the_protocol_lrs():
+    """The schedule and the two groups training uses are the protocol's only ones."""
+    assert inv_factor(0, 10) == 1.0 and inv_factor(5, 10) == pytest.approx(6**-0.75)
+    assert inv_factor(20, 10) == inv_factor(10, 10) == pytest.approx(11**-0.75)
+    assert not hasattr(protocol, "param_groups") and not hasattr(protocol, "transfer_lr")
+    model = create_model("resnet20", num_classes=3)
+    backbone, head = param_groups(model, 0.01, 0.1)
+    assert head["lr"] == 0.01 and backbone["lr"] == pytest.approx(0.001)
+    assert pair_average([33.333, None, 50.0]) == (41.67, "2/12")
+    assert pair_average([None]) == (None, "0/12")
 
 
 def test_recipe_param_groups_and_scheduled_lrs():
@@ -118,6 +118,7 @@ def test_missing_class_in_target_is_a_clear_error(pretrained, tmp_path, capsys):
     assert code == 2 and "cup" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_all_pairs_matrix_and_resume(office, pretrained, tmp_path, capsys):
     runs = tmp_path / "runs"
     args = [
@@ -152,7 +153,15 @@ def test_all_pairs_matrix_and_resume(office, pretrained, tmp_path, capsys):
     assert all(r["reused"] for r in again)
     assert [r["top1"] for r in again] == [r["top1"] for r in rows]
     code, out, _ = run(capsys, *args[:-2], "--format", "markdown")
-    assert code == 0 and "| arch |" in out and "Ar:Cl" in out and "avg" in out
+    assert code == 0 and "| arch | Ar:Cl |" in out and "| avg | avg_of |" in out
+    assert "| 12/12 |" in out
+    results = tmp_path / "t3.csv"
+    code, out, err = run(capsys, *args[:-2], "--format", "csv", "--output", results)
+    assert code == 0 and out == "" and len(results.read_text().splitlines()) == 13
+    # one pair: its average is labelled as 1 of the 12
+    one = [*args[:5], "--source", "Art", "--target", "Clipart", *args[6:-2], "-f", "json"]
+    code, out, _ = run(capsys, *one[:-2], "-f", "table")
+    assert code == 0 and "1/12" in out and "avg_of" in out
 
 
 def test_needs_pair_or_all_pairs(pretrained, office, capsys):

@@ -7,11 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..checkpoint import load_checkpoint, validate_checkpoint
 from ..errors import UserError
-from ..render import Format, render
-from ..transfer.protocol import all_pairs
-from ..transfer.run import accuracy_matrix, check_pair, transfer_pair
+from ..render import Format
 from ._util import FormatOpt, OutputOpt
 
 
@@ -39,7 +36,9 @@ def transfer_cli(
     lr: Annotated[
         float | None, typer.Option(help="Classifier base lr (paper: 0.01; the rest gets a tenth).")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto (the default: cuda when available), cpu or cuda.")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(min=0, help="Data-loading worker processes.")
     ] = None,
@@ -53,13 +52,13 @@ def transfer_cli(
     is 0.01 (1 + 10 p)^-0.75 (p = training progress), the rest of the network a tenth of it.
     Classes are matched by name across domains. Each pair is a resumable run under --run-root:
     running the same command again continues where it stopped. JSON/CSV print one row per
-    pair; the table and Markdown formats print the accuracy matrix with its average.
+    pair; the table and Markdown formats print the accuracy matrix with `avg` over the pairs
+    run and `avg_of` saying how many of the 12 ("3/12"). --output FILE writes the results.
     """
     if all_pairs_ == (source is not None or target is not None):
         raise UserError("give either --source and --target, or --all-pairs")
     if not all_pairs_ and (source is None or target is None):
         raise UserError("--source needs --target (and the other way round)")
-    pairs = all_pairs(data_root) if all_pairs_ else [(source, target)]
     overrides = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -68,9 +67,23 @@ def transfer_cli(
         "workers": workers,
         "seed": seed,
     }
+    pairs = None if all_pairs_ else [(source, target)]
+    _run_pairs(checkpoint, data_root, pairs, run_root, overrides, fmt, output)
+
+
+def _run_pairs(checkpoint, data_root, pairs, run_root, overrides, fmt, output) -> None:
+    """Check everything, fine-tune each pair (``None``: all 12) and print the results."""
+    from ..checkpoint import load_checkpoint, validate_checkpoint
+    from ..render import check_writable, render
+    from ..transfer.protocol import all_pairs
+    from ..transfer.run import accuracy_matrix, check_pair, transfer_pair
+
+    pairs = all_pairs(data_root) if pairs is None else pairs
     for src, tgt in pairs:  # every pair's domains and classes, before any training
         check_pair(data_root, src, tgt)
     validate_checkpoint(load_checkpoint(checkpoint), model=True)  # and the checkpoint
+    if output is not None:
+        check_writable(output)  # before the training, not after it
     results = []
     for i, (src, tgt) in enumerate(pairs, 1):
         typer.echo(f"[{i}/{len(pairs)}] fine-tune on {src}, evaluate on {tgt}", err=True)

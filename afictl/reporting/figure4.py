@@ -1,4 +1,8 @@
-"""Figure 4: accuracy against FLOPs and against parameters, each AFI model linked to its baseline."""
+"""Figure 4: accuracy against FLOPs and against parameters, each AFI model linked to its baseline.
+
+The points are the trained models' (their parameters and FLOPs at their class count and input
+size); the report writes them beside the figure as CSV, so a reader can check the picture.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +12,57 @@ import pandas as pd
 
 __all__ = ["plot_figure4"]
 
+_AXES = (("flops", "FLOPs (G, batch 32)", 1e9), ("params", "parameters (M)", 1e6))
 
-def plot_figure4(table: pd.DataFrame, paths: list[Path], title: str) -> list[Path]:
-    """Plot the measured rows of a Table 4/5 frame; rows without a run are not drawn."""
+
+def _panel(ax, points: pd.DataFrame, key: str, scale: float) -> None:
+    by_arch = {r["arch"]: r for _, r in points.iterrows()}
+    for _, r in points.iterrows():
+        afi = r["arch"].startswith("afi_")
+        colour = "tab:red" if afi else "tab:blue"
+        partial = not bool(r.get("finished", True))
+        x, y = r[key] / scale, r["top1"]
+        ax.scatter(
+            x,
+            y,
+            marker="o" if afi else "s",
+            facecolors="none" if partial else colour,
+            edgecolors=colour,
+            zorder=3,
+        )
+        label = r["model"] + (" (partial)" if partial else "")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        base = by_arch.get(r["arch"].removeprefix("afi_")) if afi else None
+        if base is not None:
+            ax.plot(
+                [base[key] / scale, x],
+                [base["top1"], y],
+                color="grey",
+                linestyle="--",
+                zorder=2,
+            )
+
+
+def plot_figure4(
+    points: pd.DataFrame, paths: list[Path], title: str, ylabel: str = "top-1 accuracy (%)"
+) -> list[Path]:
+    """Plot Figure 4's points (rows with an accuracy, parameters and FLOPs) into ``paths``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    have = points.dropna(subset=["top1", "params", "flops"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    have = table.dropna(subset=["top1"])
-    for ax, key, label in (
-        (axes[0], "flops", "FLOPs (G, batch 32)"),
-        (axes[1], "params", "parameters (M)"),
-    ):
-        scale = 1e9 if key == "flops" else 1e6
-        by_arch = {r["arch"]: r for _, r in have.iterrows()}
-        for _, r in have.iterrows():
-            afi = r["arch"].startswith("afi_")
-            ax.scatter(
-                r[key] / scale,
-                r["top1"],
-                marker="o" if afi else "s",
-                color="tab:red" if afi else "tab:blue",
-                zorder=3,
-            )
-            ax.annotate(
-                r["model"],
-                (r[key] / scale, r["top1"]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=8,
-            )
-            base = r["arch"].removeprefix("afi_")
-            if afi and base in by_arch:
-                b = by_arch[base]
-                ax.plot(
-                    [b[key] / scale, r[key] / scale],
-                    [b["top1"], r["top1"]],
-                    color="grey",
-                    linestyle="--",
-                    zorder=2,
-                )
+    for ax, (key, label, scale) in zip(axes, _AXES, strict=True):
+        _panel(ax, have, key, scale)
         ax.set_xlabel(label)
-        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+        ax.margins(0.15)  # room for the labels of points at the edges
     axes[0].scatter([], [], marker="s", color="tab:blue", label="baseline")
     axes[0].scatter([], [], marker="o", color="tab:red", label="AFI")
     axes[0].legend(loc="best")
-    if have.empty:
-        for ax in axes:
-            ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     for p in paths:

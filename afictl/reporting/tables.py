@@ -1,13 +1,20 @@
 """The paper's tables (3-9) from measured runs and analysis outputs, beside the paper's numbers.
 
 Every "ours" cell comes from a run folder or an analysis JSON file; a missing run is an empty
-cell (None), never a number from elsewhere. Parameters and FLOPs are counted here, on the meta
-device, for every model of Tables 4 and 5.
+cell (None), never a number from elsewhere. Each accuracy cell is named for what it is:
+``top1_best`` (the best epoch's eval top-1, the default) or ``top1_final`` (the last epoch's),
+and sits beside the recipe, epochs and data size of the run it comes from.
+
+``params``/``flops`` of Tables 4 and 5 are the registry model's (the paper's class count and
+input size, comparable with ``paper_params``/``paper_flops``); ``run_params`` and Figure 4 are
+the trained model's (its own class count, input size and AFI options).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 
 import pandas as pd
@@ -23,24 +30,114 @@ from ..paper import (
     TABLE9,
     TABLES,
 )
+from ..transfer.protocol import pair_average
 
-__all__ = ["TABLE_BUILDERS", "build_tables", "measured_models", "pick_run"]
+__all__ = [
+    "ACCURACIES",
+    "FIGURE_COLUMNS",
+    "TABLE_BUILDERS",
+    "TableContext",
+    "build_tables",
+    "count_keys",
+    "measured_models",
+    "pick_run",
+    "registry_counts",
+    "run_counts",
+    "warm_count",
+]
 
 MIB = 2**20
+ACCURACIES = ("best", "final")
+TABLE_BUILDERS = (3, 4, 5, 6, 7, 8, 9)
+#: Figure 4's points, as written beside the figure (``figure4_table4.csv``)
+FIGURE_COLUMNS = [
+    "arch",
+    "dataset",
+    "top1",
+    "params",
+    "flops",
+    "run",
+    "model",
+    "accuracy",
+    "recipe",
+    "epochs",
+    "data_size",
+    "finished",
+]
+
+
+@dataclass(frozen=True)
+class TableContext:
+    """What every run-based table reads: the runs (already filtered) and which accuracy."""
+
+    runs: pd.DataFrame
+    accuracy: str = "best"
+
+    def column(self, which: str = "top1") -> str:
+        return f"{which}_{self.accuracy}"
 
 
 def _delta(value, ref):
     return None if value is None or ref is None else round(value - ref, 2)
 
 
+def _registered(arch: str | None) -> bool:
+    return arch is not None and arch in set(list_models())
+
+
 @cache
-def _counts(arch: str) -> tuple[int | None, float | None]:
+def _count(arch: str, num_classes: int | None, input_size: int | None, kwargs: str):
     from ..profiling.flops import count_flops
 
-    if arch not in set(list_models()):
-        return None, None
-    r = count_flops(arch, exact=False)
+    r = count_flops(
+        arch, num_classes=num_classes, input_size=input_size, exact=False, **json.loads(kwargs)
+    )
     return r.params, r.flops
+
+
+def registry_counts(arch: str) -> tuple[int | None, float | None]:
+    """Parameters and FLOPs (batch 32) of the registry model, as the paper counts them."""
+    return _count(arch, None, None, "{}") if _registered(arch) else (None, None)
+
+
+def _run_key(run: pd.Series) -> tuple[str, int | None, int | None, str]:
+    def opt(key):
+        v = run.get(key)
+        return None if v is None or pd.isna(v) else int(v)
+
+    return run["arch"], opt("num_classes"), opt("input_size"), run.get("model_kwargs") or "{}"
+
+
+def run_counts(run: pd.Series) -> tuple[int | None, float | None]:
+    """Parameters and FLOPs (batch 32) of the model a run trained: its class count, input size
+    and AFI options, from its config.json (the parameter count the run recorded, if any)."""
+    if not _registered(run["arch"]):
+        return None, None
+    params, flops = _count(*_run_key(run))
+    recorded = run.get("params")
+    return (int(recorded) if recorded is not None and pd.notna(recorded) else params), flops
+
+
+def _figure_runs(ctx: TableContext, dataset: str) -> list[pd.Series]:
+    """The run of each registered architecture's default configuration on ``dataset``."""
+    archs = sorted(set(ctx.runs["arch"].dropna())) if not ctx.runs.empty else []
+    picked = [pick_run(ctx.runs, a, dataset) for a in archs if _registered(a)]
+    return [r for r in picked if r is not None]
+
+
+def count_keys(ctx: TableContext, tables: Iterable[int], datasets: dict[int, str]) -> list:
+    """Every model count the tables need (the slow part of a report), for a progress bar."""
+    keys: list = []
+    for number in (4, 5):
+        if number in tables:
+            keys += [(p.arch, None, None, "{}") for p in TABLES[number] if _registered(p.arch)]
+            keys += [_run_key(r) for r in _figure_runs(ctx, datasets[number])]
+    return list(dict.fromkeys(keys))
+
+
+def warm_count(key: tuple) -> None:
+    """Count one model now (cached for the tables)."""
+    _count(*key)
 
 
 def pick_run(
@@ -51,7 +148,7 @@ def pick_run(
     afi_stages: str | None = None,
     reduction: int | None = None,
 ) -> pd.Series | None:
-    """The newest complete run of a configuration (else the newest one), or None.
+    """The newest finished run of a configuration (else the newest one), or None.
 
     ``afi_stages=None`` / ``reduction=None`` select the model's defaults (all stages, r = 4).
     """
@@ -60,7 +157,7 @@ def pick_run(
     sel = runs[(runs["arch"] == arch) & (runs["dataset"] == dataset)]
     if sel.empty:
         return None
-    info = get_model_info(arch) if arch in set(list_models()) else None
+    info = get_model_info(arch) if _registered(arch) else None
     if info is not None and info.is_afi:
         all_stages = ",".join(str(i) for i in range(1, info.num_stages + 1))
         stages = sel["afi_stages"].fillna(all_stages)
@@ -68,101 +165,124 @@ def pick_run(
         sel = sel[sel["reduction"].fillna(4).astype(int) == (reduction or 4)]
     if sel.empty:
         return None
-    complete = sel[sel["complete"]]
+    complete = sel[sel["complete"].astype(bool)]
     return (complete if not complete.empty else sel).iloc[-1]
 
 
-def _top(run: pd.Series | None, key: str = "top1") -> float | None:
+def _top(run: pd.Series | None, ctx: TableContext, which: str = "top1") -> float | None:
+    key = which if ctx.accuracy == "best" else f"final_{which}"
     if run is None or run.get(key) is None or pd.isna(run.get(key)):
         return None
     return round(float(run[key]), 2)
 
 
-def _epochs(run: pd.Series | None) -> str | None:
+def _epochs(run: pd.Series) -> str:
+    done = int(run["epochs_done"])
+    if run.get("epochs") is None or pd.isna(run.get("epochs")):
+        return str(done)
+    text = f"{done}/{int(run['epochs'])}"
+    return text if bool(run["complete"]) else f"{text} (partial)"
+
+
+def run_cells(run: pd.Series | None) -> dict:
+    """Recipe, epochs ("done/asked", "(partial)" when unfinished) and data size of a cell's run
+    ("all": the whole dataset), None without a run."""
     if run is None:
-        return None
-    return (
-        f"{int(run['epochs_done'])}/{int(run['epochs'])}"
-        if run.get("epochs")
-        else str(int(run["epochs_done"]))
-    )
+        return {"recipe": None, "epochs": None, "data_size": None}
+    size = run.get("data_size")
+    return {
+        "recipe": run.get("recipe"),
+        "epochs": _epochs(run),
+        "data_size": "all" if size is None or pd.isna(size) else int(size),
+    }
 
 
-def table_accuracy(number: int, runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Tables 4 (CIFAR-100) and 5 (ImageNet): accuracy, parameters, FLOPs, deltas."""
-    rows = []
-    for p in TABLES[number]:
-        run = pick_run(runs, p.arch, dataset)
-        params, flops = _counts(p.arch)
-        baseline = get_model_info(p.arch).baseline if p.arch in set(list_models()) else None
-        base_run = pick_run(runs, baseline, dataset) if baseline else None
-        row = {
-            "model": p.label,
-            "arch": p.arch,
-            "paper_top1": p.top1,
-            "top1": _top(run),
-            "top1_vs_baseline": _delta(_top(run), _top(base_run)) if baseline else None,
-        }
-        if number == 5:
-            row |= {"paper_top5": p.top5, "top5": _top(run, "top5")}
-        row |= {
-            "params": params,
-            "paper_params": p.params,
-            "flops": flops,
-            "paper_flops": p.flops,
-            "epochs": _epochs(run),
-            "run": run["run_dir"] if run is not None else None,
-        }
-        rows.append(row)
-    return pd.DataFrame(rows)
+def _accuracy_row(number: int, p, ctx: TableContext, dataset: str) -> dict:
+    run = pick_run(ctx.runs, p.arch, dataset)
+    params, flops = registry_counts(p.arch)
+    baseline = get_model_info(p.arch).baseline if _registered(p.arch) else None
+    base_run = pick_run(ctx.runs, baseline, dataset) if baseline else None
+    top = _top(run, ctx)
+    row = {
+        "model": p.label,
+        "arch": p.arch,
+        "paper_top1": p.top1,
+        ctx.column(): top,
+        "top1_vs_baseline": _delta(top, _top(base_run, ctx)) if baseline else None,
+    }
+    if number == 5:
+        row |= {"paper_top5": p.top5, ctx.column("top5"): _top(run, ctx, "top5")}
+    row |= {
+        "params": params,
+        "paper_params": p.params,
+        "flops": flops,
+        "paper_flops": p.flops,
+        "run_params": run_counts(run)[0] if run is not None else None,
+    }
+    return row | run_cells(run) | {"run": run["run_dir"] if run is not None else None}
 
 
-def measured_models(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Every registered architecture with a default-configuration run on ``dataset`` (Figure 4)."""
+def table_accuracy(number: int, ctx: TableContext, dataset: str) -> pd.DataFrame:
+    """Tables 4 (CIFAR-100) and 5 (ImageNet): accuracy, parameters, FLOPs, deltas; the paper's
+    rows, then a row for every other architecture with a run on ``dataset`` (no paper cells)."""
+    from ..paper import PaperRow
+
+    rows = list(TABLES[number])
+    listed = {p.arch for p in rows}
+    rows += [
+        PaperRow(r["arch"], r["arch"], number, None, None)
+        for r in sorted(
+            _figure_runs(ctx, dataset),
+            key=lambda r: (r["arch"].removeprefix("afi_"), r["arch"].startswith("afi_")),
+        )
+        if r["arch"] not in listed
+    ]
+    return pd.DataFrame([_accuracy_row(number, p, ctx, dataset) for p in rows])
+
+
+def measured_models(ctx: TableContext, dataset: str) -> pd.DataFrame:
+    """Figure 4's points: every registered architecture with a default-configuration run on
+    ``dataset``, at the trained model's parameters and FLOPs."""
     from ..paper import paper_row
 
     rows = []
-    registered = set(list_models())
-    archs = sorted(set(runs["arch"])) if not runs.empty else []
-    for arch in archs:
-        run = pick_run(runs, arch, dataset) if arch in registered else None
-        if run is None:
-            continue
-        params, flops = _counts(arch)
-        row = paper_row(arch)
+    for run in _figure_runs(ctx, dataset):
+        arch = run["arch"]
+        params, flops = run_counts(run)
+        label = paper_row(arch)
         rows.append(
             {
-                "model": row.label if row else arch,
                 "arch": arch,
-                "top1": _top(run),
+                "dataset": dataset,
+                "top1": _top(run, ctx),
                 "params": params,
                 "flops": flops,
                 "run": run["run_dir"],
+                "model": label.label if label else arch,
+                "accuracy": ctx.accuracy,
+                **run_cells(run),
+                "finished": bool(run["complete"]),
             }
         )
-    return pd.DataFrame(rows, columns=["model", "arch", "top1", "params", "flops", "run"])
+    return pd.DataFrame(rows, columns=FIGURE_COLUMNS)
+
+
+def _memory_cells(r: dict, prefix: str = "") -> dict:
+    return {
+        "train": r.get(f"{prefix}train_bytes"),
+        "infer": r.get(f"{prefix}infer_bytes"),
+        "batch_size": r.get("batch_size"),
+        "device": r.get("device"),
+    }
 
 
 def table6(memory_rows: Iterable[dict]) -> pd.DataFrame:
     """Table 6: training and inference memory (MiB, batch 64) from `afictl memory` JSON."""
     ours: dict[str, dict] = {}
     for r in memory_rows:
-        ours[r["arch"]] = {
-            "train": r.get("train_bytes"),
-            "infer": r.get("infer_bytes"),
-            "batch_size": r.get("batch_size"),
-            "device": r.get("device"),
-        }
+        ours[r["arch"]] = _memory_cells(r)
         if r.get("baseline"):
-            ours.setdefault(
-                r["baseline"],
-                {
-                    "train": r.get("baseline_train_bytes"),
-                    "infer": r.get("baseline_infer_bytes"),
-                    "batch_size": r.get("batch_size"),
-                    "device": r.get("device"),
-                },
-            )
+            ours.setdefault(r["baseline"], _memory_cells(r, "baseline_"))
     rows = []
     for arch, label in (("resnet50", "ResNet-50"), ("afi_resnet50", "AFI-ResNet-50")):
         o = ours.get(arch, {})
@@ -181,102 +301,98 @@ def table6(memory_rows: Iterable[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def table7(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+def table7(ctx: TableContext, dataset: str) -> pd.DataFrame:
     """Table 7: AFI blocks in one stage only (``--afi-stages K``) for ResNet-32 and ResNet-110."""
-    rows = []
+    rows, col = [], ctx.column()
     for base, paper in TABLE7.items():
-        afi = f"afi_{base}"
-        rows.append(
-            {
-                "model": base,
-                "column": "baseline",
-                "paper_top1": paper["baseline"],
-                "top1": _top(pick_run(runs, base, dataset)),
-            }
-        )
-        for stage in ("1", "2", "3"):
-            run = pick_run(runs, afi, dataset, afi_stages=stage)
+        cells = [(base, "baseline", paper["baseline"], pick_run(ctx.runs, base, dataset))]
+        cells += [
+            (
+                f"afi_{base}",
+                f"stage {s}",
+                paper[s],
+                pick_run(ctx.runs, f"afi_{base}", dataset, afi_stages=s),
+            )
+            for s in ("1", "2", "3")
+        ]
+        for model, column, ref, run in cells:
             rows.append(
-                {
-                    "model": afi,
-                    "column": f"stage {stage}",
-                    "paper_top1": paper[stage],
-                    "top1": _top(run),
-                }
+                {"model": model, "column": column, "paper_top1": ref, col: _top(run, ctx)}
+                | run_cells(run)
             )
     df = pd.DataFrame(rows)
-    base_top = df[df["column"] == "baseline"].set_index("model")["top1"].to_dict()
-    df["top1_vs_baseline"] = [
-        _delta(t, base_top.get(m.removeprefix("afi_"))) if c != "baseline" else None
-        for m, c, t in zip(df["model"], df["column"], df["top1"], strict=True)
-    ]
+    base_top = df[df["column"] == "baseline"].set_index("model")[col].to_dict()
+    df.insert(
+        4,
+        "top1_vs_baseline",
+        [
+            _delta(t, base_top.get(m.removeprefix("afi_"))) if c != "baseline" else None
+            for m, c, t in zip(df["model"], df["column"], df[col], strict=True)
+        ],
+    )
     return df
 
 
-def table8(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+def table8(ctx: TableContext, dataset: str) -> pd.DataFrame:
     """Table 8: AFI-ResNet-50 with reduction ratio r in (1, 2, 4, 8)."""
-    return pd.DataFrame(
-        [
-            {
-                "r": r,
-                "paper_top1": top,
-                "top1": _top(pick_run(runs, "afi_resnet50", dataset, reduction=r)),
-            }
-            for r, top in TABLE8.items()
-        ]
-    )
+    rows = []
+    for r, top in TABLE8.items():
+        run = pick_run(ctx.runs, "afi_resnet50", dataset, reduction=r)
+        rows.append({"r": r, "paper_top1": top, ctx.column(): _top(run, ctx)} | run_cells(run))
+    return pd.DataFrame(rows)
 
 
-def table9(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+def table9(ctx: TableContext, dataset: str) -> pd.DataFrame:
     """Table 9: MobileNetV2 with AFI and an attention module on the AFI result."""
-    rows = [
-        {"arch": a, "paper_top1": p, "top1": _top(pick_run(runs, a, dataset))}
-        for a, p in TABLE9.items()
-    ]
+    col = ctx.column()
+    rows = []
+    for a, p in TABLE9.items():
+        run = pick_run(ctx.runs, a, dataset)
+        rows.append({"arch": a, "paper_top1": p, col: _top(run, ctx)} | run_cells(run))
     df = pd.DataFrame(rows)
-    base = df.loc[df["arch"] == "mobilenetv2", "top1"].iloc[0]
-    df["top1_vs_baseline"] = [
-        _delta(t, base) if a != "mobilenetv2" else None
-        for a, t in zip(df["arch"], df["top1"], strict=True)
-    ]
+    base = df.loc[df["arch"] == "mobilenetv2", col].iloc[0]
+    df.insert(
+        3,
+        "top1_vs_baseline",
+        [
+            _delta(t, base) if a != "mobilenetv2" else None
+            for a, t in zip(df["arch"], df[col], strict=True)
+        ],
+    )
     return df
 
 
 def table3(transfer_rows: Iterable[dict]) -> pd.DataFrame:
-    """Table 3: Office-Home transfer accuracy per ordered domain pair, from `afictl transfer`."""
+    """Table 3: Office-Home transfer accuracy per ordered domain pair, from `afictl transfer`;
+    ``avg`` is over the pairs measured, ``avg_of`` says how many ("3/12")."""
     ours: dict[str, dict[str, float]] = {}
     for r in transfer_rows:
-        ours.setdefault(r["arch"], {})[r["pair"]] = r["top1"]
+        ours.setdefault(r["arch"], {})[r["pair"]] = float(r["top1"])
     rows = []
-    for arch in sorted(
-        set(TABLE3) | set(ours), key=lambda a: (a.removeprefix("afi_"), a.startswith("afi_"))
-    ):
+    key = lambda a: (a.removeprefix("afi_"), a.startswith("afi_"))  # noqa: E731
+    for arch in sorted(set(TABLE3) | set(ours), key=key):
         for source in ("paper", "ours"):
+            if source == "paper" and arch not in TABLE3:
+                continue
             vals = (
-                TABLE3.get(arch)
+                list(TABLE3[arch])
                 if source == "paper"
                 else [ours.get(arch, {}).get(p) for p in OFFICE_HOME_PAIRS]
             )
-            if vals is None:
-                continue
-            row = {"arch": arch, "source": source} | {
-                p: v for p, v in zip(OFFICE_HOME_PAIRS, vals, strict=True)
-            }
-            have = [v for v in vals if v is not None]
-            row["avg"] = (
-                TABLE3_AVG.get(arch)
-                if source == "paper"
-                else (round(sum(have) / len(have), 2) if len(have) == len(vals) else None)
+            avg, of = pair_average(vals)
+            if source == "paper":
+                avg = TABLE3_AVG.get(arch, avg)
+            cells = [None if v is None else round(v, 2) for v in vals]
+            rows.append(
+                {"arch": arch, "source": source}
+                | dict(zip(OFFICE_HOME_PAIRS, cells, strict=True))
+                | {"avg": avg, "avg_of": of}
             )
-            rows.append(row)
     return pd.DataFrame(rows)
 
 
-TABLE_BUILDERS = (3, 4, 5, 6, 7, 8, 9)
-
-
 def build_tables(
-    runs: pd.DataFrame,
+    ctx: TableContext,
     *,
     cifar_dataset: str = "cifar100",
     imagenet_dataset: str = "imagenet",
@@ -284,22 +400,19 @@ def build_tables(
     transfer_rows: list[dict] | None = None,
     tables: Iterable[int] = TABLE_BUILDERS,
 ) -> dict[int, pd.DataFrame]:
+    """The selected tables, each a DataFrame (empty cells: None)."""
+    builders = {
+        3: lambda: table3(transfer_rows or []),
+        4: lambda: table_accuracy(4, ctx, cifar_dataset),
+        5: lambda: table_accuracy(5, ctx, imagenet_dataset),
+        6: lambda: table6(memory_rows or []),
+        7: lambda: table7(ctx, cifar_dataset),
+        8: lambda: table8(ctx, imagenet_dataset),
+        9: lambda: table9(ctx, cifar_dataset),
+    }
     out: dict[int, pd.DataFrame] = {}
     for t in tables:
-        if t == 3:
-            out[t] = table3(transfer_rows or [])
-        elif t == 4:
-            out[t] = table_accuracy(4, runs, cifar_dataset)
-        elif t == 5:
-            out[t] = table_accuracy(5, runs, imagenet_dataset)
-        elif t == 6:
-            out[t] = table6(memory_rows or [])
-        elif t == 7:
-            out[t] = table7(runs, cifar_dataset)
-        elif t == 8:
-            out[t] = table8(runs, imagenet_dataset)
-        elif t == 9:
-            out[t] = table9(runs, cifar_dataset)
-        else:
+        if t not in builders:
             raise ValueError(f"no paper table {t} to report (choose from {TABLE_BUILDERS})")
+        out[t] = builders[t]()
     return out

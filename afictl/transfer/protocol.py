@@ -1,9 +1,15 @@
-"""The Office-Home fine-tuning protocol of the paper (section 4.2, Table 3).
+"""The Office-Home fine-tuning protocol of the paper (section 4.2, Table 3): its domains, pairs
+and class matching.
 
 - 20 epochs of SGD with momentum;
 - the new classifier's learning rate ``0.01 * (1 + 10 p) ** -0.75`` with p the training progress
   in [0, 1] (iteration / total iterations), the rest of the network one tenth of that;
 - fine-tune on a source domain, evaluate on a target domain; 12 ordered pairs of 4 domains.
+
+The learning rates are training's own, in one place: the ``office-home`` recipe
+(:data:`afictl.train.config.RECIPES`: ``lr=0.01``, ``lr_schedule="inv"``,
+``backbone_lr_mult=0.1``), :func:`afictl.train.optim.param_groups` (the two groups) and
+:func:`afictl.train.optim.inv_factor` (the schedule).
 """
 
 from __future__ import annotations
@@ -12,24 +18,16 @@ from collections.abc import Sequence
 from itertools import permutations
 from pathlib import Path
 
-from torch import nn
-
 from ..errors import UserError
 
 __all__ = [
     "DOMAINS",
-    "HEAD_LR",
     "all_pairs",
     "domain_code",
-    "lr_factor",
     "match_classes",
-    "param_groups",
+    "pair_average",
     "resolve_domain",
-    "transfer_lr",
 ]
-
-HEAD_LR = 0.01
-BACKBONE_FACTOR = 0.1
 
 #: Office-Home's domains: canonical name -> (short code of Table 3, folder names accepted)
 DOMAINS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -101,36 +99,9 @@ def match_classes(
     return [index[c] for c in target]
 
 
-def lr_factor(progress: float) -> float:
-    """(1 + 10 p) ** -0.75 for progress p in [0, 1]."""
-    p = min(max(progress, 0.0), 1.0)
-    return (1.0 + 10.0 * p) ** -0.75
-
-
-def transfer_lr(progress: float, base: float = HEAD_LR) -> tuple[float, float]:
-    """(classifier lr, backbone lr) at a training progress."""
-    head = base * lr_factor(progress)
-    return head, head * BACKBONE_FACTOR
-
-
-def param_groups(model: nn.Module, base: float = HEAD_LR, weight_decay: float = 5e-4) -> list[dict]:
-    """Two SGD groups: the new classifier at ``base``, everything else at a tenth of it."""
-    head_ids = {id(p) for p in model.get_classifier().parameters()}
-    head = [p for p in model.parameters() if id(p) in head_ids]
-    rest = [p for p in model.parameters() if id(p) not in head_ids]
-    return [
-        {
-            "params": rest,
-            "lr": base * BACKBONE_FACTOR,
-            "initial_lr": base * BACKBONE_FACTOR,
-            "weight_decay": weight_decay,
-            "name": "backbone",
-        },
-        {
-            "params": head,
-            "lr": base,
-            "initial_lr": base,
-            "weight_decay": weight_decay,
-            "name": "classifier",
-        },
-    ]
+def pair_average(values: Sequence[float | None]) -> tuple[float | None, str]:
+    """The mean of the pairs measured (2 decimals; None when there is none) and how many of the
+    12 it covers ("3/12"): a partial Table 3 row still has an average, labelled as partial."""
+    have = [v for v in values if v is not None and v == v]  # v == v: not NaN
+    avg = round(sum(have) / len(have), 2) if have else None
+    return avg, f"{len(have)}/{len(DOMAINS) * (len(DOMAINS) - 1)}"

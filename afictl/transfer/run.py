@@ -19,7 +19,7 @@ from ..data.folders import SafeImageFolder
 from ..errors import UserError
 from ..models import get_model_info
 from ..train import load_resume, resolve_config, train
-from .protocol import domain_code, match_classes, resolve_domain
+from .protocol import domain_code, match_classes, pair_average, resolve_domain
 
 __all__ = ["TransferResult", "accuracy_matrix", "check_pair", "transfer_pair"]
 
@@ -58,6 +58,55 @@ def check_pair(data_root: Path, source: str, target: str) -> list[str]:
     return src_classes
 
 
+def _pair_datasets(data_root: Path, source: str, target: str, input_size: int):
+    """(train on source, eval on target), the source's classes on both sides, with the
+    transforms of ImageNet-style data: the checkpoint's resolution, ImageNet statistics."""
+    src_classes = check_pair(data_root, source, target)
+    src_dir, tgt_dir = resolve_domain(data_root, source), resolve_domain(data_root, target)
+    train_ds = SafeImageFolder(
+        src_dir,
+        classes=src_classes,
+        on_error="mark",
+        transform=train_transform("imagenet", input_size),
+    )
+    eval_ds = SafeImageFolder(
+        tgt_dir,
+        classes=src_classes,
+        on_error="mark",
+        transform=eval_transform("imagenet", input_size),
+    )
+    return train_ds, eval_ds
+
+
+def _new_config(
+    pre: dict,
+    checkpoint: Path,
+    data_root: Path,
+    run_dir: Path,
+    input_size: int,
+    overrides: dict[str, Any],
+):
+    """The ``office-home`` recipe's config of a new pair, with the pretrained network's AFI
+    options."""
+    options = {
+        "arch": pre["arch"],
+        "dataset": "imagefolder",
+        "recipe": "office-home",
+        "data_root": str(data_root),
+        "input_size": input_size,
+        "pretrained": str(checkpoint),
+        "run_dir": str(run_dir),
+        **overrides,
+    }
+    kw = pre.get("model_kwargs") or {}
+    if "afi_stages" in kw:
+        options["afi_stages"] = kw["afi_stages"]
+    for key in ("reduction", "r"):  # "r": checkpoints written before the rename
+        if key in kw:
+            options["reduction"] = kw[key]
+    return resolve_config(options)
+
+
 def transfer_pair(
     checkpoint: Path,
     data_root: Path,
@@ -71,21 +120,7 @@ def transfer_pair(
     pre = validate_checkpoint(load_checkpoint(checkpoint), model=True)  # before any folder is made
     arch = pre["arch"]
     input_size = int((pre.get("config") or {}).get("input_size") or get_model_info(arch).input_size)
-    src_classes = check_pair(data_root, source, target)
-    src_dir, tgt_dir = resolve_domain(data_root, source), resolve_domain(data_root, target)
-    # The transforms of ImageNet-style data: the checkpoint's resolution, ImageNet statistics.
-    train_ds = SafeImageFolder(
-        src_dir,
-        classes=src_classes,
-        on_error="mark",
-        transform=train_transform("imagenet", input_size),
-    )
-    eval_ds = SafeImageFolder(
-        tgt_dir,
-        classes=src_classes,
-        on_error="mark",
-        transform=eval_transform("imagenet", input_size),
-    )
+    train_ds, eval_ds = _pair_datasets(data_root, source, target, input_size)
     name = f"{arch}-{domain_code(source)}-{domain_code(target)}"
     if Path(name).name != name or "\\" in name:  # a path, not a name: it would leave out_dir
         raise UserError(
@@ -94,79 +129,45 @@ def transfer_pair(
     run_dir = out_dir / name
     pair = f"{domain_code(source)}:{domain_code(target)}"
 
-    reused = False
-    if (run_dir / "last.pt").is_file():
-        cfg, ckpt = load_resume(
-            run_dir,
-            {
-                "epochs": overrides.get("epochs"),
-                "device": overrides.get("device"),
-                "workers": overrides.get("workers"),
-            },
-            arch=arch,
+    def result(top1, top5, epochs, reused) -> TransferResult:
+        sizes = (len(train_ds), len(eval_ds))
+        return TransferResult(
+            arch, source, target, pair, top1, top5, epochs, *sizes, str(run_dir), reused
         )
-        if int(ckpt["epoch"]) >= cfg.epochs:
-            reused = True
-            history = ckpt.get("metrics") or []
-            last = history[-1] if history else {}
-            return TransferResult(
-                arch,
-                source,
-                target,
-                pair,
-                float(last.get("eval_top1", float("nan"))),
-                float(last.get("eval_top5", float("nan"))),
-                int(ckpt["epoch"]),
-                len(train_ds),
-                len(eval_ds),
-                str(run_dir),
-                reused,
-            )
-        result = train(cfg, resume=ckpt, datasets=(train_ds, eval_ds))
+
+    if (run_dir / "last.pt").is_file():
+        runtime = {k: overrides.get(k) for k in ("epochs", "device", "workers")}
+        cfg, ckpt = load_resume(run_dir, runtime, arch=arch)
+        if int(ckpt["epoch"]) >= cfg.epochs:  # finished earlier: nothing to train
+            last = (ckpt.get("metrics") or [{}])[-1]
+            nan = float("nan")
+            top1, top5 = float(last.get("eval_top1", nan)), float(last.get("eval_top5", nan))
+            return result(top1, top5, int(ckpt["epoch"]), True)
+        trained = train(cfg, resume=ckpt, datasets=(train_ds, eval_ds))
     else:
-        options = {
-            "arch": arch,
-            "dataset": "imagefolder",
-            "recipe": "office-home",
-            "data_root": str(data_root),
-            "input_size": input_size,
-            "pretrained": str(checkpoint),
-            "run_dir": str(run_dir),
-            **overrides,
-        }
-        kw = pre.get("model_kwargs") or {}  # the pretrained network's AFI options
-        if "afi_stages" in kw:
-            options["afi_stages"] = kw["afi_stages"]
-        for key in ("reduction", "r"):  # "r": checkpoints written before the rename
-            if key in kw:
-                options["reduction"] = kw[key]
-        cfg = resolve_config(options)
-        result = train(cfg, datasets=(train_ds, eval_ds), overwrite=True)
-    if result.interrupted:
+        cfg = _new_config(pre, checkpoint, data_root, run_dir, input_size, overrides)
+        trained = train(cfg, datasets=(train_ds, eval_ds), overwrite=True)
+    if trained.interrupted:
         raise UserError(
             f"interrupted during {pair}; run the same command again to continue from {run_dir}"
         )
-    return TransferResult(
-        arch,
-        source,
-        target,
-        pair,
-        result.eval_top1,
-        result.eval_top5,
-        result.epochs,
-        len(train_ds),
-        len(eval_ds),
-        str(run_dir),
-        reused,
-    )
+    return result(trained.eval_top1, trained.eval_top5, trained.epochs, False)
 
 
 def accuracy_matrix(results: list[TransferResult]) -> pd.DataFrame:
-    """Table 3's layout: one row per architecture, one column per A:B pair, and the average."""
+    """Table 3's layout: one row per architecture, one column per A:B pair run (in Table 3's
+    order), ``avg`` over those pairs (of the unrounded accuracies) and ``avg_of`` saying how
+    many of the 12 ("3/12"); every cell rounded to 2 decimals."""
+    from ..paper import OFFICE_HOME_PAIRS
+
     rows: dict[str, dict[str, float]] = {}
     for r in results:
-        rows.setdefault(r.arch, {})[r.pair] = round(r.top1, 2)
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df["avg"] = df.mean(axis=1).round(2)
-    df.index.name = "arch"
-    return df.reset_index()
+        rows.setdefault(r.arch, {})[r.pair] = r.top1
+    ran = {p for cells in rows.values() for p in cells}
+    order = [p for p in OFFICE_HOME_PAIRS if p in ran] + sorted(ran - set(OFFICE_HOME_PAIRS))
+    out = []
+    for arch, cells in rows.items():
+        avg, of = pair_average([cells.get(p) for p in order])
+        shown = {p: round(cells[p], 2) if p in cells else None for p in order}
+        out.append({"arch": arch} | shown | {"avg": avg, "avg_of": of})
+    return pd.DataFrame(out)
