@@ -1,56 +1,184 @@
-"""``afictl flops``: parameters and FLOPs in the paper's convention (Tables 2, 4, 5)."""
+"""``afictl flops``: parameters and FLOPs in the paper's convention (Tables 2, 4, 5).
+
+Light at import (``--help`` must not import torch): the counting modules are imported inside
+the functions that count.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import UserError
-from ..models import get_model_info, list_models
-from ..profiling.compare import paper_table
-from ..profiling.flops import flops_report, stage_report
-from ..render import Format, human, render
-from ..validate import check_option, check_stages_of
+from ..render import Format, human, render, signed_pct
 from ._util import ArchOpt, FormatOpt, OutputOpt
 
-_PCT = "{:+.2f}%".format
+_ARCH_COLUMNS = [
+    "arch",
+    "params",
+    "flops",
+    "flops_with_aggregation",
+    "flops_exact",
+    "baseline",
+    "params_delta_pct",
+    "flops_delta_pct",
+]
+_TABLE_COLUMNS = [
+    "table",
+    "model",
+    "arch",
+    "params",
+    "paper_params",
+    "params_diff_pct",
+    "flops",
+    "paper_flops",
+    "flops_diff_pct",
+    "params_delta_pct",
+    "flops_delta_pct",
+]
+_PCTS = ("params_diff_pct", "flops_diff_pct", "params_delta_pct", "flops_delta_pct")
+_COUNTS = ("params", "flops", "flops_with_aggregation", "flops_exact", "paper_params")
+
+
+def _formatters() -> dict[str, Callable]:
+    return {c: human for c in (*_COUNTS, "paper_flops")} | {c: signed_pct for c in _PCTS}
+
+
+@contextmanager
+def _progress(total: int, what: str) -> Iterator[Callable[[str], None]]:
+    """A transient rich bar on stderr (stdout carries the results); yields ``advance(arch)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[arch]}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(what, total=total, arch="")
+        yield lambda arch: bar.update(task, advance=1, arch=arch)
+
+
+def _model_kwargs(arch: list[str], afi_stages: str | None, reduction: int | None) -> dict:
+    """The AFI options given, checked as train checks them (afictl/validate.py)."""
+    from ..models import get_model_info
+    from ..validate import check_option, check_stages_of
+
+    for name in arch:
+        get_model_info(name)  # unknown names fail before any counting
+    kwargs: dict = {}
+    if afi_stages is not None:
+        kwargs["afi_stages"] = check_option("afi_stages", afi_stages)
+        for name in arch:
+            check_stages_of(kwargs["afi_stages"], name, get_model_info(name).num_stages)
+    if reduction is not None:
+        kwargs["reduction"] = reduction
+    if kwargs and any(not get_model_info(a).is_afi for a in arch):
+        raise UserError("--afi-stages/--reduction apply to AFI models only")
+    return kwargs
+
+
+def _stage_rows(arch: list[str], as_table2: bool, kwargs: dict, **sizes) -> list:
+    """Per-stage rows (Table 2 beside the paper's when asked or when no --arch was given)."""
+    from ..models import get_model_info
+    from ..profiling.compare import paper_table
+    from ..profiling.flops import stage_report
+
+    names = arch or ["resnet32", "afi_resnet32"]
+    rows = []
+    with _progress(len(names), "counting stages") as advance:
+        for a in names:
+            rows += stage_report(a, **sizes, **(kwargs if get_model_info(a).is_afi else {}))
+            advance(a)
+    return paper_table(2, rows) if as_table2 or not arch else rows
+
+
+def _arch_rows(arch: list[str], kwargs: dict, use_cache: bool, **options) -> list:
+    from ..profiling.flops import flops_report, models_to_count
+
+    with _progress(len(models_to_count(arch, **kwargs)), "counting") as advance:
+        return flops_report(arch, use_cache=use_cache, progress=advance, **options, **kwargs)
+
+
+def _paper_rows(tables: list[int], batch_size: int, exact: bool, use_cache: bool) -> list[dict]:
+    from ..models import list_models
+    from ..profiling.compare import paper_tables, tables_to_count
+
+    for t in tables:
+        if t not in (4, 5):
+            raise UserError(f"--table {t}: the paper tables with models are 2, 4 and 5")
+    registered = set(list_models())
+    with _progress(tables_to_count(tables, registered), "counting") as advance:
+        return paper_tables(
+            tables,
+            batch_size=batch_size,
+            exact=exact,
+            registered=registered,
+            use_cache=use_cache,
+            progress=advance,
+        )
+
+
+TableOpt = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--table", "-t", help="Print a paper table with ours beside it: 2, 4 or 5 (repeatable)."
+    ),
+]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Batch size of the paper's convention.")
+]
+InputSizeOpt = Annotated[
+    int | None, typer.Option(min=8, help="Input resolution (default: the model's).")
+]
+ClassesOpt = Annotated[
+    int | None, typer.Option(min=1, help="Classes (default: 100 CIFAR, 1000 ImageNet).")
+]
+PerStageOpt = Annotated[
+    bool, typer.Option("--per-stage", help="Per-stage parameters and FLOPs (Table 2).")
+]
+StagesOpt = Annotated[
+    str | None, typer.Option(help="Stages with AFI blocks, e.g. '1' or '1,2' (Table 7).")
+]
+ReductionOpt = Annotated[
+    int | None, typer.Option("--reduction", "-r", min=1, help="AFI reduction ratio r (Table 8).")
+]
+ExactOpt = Annotated[
+    bool | None,
+    typer.Option(
+        help="Also count with torch's FlopCounterMode (flops_exact); default: with --arch only."
+    ),
+]
+CacheOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cache/--no-cache",
+        help="Take the counts shipped for the registry's models at their default options "
+        "(checked against each model's structure); --no-cache counts everything live.",
+    ),
+]
 
 
 def flops_cli(
     arch: ArchOpt = None,
-    table: Annotated[
-        list[int] | None,
-        typer.Option(
-            "--table", "-t", help="Print a paper table with ours beside it: 2, 4 or 5 (repeatable)."
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Batch size of the paper's convention.")
-    ] = 32,
-    input_size: Annotated[
-        int | None, typer.Option(min=8, help="Input resolution (default: the model's).")
-    ] = None,
-    num_classes: Annotated[
-        int | None, typer.Option(min=1, help="Classes (default: 100 CIFAR, 1000 ImageNet).")
-    ] = None,
-    per_stage: Annotated[
-        bool, typer.Option("--per-stage", help="Per-stage parameters and FLOPs (Table 2).")
-    ] = False,
-    afi_stages: Annotated[
-        str | None, typer.Option(help="Stages with AFI blocks, e.g. '1' or '1,2' (Table 7).")
-    ] = None,
-    reduction: Annotated[
-        int | None,
-        typer.Option("--reduction", "-r", min=1, help="AFI reduction ratio r (Table 8)."),
-    ] = None,
-    exact: Annotated[
-        bool | None,
-        typer.Option(
-            help="Also count with torch's FlopCounterMode (flops_exact); default: with --arch only."
-        ),
-    ] = None,
+    table: TableOpt = None,
+    batch_size: BatchOpt = 32,
+    input_size: InputSizeOpt = None,
+    num_classes: ClassesOpt = None,
+    per_stage: PerStageOpt = False,
+    afi_stages: StagesOpt = None,
+    reduction: ReductionOpt = None,
+    exact: ExactOpt = None,
+    use_cache: CacheOpt = True,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
@@ -59,108 +187,43 @@ def flops_cli(
     With no options, prints the paper's Tables 4 and 5 with our counts beside the paper's.
     Each AFI model is compared with its baseline. `flops_with_aggregation` adds the AFI
     weighted sum that Eq. 10 leaves out; `flops_exact` is torch's FlopCounterMode (2 FLOPs
-    per multiply-accumulate) at the same batch.
+    per multiply-accumulate) at the same batch. Counts of the registry's models at their
+    default options come from a file shipped with afictl (`--no-cache`: count live); other
+    options are counted live.
     """
-    kwargs = {}
-    if afi_stages is not None:  # the check train uses (afictl/validate.py)
-        kwargs["afi_stages"] = check_option("afi_stages", afi_stages)
-        for name in arch or []:
-            check_stages_of(kwargs["afi_stages"], name, get_model_info(name).num_stages)
-    if reduction is not None:
-        kwargs["reduction"] = reduction
-    for name in arch or []:
-        get_model_info(name)  # unknown names fail before any counting
-    if kwargs and any(not get_model_info(a).is_afi for a in arch or []):
-        raise UserError("--afi-stages/--reduction apply to AFI models only")
+    arch = arch or []
+    kwargs = _model_kwargs(arch, afi_stages, reduction)
+    sizes = dict(batch_size=batch_size, input_size=input_size, num_classes=num_classes)
+    show = dict(formatters=_formatters())
     try:
         if per_stage or table == [2]:
-            names = arch or ["resnet32", "afi_resnet32"]
-            rows = [
-                r
-                for a in names
-                for r in stage_report(
-                    a,
-                    batch_size=batch_size,
-                    input_size=input_size,
-                    num_classes=num_classes,
-                    **(kwargs if get_model_info(a).is_afi else {}),
-                )
-            ]
-            if table == [2] or not arch:
-                rows = paper_table(2, rows)
-            render(
-                rows,
-                fmt,
-                output,
-                formatters={c: human for c in ("params", "flops", "paper_params", "paper_flops")}
-                | {c: _PCT for c in ("params_diff_pct", "flops_diff_pct")},
-                title="Per-stage parameters and FLOPs",
-            )
+            rows = _stage_rows(arch, table == [2], kwargs, **sizes)
+            render(rows, fmt, output, **show, title="Per-stage parameters and FLOPs")
             return
         if arch:
-            rows = flops_report(
-                arch,
-                batch_size=batch_size,
-                input_size=input_size,
-                num_classes=num_classes,
-                exact=exact is not False,
-                **kwargs,
-            )
-            render(
-                rows,
-                fmt,
-                output,
-                columns=[
-                    "arch",
-                    "params",
-                    "flops",
-                    "flops_with_aggregation",
-                    "flops_exact",
-                    "baseline",
-                    "params_delta_pct",
-                    "flops_delta_pct",
-                ],
-                formatters={
-                    c: human for c in ("params", "flops", "flops_with_aggregation", "flops_exact")
-                }
-                | {c: _PCT for c in ("params_delta_pct", "flops_delta_pct")},
-                title=f"Parameters and FLOPs (batch {batch_size})",
-            )
+            rows = _arch_rows(arch, kwargs, use_cache, exact=exact is not False, **sizes)
+            title = f"Parameters and FLOPs (batch {batch_size})"
+            render(rows, fmt, output, columns=_ARCH_COLUMNS, **show, title=title)
             return
     except ValueError as exc:  # bad option values reaching a builder (afi_stages out of range)
         raise UserError(str(exc)) from None
-    tables = table or [4, 5]
-    registered = set(list_models())
-    rows = []
-    for t in tables:
-        if t not in (4, 5):
-            raise UserError(f"--table {t}: the paper tables with models are 2, 4 and 5")
-        # the paper tables skip the cross-check by default: it doubles the time of the bare line
-        rows += paper_table(t, batch_size=batch_size, exact=bool(exact), registered=registered)
-    render(
-        rows,
-        fmt,
-        output,
-        columns=[
-            "table",
-            "model",
-            "arch",
-            "params",
-            "paper_params",
-            "params_diff_pct",
-            "flops",
-            "paper_flops",
-            "flops_diff_pct",
-            "params_delta_pct",
-            "flops_delta_pct",
-        ],
-        formatters={c: human for c in ("params", "paper_params", "flops", "paper_flops")}
-        | {
-            c: _PCT
-            for c in ("params_diff_pct", "flops_diff_pct", "params_delta_pct", "flops_delta_pct")
-        },
-        title=f"Paper Tables {', '.join(map(str, tables))}: ours vs the paper (FLOPs at batch {batch_size})",
-    )
+    _render_paper_tables(table or [4, 5], batch_size, bool(exact), use_cache, fmt, output)
+
+
+def _render_paper_tables(
+    tables: list[int],
+    batch_size: int,
+    exact: bool,
+    use_cache: bool,
+    fmt: Format,
+    output: Path | None,
+) -> None:
+    """The bare command: paper Tables 4 and 5 (or those asked) with our counts beside."""
+    # the paper tables skip the cross-check by default: it doubles the time of the bare line
+    rows = _paper_rows(tables, batch_size, exact, use_cache)
+    names = ", ".join(map(str, tables))
+    title = f"Paper Tables {names}: ours vs the paper (FLOPs at batch {batch_size})"
+    render(rows, fmt, output, columns=_TABLE_COLUMNS, formatters=_formatters(), title=title)
     missing = [r["arch"] for r in rows if r["params"] is None]
     if missing:
         print(f"not yet in the registry (empty cells): {', '.join(missing)}", file=sys.stderr)

@@ -17,7 +17,8 @@ result against a real batch-32 count.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from thop import profile
@@ -34,6 +35,7 @@ __all__ = [
     "count_params",
     "flop_counter_count",
     "flops_report",
+    "models_to_count",
     "stage_report",
     "thop_count",
 ]
@@ -131,26 +133,46 @@ def flop_counter_count(model: nn.Module, input_size: int, batch_size: int) -> in
 
 @dataclass
 class FlopReport:
-    """One row of ``afictl flops``."""
+    """One row of ``afictl flops``. Counts are integers (thop's sums are whole numbers)."""
 
     arch: str
     num_classes: int
     batch_size: int
     input_size: int
     params: int
-    flops: float
-    flops_with_aggregation: float
-    afi_scoring_flops: float
-    afi_aggregation_flops: float
-    flops_exact: int
+    flops: int
+    flops_with_aggregation: int
+    afi_scoring_flops: int
+    afi_aggregation_flops: int
+    flops_exact: int | None  # None when not counted (exact=False)
     baseline: str | None = None
     baseline_params: int | None = None
-    baseline_flops: float | None = None
+    baseline_flops: int | None = None
     params_delta_pct: float | None = None
     flops_delta_pct: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _whole(value: float) -> int | float:
+    """A count as an integer when it is one (thop sums in float64)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _per_image_thop(model: nn.Module, key, cache) -> ThopCount:
+    """thop's per-image counts: from the shipped file when it matches the model, else live."""
+    hit = cache.lookup(key, model) if cache is not None else None
+    if hit is not None:
+        return ThopCount(hit["macs"], hit["afi_scoring"], hit["afi_aggregation"], {})
+    return thop_count(model, key.input_size, batch_size=1, copy_model=False)
+
+
+def _exact_flops(model: nn.Module, key, cache) -> int:
+    hit = cache.lookup(key, model) if cache is not None else None
+    if hit is not None:
+        return hit["flops"]
+    return flop_counter_count(model, key.input_size, key.batch_size)
 
 
 def count_flops(
@@ -160,32 +182,64 @@ def count_flops(
     input_size: int | None = None,
     num_classes: int | None = None,
     exact: bool = True,
+    use_cache: bool = True,
     **model_kwargs,
 ) -> FlopReport:
-    """Parameters and FLOPs of one registered model (no baseline comparison)."""
+    """Parameters and FLOPs of one registered model (no baseline comparison).
+
+    ``use_cache``: take the counts shipped in afictl/profiling/counts.json when they exist
+    for these options and still match the model (afictl/profiling/flops_cache.py); the
+    model is built either way (cheap on ``meta``), only thop's traced forward is skipped.
+    """
+    from .flops_cache import FLOP_COUNTER, THOP, CountKey, shipped_cache
+
     info = get_model_info(arch)
     size = input_size or info.input_size
     classes = num_classes or info.num_classes
     model = create_meta_model(arch, classes, **model_kwargs)
+    cache = shipped_cache() if use_cache else None
     params = count_params(model)
-    exact_flops = flop_counter_count(model, size, batch_size) if exact else 0
-    c = thop_count(model, size, batch_size=1, copy_model=False)
+    exact_flops = None
+    if exact:
+        key = CountKey.of(arch, classes, size, FLOP_COUNTER, **model_kwargs)
+        if batch_size != key.batch_size:  # cached at the paper's batch only
+            key = replace(key, batch_size=batch_size)
+        exact_flops = _exact_flops(model, key, cache)
+    c = _per_image_thop(model, CountKey.of(arch, classes, size, THOP, **model_kwargs), cache)
     return FlopReport(
         arch=arch,
         num_classes=classes,
         batch_size=batch_size,
         input_size=size,
         params=params,
-        flops=c.macs * batch_size,
-        flops_with_aggregation=(c.macs + c.afi_aggregation) * batch_size,
-        afi_scoring_flops=c.afi_scoring * batch_size,
-        afi_aggregation_flops=c.afi_aggregation * batch_size,
+        flops=_whole(c.macs * batch_size),
+        flops_with_aggregation=_whole((c.macs + c.afi_aggregation) * batch_size),
+        afi_scoring_flops=_whole(c.afi_scoring * batch_size),
+        afi_aggregation_flops=_whole(c.afi_aggregation * batch_size),
         flops_exact=exact_flops,
     )
 
 
 def _pct(value: float, ref: float) -> float:
-    return round(100.0 * (value - ref) / ref, 2)
+    # + 0.0 turns a rounded -0.0 into 0.0: no "-0.0" in JSON/CSV for a change that is not there
+    return round(100.0 * (value - ref) / ref, 2) + 0.0
+
+
+def models_to_count(archs: list[str], **model_kwargs) -> list[tuple[str, dict]]:
+    """(arch, options) of every model ``flops_report(archs)`` counts, each once: AFI models
+    with ``model_kwargs``, their baselines (shared by several rows) with none."""
+    todo: dict[str, tuple[str, dict]] = {}
+    for arch in archs:
+        info = get_model_info(arch)
+        kwargs = model_kwargs if info.is_afi else {}
+        todo.setdefault(_model_id(arch, kwargs), (arch, kwargs))
+        if info.baseline:
+            todo.setdefault(_model_id(info.baseline, {}), (info.baseline, {}))
+    return list(todo.values())
+
+
+def _model_id(arch: str, kwargs: dict) -> str:
+    return arch + repr(sorted(kwargs.items()))
 
 
 def flops_report(
@@ -195,30 +249,31 @@ def flops_report(
     input_size: int | None = None,
     num_classes: int | None = None,
     exact: bool = True,
+    use_cache: bool = True,
+    progress: Callable[[str], None] | None = None,
     **model_kwargs,
 ) -> list[FlopReport]:
-    """Rows for ``archs``; each AFI model is compared with its baseline (counted once)."""
-    cache: dict[str, FlopReport] = {}
-
-    def get(name: str, kwargs: dict) -> FlopReport:
-        key = name + repr(sorted(kwargs.items()))
-        if key not in cache:
-            cache[key] = count_flops(
-                name,
-                batch_size=batch_size,
-                input_size=input_size,
-                num_classes=num_classes,
-                exact=exact,
-                **kwargs,
-            )
-        return cache[key]
-
+    """Rows for ``archs``; each AFI model is compared with its baseline. Every model is
+    counted once; ``progress(arch)`` is called after each count (for a progress bar)."""
+    counted: dict[str, FlopReport] = {}
+    for name, kwargs in models_to_count(archs, **model_kwargs):
+        counted[_model_id(name, kwargs)] = count_flops(
+            name,
+            batch_size=batch_size,
+            input_size=input_size,
+            num_classes=num_classes,
+            exact=exact,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        if progress is not None:
+            progress(name)
     rows = []
     for arch in archs:
         info = get_model_info(arch)
-        row = copy.copy(get(arch, model_kwargs if info.is_afi else {}))
+        row = copy.copy(counted[_model_id(arch, model_kwargs if info.is_afi else {})])
         if info.baseline:
-            base = get(info.baseline, {})
+            base = counted[_model_id(info.baseline, {})]
             row.baseline = info.baseline
             row.baseline_params = base.params
             row.baseline_flops = base.flops
@@ -235,7 +290,7 @@ class StageReport:
     arch: str
     stage: str
     params: int
-    flops: float
+    flops: int
     batch_size: int
 
     def to_dict(self) -> dict:
@@ -250,6 +305,7 @@ def stage_report(
     num_classes: int | None = None,
     **model_kwargs,
 ) -> list[StageReport]:
+    """Per-stage rows of one model, always counted live (thop's per-module counts)."""
     info = get_model_info(arch)
     model = create_meta_model(arch, num_classes or info.num_classes, **model_kwargs)
     params = {attr: count_params(getattr(model, attr)) for attr in model.stage_attrs}
@@ -257,5 +313,5 @@ def stage_report(
     rows = []
     for name, attr in zip(model.stage_names, model.stage_attrs, strict=True):
         ops = c.layers[attr][0]
-        rows.append(StageReport(arch, name, params[attr], ops * batch_size, batch_size))
+        rows.append(StageReport(arch, name, params[attr], _whole(ops * batch_size), batch_size))
     return rows
