@@ -111,7 +111,8 @@ class ExportResult:
 
 
 def require_onnx() -> None:
-    """Raise :class:`MissingExtraError` (one line, what to install) unless the ONNX extra is there."""
+    """Raise :class:`MissingExtraError` (one line, what to install) unless the ONNX extra is
+    there."""
     missing = []
     for name in _ONNX_MODULES:
         try:
@@ -138,7 +139,8 @@ def infer_format(path: str | Path, format: str | None = None) -> str:
     if suffix in EXPORT_FORMATS:
         return suffix
     raise UserError(
-        f"cannot tell the export format of {Path(path).name}: name it .onnx or .pt2, or give --format onnx|pt2"
+        f"cannot tell the export format of {Path(path).name}: "
+        "name it .onnx or .pt2, or give --to onnx|pt2"
     )
 
 
@@ -215,7 +217,8 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int
     }
     if written.get("", written.get("ai.onnx")) != opset:
         raise ExportError(
-            f"the exporter wrote opset {written.get('')} instead of {opset}: use --opset {DEFAULT_OPSET} or later"
+            f"the exporter wrote opset {written.get('')} instead of {opset}: "
+            f"use --opset {DEFAULT_OPSET} or later"
         )
 
 
@@ -329,7 +332,8 @@ def export_model(
         require_onnx()
         if opset < DEFAULT_OPSET:
             raise UserError(
-                f"--opset {opset}: the torch.export-based ONNX exporter writes opset {DEFAULT_OPSET} or later"
+                f"--opset {opset}: the torch.export-based ONNX exporter writes opset "
+                f"{DEFAULT_OPSET} or later"
             )
     if path.is_dir():
         raise UserError(f"{path} is a folder: give a file name ending in .{fmt}")

@@ -1,22 +1,39 @@
 """Rendering of result rows: ``table | json | csv | markdown``, to stdout or a file.
 
 Library functions return data (dataclasses, dicts, DataFrames); this module is the one place
-that turns them into text.
+that turns them into text. It imports pandas and rich only inside its functions, so that
+``from afictl.render import Format`` (every command's ``--format``) stays light for ``--help``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-__all__ = ["Format", "check_writable", "human", "render", "to_frame", "write_text"]
+__all__ = [
+    "Format",
+    "terminal_width",
+    "check_writable",
+    "human",
+    "pct",
+    "plural",
+    "render",
+    "render_text",
+    "signed_pct",
+    "to_frame",
+    "write_text",
+]
 
 
 class Format(StrEnum):
@@ -35,7 +52,45 @@ def human(value: Any, unit: str = "") -> str:
     for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(value) >= div:
             return f"{value / div:.2f}{suffix}{unit}"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a count that went through a float column: 12.0 -> "12"
     return f"{value:.4g}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+
+def pct(value: float, digits: int = 2) -> str:
+    """A percentage already in percent: 12.345 -> '12.35%'; never '-0.00%'."""
+    text = f"{value:.{digits}f}"
+    return ("0" + text[2:] if text.startswith("-0") and float(text) == 0 else text) + "%"
+
+
+def signed_pct(value: float, digits: int = 2) -> str:
+    """A signed change in percent: 1.5 -> '+1.50%', -2 -> '-2.00%', and whatever rounds to
+    zero (-0.001 included) -> '0.00%': no sign on a change that is not there."""
+    text = f"{value:+.{digits}f}"
+    if float(text) == 0:
+        return text[1:] + "%"
+    return text + "%"
+
+
+#: Words the rules below would get wrong ("epoches"); ``plural(n, word, many)`` for others.
+_IRREGULAR = {"epoch": "epochs", "stomach": "stomachs", "child": "children", "index": "indices"}
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``n`` and the noun agreeing with it: (1, 'epoch') -> '1 epoch', (2, 'process') ->
+    '2 processes'; ``many`` for irregular plurals."""
+    if n == 1:
+        return f"{n} {word}"
+    if many is None:
+        many = _IRREGULAR.get(word)
+    if many is None:
+        if re.search(r"(s|x|z|ch|sh)$", word):
+            many = word + "es"
+        elif re.search(r"[^aeiou]y$", word):
+            many = word[:-1] + "ies"
+        else:
+            many = word + "s"
+    return f"{n} {many}"
 
 
 def _row(obj: Any) -> dict:
@@ -45,7 +100,58 @@ def _row(obj: Any) -> dict:
 
 
 def to_frame(rows: Sequence[Any] | pd.DataFrame) -> pd.DataFrame:
-    return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame([_row(r) for r in rows])
+    """Rows (dataclasses, dicts) as a DataFrame, whole counts kept as integers."""
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame([_row(r) for r in rows])
+    return _integral_counts(df, _int_fields(rows))
+
+
+#: Column-name words that say a column counts something (``baseline_params``, ``train_bytes``,
+#: ``num_classes``) and words that say it does not (``params_delta_pct``, ``images_per_sec``).
+_COUNT_WORDS = frozenset(
+    "params flops macs ops bytes images count batch size epoch epochs steps iters repeats "
+    "warmup threads workers classes channels runs seed opset skipped n num".split()
+)
+_NOT_COUNT_WORDS = frozenset(
+    "pct ratio diff delta mean avg median frac rate per sec seconds ms loss lr top1 top5".split()
+)
+
+
+def _int_fields(rows: Any) -> set[str]:
+    """Fields of dataclass rows annotated as ``int`` (or ``int | None``), not float or bool."""
+    first = rows[0] if isinstance(rows, Sequence) and rows else None
+    if first is None or not is_dataclass(first):
+        return set()
+    out = set()
+    for f in fields(first):
+        kinds = set(re.findall(r"\w+", str(f.type))) - {"None", "Optional"}
+        if kinds == {"int"}:
+            out.add(f.name)
+    return out
+
+
+def _says_count(name: str) -> bool:
+    words = set(str(name).lower().split("_"))
+    return bool(words & _COUNT_WORDS) and not words & _NOT_COUNT_WORDS
+
+
+def _integral_counts(df: pd.DataFrame, int_fields: set[str]) -> pd.DataFrame:
+    """Float columns of whole numbers that hold counts become nullable integers: a column with
+    a missing value is float in pandas, and CSV/JSON would print ``765460480.0`` otherwise."""
+    convert = []
+    for col in df.columns:
+        if df[col].dtype.kind != "f" or not (col in int_fields or _says_count(col)):
+            continue
+        values = df[col].dropna()
+        if len(values) and (values == values.round()).all() and values.abs().max() < 2**63:
+            convert.append(col)
+    if not convert:
+        return df
+    df = df.copy()
+    for col in convert:
+        df[col] = df[col].astype("Int64")
+    return df
 
 
 def _json_default(o: Any) -> Any:
@@ -57,42 +163,42 @@ def _json_default(o: Any) -> Any:
 
 
 def _clean(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if type(value).__name__ == "NAType":  # pandas' missing integer
         return None
     return value
 
 
-def render_text(
-    rows: Sequence[Any] | pd.DataFrame,
-    fmt: Format | str,
-    *,
-    columns: Sequence[str] | None = None,
-    formatters: dict[str, Callable[[Any], str]] | None = None,
-    title: str | None = None,
-) -> str:
-    """Rows as text. ``columns`` and ``formatters`` shape the human formats only: JSON and CSV
-    always carry every field, unformatted, for programs to read."""
-    fmt = Format(fmt)
-    df = to_frame(rows)
-    if fmt is Format.json:
-        records = [{k: _clean(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
-        return json.dumps(records, indent=2, default=_json_default)
-    if fmt is Format.csv:
-        return df.to_csv(index=False)
-    view = df[[c for c in columns if c in df.columns]] if columns else df
-    view = view.copy()
-    for col, f in (formatters or {}).items():
-        if col in view.columns:
-            view[col] = view[col].map(
-                lambda v, f=f: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f(v)
-            )
-    view = view.astype(object).where(view.notna(), "")
-    if fmt is Format.markdown:
-        head = "| " + " | ".join(map(str, view.columns)) + " |"
-        sep = "|" + "|".join("---" for _ in view.columns) + "|"
-        body = ["| " + " | ".join(str(v) for v in r) + " |" for r in view.itertuples(index=False)]
-        text = "\n".join([head, sep, *body])
-        return f"**{title}**\n\n{text}" if title else text
+def _markdown_cell(value: Any) -> str:
+    # A `|` would end the cell; a newline would end the row.
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(view: pd.DataFrame, title: str | None) -> str:
+    head = "| " + " | ".join(_markdown_cell(c) for c in view.columns) + " |"
+    sep = "|" + "|".join("---" for _ in view.columns) + "|"
+    body = [
+        "| " + " | ".join(_markdown_cell(v) for v in r) + " |" for r in view.itertuples(index=False)
+    ]
+    text = "\n".join([head, sep, *body])
+    return f"**{title}**\n\n{text}" if title else text
+
+
+def terminal_width() -> int | None:
+    """The width a table printed on stdout must fit: ``$COLUMNS``, else the terminal's; None
+    when stdout is a pipe or a file (then nothing wraps, for grep and diff)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty():
+        import shutil
+
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def _table(view: pd.DataFrame, title: str | None, width: int | None) -> str:
     from io import StringIO
 
     from rich.console import Console
@@ -103,11 +209,43 @@ def render_text(
         table.add_column(str(col), overflow="fold")
     for r in view.itertuples(index=False):
         table.add_row(*(str(v) for v in r))
-    buf = StringIO()
-    # Wide enough that no cell wraps: tables are read, and also grepped and diffed.
+    # The natural width (no cell wraps), capped at `width`: then rich wraps cells, folding
+    # words longer than their column, instead of cutting the table at the terminal's edge.
     widths = [max([len(str(c))] + [len(str(v)) for v in view[c]]) for c in view.columns]
-    Console(file=buf, width=sum(widths) + 3 * len(widths) + 1, force_terminal=False).print(table)
+    natural = max(sum(widths) + 3 * len(widths) + 1, len(title or ""))
+    buf = StringIO()
+    Console(file=buf, width=min(natural, width or natural), force_terminal=False).print(table)
     return buf.getvalue().rstrip("\n")
+
+
+def render_text(
+    rows: Sequence[Any] | pd.DataFrame,
+    fmt: Format | str,
+    *,
+    columns: Sequence[str] | None = None,
+    formatters: dict[str, Callable[[Any], str]] | None = None,
+    title: str | None = None,
+    width: int | None = None,
+) -> str:
+    """Rows as text. ``columns`` and ``formatters`` shape the human formats only: JSON and CSV
+    always carry every field, unformatted, for programs to read. ``width`` caps a table's
+    width (cells wrap); None: as wide as its cells."""
+    fmt = Format(fmt)
+    df = to_frame(rows)
+    if fmt is Format.json:
+        records = [{k: _clean(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
+        return json.dumps(records, indent=2, default=_json_default)
+    if fmt is Format.csv:
+        return df.to_csv(index=False)
+    view = df[[c for c in columns if c in df.columns]] if columns else df
+    view = view.astype(object).where(view.notna(), None)
+    for col, f in (formatters or {}).items():
+        if col in view.columns:
+            view[col] = view[col].map(lambda v, f=f: "" if _clean(v) is None else f(v))
+    view = view.where(view.notna(), "")
+    if fmt is Format.markdown:
+        return _markdown(view, title)
+    return _table(view, title, width)
 
 
 def check_writable(output: Path) -> None:
@@ -153,13 +291,16 @@ def render(
     output: Path | None = None,
     **kwargs: Any,
 ) -> str:
-    """Render rows, print them (stdout) or write them to ``output``; returns the text."""
-    import sys
+    """Render rows, print them (stdout) or write them to ``output``; returns the text.
 
+    A table on stdout fits the terminal (:func:`terminal_width`); in a file it is not wrapped.
+    """
+    if output is None and "width" not in kwargs:
+        kwargs["width"] = terminal_width()
     text = render_text(rows, fmt, **kwargs)
     if output is not None:
         write_text(text, output)
         print(f"wrote {output}", file=sys.stderr)
     else:
-        print(text)
+        print(text.rstrip("\n"))  # CSV ends with a newline: no blank line after it
     return text

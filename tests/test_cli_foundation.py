@@ -113,7 +113,8 @@ def test_help_lists_every_command_without_importing_them():
         "import sys\n"
         "from afictl.cli.app import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('afictl.cli.') and m[11:] not in ('app', '_util'))\n"
+        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('afictl.cli.')\n"
+        "                and m[11:] not in ('app', '_util'))\n"
         "print('LOADED', loaded)\n"
     )
     proc = subprocess.run(
@@ -145,3 +146,43 @@ def test_subcommand_help_is_complete(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # rich would shorten long option names to 80 columns
     code, out, _ = run(capsys, "bench", "--help")
     assert code == 0 and "--memory-efficient" in out and "speed_ratio" in out
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("afi_resnet2", ["afi_resnet20"]),  # a bare word matches anywhere in the name
+        ("ResNet11", ["afi_resnet110", "resnet110"]),  # case-insensitive
+        ("resnet?0", ["resnet20", "resnet50"]),  # `?` is one character, the whole name
+        ("afi_resnet1*", ["afi_resnet101", "afi_resnet110", "afi_resnet152"]),
+    ],
+)
+def test_models_pattern(capsys, pattern, expected):
+    code, out, err = run(capsys, "models", pattern, "-f", "json")
+    assert code == 0, err
+    assert [r["name"] for r in json.loads(out)] == expected
+
+
+def test_models_bare_afi_lists_exactly_the_afi_models(capsys):
+    from afictl.models import get_model_info, list_models
+
+    code, out, _ = run(capsys, "models", "afi", "-f", "json")
+    names = [r["name"] for r in json.loads(out)]
+    assert code == 0 and names == [n for n in list_models() if "afi" in n]
+    assert names and all(get_model_info(n).is_afi for n in names)
+
+
+def test_models_no_match_is_one_line_with_the_closest_names(capsys):
+    code, out, err = run(capsys, "models", "afi_resnt50")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "no registered model matches 'afi_resnt50'" in err and "afi_resnet50" in err
+    code, _, err = run(capsys, "models", "zzzz*")
+    assert code == 2 and err.count("\n") == 1 and "afictl models" in err
+
+
+def test_version_flag(capsys):
+    import afictl
+
+    for flag in ("--version", "-V"):
+        code, out, _ = run(capsys, flag)
+        assert code == 0 and out.strip() == f"afictl {afictl.__version__}"

@@ -5,6 +5,8 @@ afi_resnet20 (the smallest of the zoo and its AFI version, about 15 s together),
 `slow` (2-20 s per model and format on two cores).
 """
 
+import csv
+import io
 import json
 import sys
 
@@ -62,15 +64,15 @@ def test_cli_onnx_batch_is_dynamic(capsys, tmp_path):
         "export",
         "--arch",
         "resnet20",
-        "--format",
+        "--to",
         "onnx",
-        "--output",
+        "--export-file",
         path,
         "--opset",
         18,
         "--batch-size",
         2,
-        "--print-format",
+        "--format",
         "json",
     )
     assert code == 0, err
@@ -101,7 +103,7 @@ def test_cli_pt2_from_suffix_dynamic_batch_small_input(capsys, tmp_path):
         "export",
         "-a",
         "resnet20",
-        "-o",
+        "--export-file",
         path,
         "-b",
         4,
@@ -109,11 +111,16 @@ def test_cli_pt2_from_suffix_dynamic_batch_small_input(capsys, tmp_path):
         16,
         "--num-classes",
         10,
-        "-p",
+        "-f",
         "csv",
+        "-o",
+        tmp_path / "results.csv",  # the results file, as in every command
     )
     assert code == 0, err
-    assert "pt2" in out and "resnet20" in out
+    assert out == ""  # the results went to --output
+    (fields,) = csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))
+    assert fields["format"] == "pt2" and fields["arch"] == "resnet20"
+    assert fields["path"] == str(path) and fields["bytes"] == str(path.stat().st_size)
     program = torch.export.load(str(path)).module()
     for batch in (1, 7):
         with torch.no_grad():
@@ -137,21 +144,29 @@ def test_checkpoint_export(capsys, tmp_path):
             "class_names": None,
         },
     )
-    code, out, err = run(capsys, "export", "-c", tmp_path, "-o", tmp_path / "r.pt2", "-p", "json")
+    code, out, err = run(
+        capsys, "export", "-c", tmp_path, "--export-file", tmp_path / "r.pt2", "-f", "json"
+    )
     assert code == 0, err
     (row,) = json.loads(out)
     assert row["arch"] == "resnet20" and row["input_size"] == 24 and row["passed"]
     diff, peak = verify_file(tmp_path / "r.pt2", model, input_size=24)
     assert diff <= tolerance(peak)  # the checkpoint's weights, not random ones
-    code, _, err = run(capsys, "export", "-c", ckpt, "--num-classes", 5, "-o", tmp_path / "x.pt2")
+    code, _, err = run(
+        capsys, "export", "-c", ckpt, "--num-classes", 5, "--export-file", tmp_path / "x.pt2"
+    )
     assert code == 2 and "--num-classes" in err and err.count("\n") == 1
-    code, _, err = run(capsys, "export", "-c", ckpt, "--arch", "resnet32", "-o", tmp_path / "x.pt2")
+    code, _, err = run(
+        capsys, "export", "-c", ckpt, "--arch", "resnet32", "--export-file", tmp_path / "x.pt2"
+    )
     assert code == 2 and "resnet32" in err and err.count("\n") == 1
 
 
 def test_missing_extra_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails
-    code, out, err = run(capsys, "export", "--arch", "resnet20", "-o", tmp_path / "r.onnx")
+    code, out, err = run(
+        capsys, "export", "--arch", "resnet20", "--export-file", tmp_path / "r.onnx"
+    )
     assert code == 2 and out == "" and err.count("\n") == 1
     assert (
         "onnxruntime" in err
@@ -160,7 +175,14 @@ def test_missing_extra_is_one_line(capsys, tmp_path, monkeypatch):
     )
     assert list(tmp_path.iterdir()) == []
     code, _, err = run(
-        capsys, "export", "--arch", "resnet20", "-o", tmp_path / "r.pt2", "--input-size", 16
+        capsys,
+        "export",
+        "--arch",
+        "resnet20",
+        "--export-file",
+        tmp_path / "r.pt2",
+        "--input-size",
+        16,
     )
     assert code == 0, err  # pt2 needs torch only
 
@@ -175,12 +197,22 @@ def test_verification_failure_exits_2_and_writes_nothing(capsys, tmp_path, monke
     monkeypatch.setattr(export_mod, "_runner", corrupted)
     path = tmp_path / "r20.pt2"
     path.write_bytes(b"previous")
-    code, out, err = run(capsys, "export", "--arch", "resnet20", "-o", path, "--input-size", 16)
+    code, out, err = run(
+        capsys, "export", "--arch", "resnet20", "--export-file", path, "--input-size", 16
+    )
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "verification failed" in err and "nothing written" in err
     assert path.read_bytes() == b"previous" and list(tmp_path.iterdir()) == [path]
     code, _, err = run(
-        capsys, "export", "--arch", "resnet20", "-o", path, "--input-size", 16, "--no-verify"
+        capsys,
+        "export",
+        "--arch",
+        "resnet20",
+        "--export-file",
+        path,
+        "--input-size",
+        16,
+        "--no-verify",
     )
     assert code == 0, err
     assert path.read_bytes() != b"previous"
@@ -192,7 +224,7 @@ def test_exporter_failure_leaves_nothing(capsys, tmp_path, monkeypatch):
         raise RuntimeError("unsupported operator\nwith a long second line")
 
     monkeypatch.setattr(export_mod, "_export_pt2", broken)
-    code, _, err = run(capsys, "export", "--arch", "resnet20", "-o", tmp_path / "r.pt2")
+    code, _, err = run(capsys, "export", "--arch", "resnet20", "--export-file", tmp_path / "r.pt2")
     assert code == 2 and err.count("\n") == 1
     assert "could not export resnet20 to pt2: RuntimeError: unsupported operator" in err
     assert list(tmp_path.iterdir()) == []
@@ -201,13 +233,18 @@ def test_exporter_failure_leaves_nothing(capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--arch", "resnet20", "--format", "json"], "--print-format json"),
-        (["--arch", "resnet20", "--format", "tflite"], "choose onnx or pt2"),
-        (["--arch", "resnet20", "-o", "model.bin"], "name it .onnx or .pt2"),
-        (["--arch", "resnet20", "-o", "model.onnx", "--format", "pt2"], "suffix .onnx"),
+        # the old spellings, whose names now mean the results: one line pointing to the new
+        (["--arch", "resnet20", "--format", "onnx"], "use --to onnx"),
+        (["--arch", "resnet20", "-f", "pt2"], "use --to pt2"),
+        (["--arch", "resnet20", "-o", "model.onnx"], "--export-file model.onnx"),
+        (["--arch", "resnet20", "--print-format", "json"], "use --format json"),
+        (["--arch", "resnet20", "--format", "yaml"], "choose table, json, csv or markdown"),
+        (["--arch", "resnet20", "--to", "tflite"], "'onnx', 'pt2'"),
+        (["--arch", "resnet20", "--export-file", "model.bin"], "name it .onnx or .pt2"),
+        (["--arch", "resnet20", "--export-file", "model.onnx", "--to", "pt2"], "suffix .onnx"),
         (
-            ["--arch", "resnet20", "-o", "model.pt2", "--opset", "18"],
-            "--opset applies to --format onnx",
+            ["--arch", "resnet20", "--export-file", "model.pt2", "--opset", "18"],
+            "--opset applies to --to onnx",
         ),
         (["--arch", "resnet20", "--opset", "17"], "x>=18"),
         (["--arch", "resnet20", "--batch-size", "1"], "x>=2"),

@@ -91,7 +91,7 @@ def test_memory_of_a_baseline_has_no_ratio_and_bad_device_fails(capsys):
     (row,) = json.loads(out)
     assert code == 0 and row["baseline"] is None and row["train_ratio"] is None
     code, _, err = run(capsys, "memory", "--arch", "afi_resnet20", "--device", "tpu")
-    assert code == 2 and "cpu or cuda" in err
+    assert code == 2 and "--device must be cpu, cuda, cuda:N or auto, got 'tpu'" in err
     if not torch.cuda.is_available():
         code, _, err = run(capsys, "memory", "--arch", "afi_resnet20", "--device", "cuda")
         assert code == 2 and "no CUDA device" in err
@@ -166,10 +166,21 @@ def test_bench_json_with_tiny_sizes(capsys):
 
 
 def test_bench_rejects_bad_input(capsys):
-    code, _, err = run(capsys, "bench", "--arch", "afi_resnet20", "--mode", "fly", "-r", "1")
+    code, _, err = run(capsys, "bench", "--arch", "afi_resnet20", "--mode", "fly", "--repeats", 1)
     assert code == 2 and "--mode fly" in err
-    code, _, err = run(capsys, "bench", "--arch", "afi_resnet20", "--timer", "sundial", "-r", "1")
+    code, _, err = run(
+        capsys, "bench", "--arch", "afi_resnet20", "--timer", "sundial", "--repeats", 1
+    )
     assert code == 2 and "--timer sundial" in err
+    code, _, err = run(capsys, "bench", "--arch", "afi_resnet20", "-r", "1")
+    assert code == 2 and "No such option '-r'" in err  # -r is --reduction only (flops, train)
+    code, _, err = run(capsys, "bench", "--arch", "afi_resnet20", "--amp")
+    assert code == 2 and "--amp" in err and err.count("\n") == 1  # --amp takes a value
+    code, _, err = run(capsys, "bench", "--arch", "afi_resnet20", "--amp", "fp32")
+    assert code == 2 and "--amp must be one of none, bf16, fp16" in err
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, "bench", "--arch", "afi_resnet20", "--amp", "fp16")
+        assert code == 2 and "--amp fp16 needs CUDA" in err
     with pytest.raises(Exception, match="no AFI counterpart"):
         pair_of("densenet40")
 
@@ -184,3 +195,28 @@ def test_resident_memory_probe_runs_in_a_fresh_process():
 
     grown = rss_peak("afi_resnet20", 4, "train", input_size=16)
     assert 0 < grown < 2**31  # what one small step adds, not the process's import peak
+
+
+def test_bench_amp_bf16_and_device_auto(capsys):
+    """--amp takes a value (recorded in the row); --device defaults to auto, cpu without CUDA."""
+    args = ["bench", "-a", "resnet20", "--mode", "infer", "-b", "2", "--input-size", "16"]
+    args += ["--repeats", "1", "--warmup", "0", "--threads", "1", "--amp", "bf16", "-f", "json"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["amp"] == "bf16" and row["images_per_sec"] > 0
+    assert row["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_memory_device_auto_is_the_cpu_account_without_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("auto means cuda here")
+    rows = {}
+    for device in ([], ["--device", "cpu"], ["--device", "auto"]):
+        code, out, err = run(
+            capsys, "memory", "-a", "afi_resnet20", "-b", "2", "-f", "json", *device
+        )
+        assert code == 0, err
+        rows[tuple(device)] = json.loads(out)[0]
+    assert rows[()] == rows[("--device", "cpu")] == rows[("--device", "auto")]
+    assert rows[()]["device"] == "cpu" and rows[()]["cuda_train_bytes"] is None

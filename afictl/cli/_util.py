@@ -1,4 +1,9 @@
-"""Options and helpers shared by every command (like spaCy's ``cli/_util.py``)."""
+"""Options and helpers shared by every command (like spaCy's ``cli/_util.py``).
+
+Light at import (stdlib, typer, click, :mod:`afictl.render`'s ``Format``,
+afictl/validate.py): ``--help`` of every command builds its options from here without
+importing torch.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,38 @@ from typing import Annotated
 import typer
 
 from ..render import Format
+from ..validate import AMP_CHOICES, check_option  # light: stdlib and afictl.errors only
+
+__all__ = [
+    "AMP_CHOICES",
+    "DEVICE_CHOICES",
+    "AmpOpt",
+    "ArchOpt",
+    "DeviceOpt",
+    "FormatOpt",
+    "OutputOpt",
+    "absolute_path",
+    "resolve_device",
+]
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 FormatOpt = Annotated[
     Format,
     typer.Option(
-        "--format", "-f", help="Output format: table, json, csv or markdown.", case_sensitive=False
+        "--format",
+        "-f",
+        help="Results format: table, json, csv or markdown.",
+        case_sensitive=False,
     ),
 ]
 OutputOpt = Annotated[
     Path | None,
     typer.Option(
-        "--output", "-o", help="Write the results to this file instead of stdout.", dir_okay=False
+        "--output",
+        "-o",
+        help="Write the results (in --format) to this file instead of stdout.",
+        dir_okay=False,
     ),
 ]
 ArchOpt = Annotated[
@@ -27,6 +53,46 @@ ArchOpt = Annotated[
         "--arch", "-a", help="Registered architecture name (repeatable); see `afictl models`."
     ),
 ]
+
+
+def _checked(name: str):
+    """A click callback running afictl/validate.py's check of option ``name``: the same
+    one-line message from the command line, a config file and the library."""
+
+    def callback(value: str | None) -> str | None:
+        return None if value is None else check_option(name, value)
+
+    return callback
+
+
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        metavar="[auto|cpu|cuda]",
+        callback=_checked("device"),
+        help="auto (cuda when available, else cpu), cpu or cuda.",
+    ),
+]
+AmpOpt = Annotated[
+    str,
+    typer.Option(
+        "--amp",
+        metavar="[none|bf16|fp16]",
+        callback=_checked("amp"),
+        help="Mixed precision (autocast): none, bf16 or fp16.",
+    ),
+]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a CUDA device, else ``cpu``; others unchanged.
+    Imports torch: call it inside a command, never at module import."""
+    if device.lower() != "auto":
+        return device.lower()
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def absolute_path(option: str, path: Path | None) -> str | None:

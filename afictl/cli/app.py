@@ -6,6 +6,7 @@ import ast
 import importlib
 import sys
 from importlib.resources import files
+from typing import Annotated
 
 import click
 import typer
@@ -87,8 +88,27 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"afictl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_version,
+            is_eager=True,
+            help="Print `afictl X.Y.Z` and exit.",
+        ),
+    ] = False,
+) -> None:
     # A callback makes Typer build a group (the commands come from _LazyGroup); help= above.
     pass
 

@@ -6,12 +6,9 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import Progress
 
-from ..profiling.bench import MODES, bench
-from ..render import Format, render
-from ._util import ArchOpt, FormatOpt, OutputOpt
+from ..render import Format
+from ._util import AmpOpt, ArchOpt, DeviceOpt, FormatOpt, OutputOpt
 
 
 def bench_cli(
@@ -21,7 +18,8 @@ def bench_cli(
         typer.Option(
             "--mode",
             "-m",
-            help="train (a full SGD step) or infer (one no-grad forward); repeatable. Default: both.",
+            help="train (a full SGD step) or infer (one no-grad forward); repeatable. "
+            "Default: both.",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size.")] = 64,
@@ -32,21 +30,18 @@ def bench_cli(
         int | None, typer.Option(min=1, help="Classes (default: 100 CIFAR, 1000 ImageNet).")
     ] = None,
     repeats: Annotated[
-        int, typer.Option("--repeats", "-r", min=1, help="Timed repeats per model (medians).")
+        int, typer.Option("--repeats", min=1, help="Timed repeats per model (medians).")
     ] = 7,
     iters: Annotated[int, typer.Option(min=1, help="Steps per timed repeat.")] = 1,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed steps per model first.")] = 2,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "auto",
     channels_last: Annotated[
         bool,
         typer.Option(
             "--channels-last", help="Both models and the input in channels-last memory format."
         ),
     ] = False,
-    amp: Annotated[
-        bool,
-        typer.Option("--amp", help="Autocast: bfloat16 on CPU, float16 (+ grad scaling) on CUDA."),
-    ] = False,
+    amp: AmpOpt = "none",
     compile: Annotated[
         bool, typer.Option("--compile", help="torch.compile both models (inductor).")
     ] = False,
@@ -63,13 +58,15 @@ def bench_cli(
         bool,
         typer.Option(
             "--allocator-cache/--no-allocator-cache",
-            help="Keep freed memory in the process (glibc mallopt) so steps do not page-fault; both models alike.",
+            help="Keep freed memory in the process (glibc mallopt) so steps do not "
+            "page-fault; both models alike.",
         ),
     ] = True,
     timer: Annotated[
         str,
         typer.Option(
-            help="wall, or cpu (process CPU time: ignores time preempted by other jobs; use with --threads 1)."
+            help="wall, or cpu (process CPU time: ignores time preempted by other jobs; "
+            "use with --threads 1)."
         ),
     ] = "wall",
     fmt: FormatOpt = Format.table,
@@ -80,9 +77,18 @@ def bench_cli(
     The two models alternate (A B, B A, ...) after warm-up steps; speed_ratio is the median
     over repeats of baseline-time / AFI-time, so > 1 means the AFI model is faster. A
     baseline name is paired with its AFI counterpart. Default: afi_resnet110, both modes.
+    --amp bf16 autocasts to bfloat16 (CPU or CUDA); fp16 to float16 with gradient scaling
+    (CUDA only).
     """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ..profiling.bench import MODES, bench, resolve_device
+    from ..render import render
+
     archs = arch or ["afi_resnet110"]
     modes = tuple(mode or MODES)
+    device = resolve_device(device)
     with Progress(
         console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()
     ) as progress:

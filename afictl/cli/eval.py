@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..render import Format, render, write_text
-from ._util import FormatOpt, OutputOpt
+from ..render import Format
+from ._util import AmpOpt, DeviceOpt, FormatOpt, OutputOpt
 
 
 def eval_cli(
@@ -31,7 +32,8 @@ def eval_cli(
         Path | None,
         typer.Option(
             "--data-root",
-            help="Dataset folder (default: the recorded one, else $AFICTL_DATA/<dataset> or ./data/<dataset>).",
+            help="Dataset folder (default: the recorded one, else `$AFICTL_DATA/{dataset}` "
+            "or `./data/{dataset}`).",
         ),
     ] = None,
     split: Annotated[
@@ -53,8 +55,8 @@ def eval_cli(
     workers: Annotated[
         int | None, typer.Option("--workers", "-j", help="Data loading processes.")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "auto",
-    amp: Annotated[str, typer.Option("--amp", help="none, bf16 or fp16.")] = "none",
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = "none",
     bad_images: Annotated[
         str, typer.Option("--bad-images", help="skip (default) or stop at an unreadable image.")
     ] = "skip",
@@ -64,22 +66,43 @@ def eval_cli(
     """Evaluate a checkpoint (paper's eval transforms): top-1, top-5, loss, images.
 
     With --format json: one JSON object with arch, top1, top5 (percent), loss and images.
+    A progress bar runs on stderr while it evaluates; stdout carries the results only.
     """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ..render import render, write_text
     from ..train import evaluate_checkpoint
 
-    result = evaluate_checkpoint(
-        checkpoint,
-        data,
-        data_root,
-        split=split,
-        arch=arch,
-        data_size=data_size,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        amp=amp,
-        bad_images=bad_images,
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
     )
+    # On a terminal only: a log file of stderr gets the warnings, not the bar's redraws.
+    bar = Progress(
+        *columns,
+        console=Console(file=sys.stderr),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    )
+    with bar:
+        task = bar.add_task("evaluating", total=None)
+        result = evaluate_checkpoint(
+            checkpoint,
+            data,
+            data_root,
+            split=split,
+            arch=arch,
+            data_size=data_size,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            amp=amp,
+            bad_images=bad_images,
+            progress=lambda done, total: bar.update(task, completed=done, total=total or None),
+        )
     if fmt is Format.json:
         text = json.dumps(result)
         if output is not None:

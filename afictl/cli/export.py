@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from ..errors import UserError
-from ..render import Format, human, render
+from ..render import Format
+from ._util import OutputOpt
 
 
 class ExportFormat(StrEnum):
@@ -17,19 +18,24 @@ class ExportFormat(StrEnum):
     pt2 = "pt2"
 
 
-def _format(value: str | None) -> str | None:
-    """``--format``: the file format; a results format here gets a pointer to --print-format."""
-    if value is None:
-        return None
+def _results_format(value: str) -> Format:
+    """``--format``: the results format, as in every command; a file format gets ``--to``."""
     value = value.lower()
-    if value in Format.__members__:
+    if value in ExportFormat.__members__:
         raise UserError(
-            f"--format is the file format of afictl export (onnx or pt2); "
-            f"for {value} results use --print-format {value}"
+            f"--format is the results format (table, json, csv, markdown): use --to {value}"
         )
-    if value not in ExportFormat.__members__:
-        raise UserError(f"--format {value}: choose onnx or pt2")
-    return value
+    if value not in Format.__members__:
+        raise UserError(f"--format {value}: choose table, json, csv or markdown")
+    return Format(value)
+
+
+def _check_results_file(output: Path | None) -> None:
+    """``--output`` is the results file: a model file name there is the old spelling."""
+    if output is not None and output.suffix.lower().lstrip(".") in ExportFormat.__members__:
+        raise UserError(
+            f"--output is the results file; the exported model goes to --export-file {output}"
+        )
 
 
 def _diff(value: float) -> str:
@@ -53,19 +59,20 @@ def export_cli(
             help="Registered architecture (random weights); with -c: the expected one.",
         ),
     ] = None,
-    file_format: Annotated[
-        str | None,
+    to: Annotated[
+        ExportFormat | None,
         typer.Option(
-            "--format",
-            "-f",
-            metavar="onnx|pt2",
-            help="File format (default: the suffix of --output, else onnx).",
+            "--to",
+            case_sensitive=False,
+            help="File format (default: the suffix of --export-file, else onnx).",
         ),
     ] = None,
-    output: Annotated[
+    export_file: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", dir_okay=False, help="The exported file (default: ./ARCH.FORMAT)."
+            "--export-file",
+            dir_okay=False,
+            help="The exported model file (default: `./{arch}.{format}`); folders are created.",
         ),
     ] = None,
     opset: Annotated[
@@ -103,43 +110,51 @@ def export_cli(
             "--verify/--no-verify", help="Run the file against the eager model before writing it."
         ),
     ] = True,
-    print_format: Annotated[
-        Format,
+    fmt: Annotated[
+        str,
         typer.Option(
-            "--print-format",
-            "-p",
-            case_sensitive=False,
+            "--format",
+            "-f",
+            metavar="[table|json|csv|markdown]",
             help="Results format: table, json, csv or markdown.",
         ),
-    ] = Format.table,
+    ] = "table",
+    output: OutputOpt = None,
+    print_format: Annotated[
+        str | None, typer.Option("--print-format", "-p", hidden=True)  # the old spelling
+    ] = None,
 ) -> None:
     """Export a model to ONNX or torch.export (.pt2) with a dynamic batch, and verify the file.
 
     The model is --arch NAME with random weights (eval mode) or a checkpoint (-c). ONNX uses the
     torch.export-based exporter (onnxscript; weights inside the file) and is run back with
     ONNX Runtime; .pt2 is torch.export.save, run back with torch.export.load. Before the file
-    replaces --output it runs at batches 1 and B+1 (B: --batch-size), which differ from the
+    replaces --export-file it runs at batches 1 and B+1 (B: --batch-size), which differ from the
     traced batch, and its outputs are compared with the eager model in fp32: it passes when
     max|diff| <= TOLERANCE * max|eager|. A failure writes nothing and exits with 2.
 
-    Here --format and --output name the exported file (the issue's `--format onnx|pt2`); the
-    printed results take --print-format instead of the usual --format. ONNX needs the extra:
-    pip install -e ".[export]".
+    --to picks the file format; --format and --output are the results format and file, as in
+    every command. ONNX needs the extra: pip install -e ".[export]".
     """
     from ..export import DEFAULT_OPSET, export, infer_format
+    from ..render import human, render
 
-    fmt = _format(file_format)
-    if output is not None:
-        fmt = infer_format(output, fmt)
-    if opset is not None and fmt == "pt2":
-        raise UserError("--opset applies to --format onnx only")
+    if print_format is not None:
+        raise UserError(f"--print-format is now --format: use --format {print_format}")
+    results_format = _results_format(fmt)
+    _check_results_file(output)
+    file_format = to.value if to is not None else None
+    if export_file is not None:
+        file_format = infer_format(export_file, file_format)
+    if opset is not None and file_format == "pt2":
+        raise UserError("--opset applies to --to onnx only")
     result = export(
-        output,
+        export_file,
         arch=arch,
         checkpoint=checkpoint,
         num_classes=num_classes,
         input_size=input_size,
-        format=fmt,
+        format=file_format,
         opset=opset or DEFAULT_OPSET,
         batch_size=batch_size,
         verify=verify,
@@ -148,13 +163,14 @@ def export_cli(
     if result.passed is False:
         raise UserError(
             f"verification failed: {Path(result.path).name} differs from the eager model by "
-            f"{result.max_abs_diff:.3g} at batches {result.verify_batches} (tolerance {result.tolerance:.3g}); "
+            f"{result.max_abs_diff:.3g} at batches {result.verify_batches} "
+            f"(tolerance {result.tolerance:.3g}); "
             "nothing written (--no-verify writes it unchecked)"
         )
     render(
         [result],
-        print_format,
-        None,
+        results_format,
+        output,
         columns=[
             "arch",
             "format",

@@ -6,13 +6,9 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import Progress
 
-from ..errors import UserError
-from ..profiling.memory import count_steps, memory_report
-from ..render import Format, render
-from ._util import ArchOpt, FormatOpt, OutputOpt
+from ..render import Format
+from ._util import ArchOpt, DeviceOpt, FormatOpt, OutputOpt
 
 
 def _mib(value: int) -> str:
@@ -37,9 +33,7 @@ def memory_cli(
             help="AFI models recompute [X(i), R(i)] in backward instead of storing it.",
         ),
     ] = False,
-    device: Annotated[
-        str, typer.Option(help="cpu, or cuda to add torch.cuda.max_memory_allocated peaks.")
-    ] = "cpu",
+    device: DeviceOpt = "auto",
     rss: Annotated[
         bool,
         typer.Option(
@@ -56,14 +50,19 @@ def memory_cli(
     train_bytes = parameters + gradients + SGD momentum + every tensor saved for backward
     (each storage once); infer_bytes = parameters + the peak of live tensors during one
     no-grad forward. This exact account runs on the meta device (no memory is allocated) and
-    does not depend on the allocator. --device cuda adds the CUDA allocator peaks
-    (cuda_train_bytes, cuda_infer_bytes), --rss what one step adds to the resident memory of
-    a fresh process (rss_train_bytes, rss_infer_bytes). Default: afi_resnet50 at batch 64,
-    the paper's Table 6.
+    does not depend on the allocator. On CUDA (--device cuda, or auto when a GPU is there)
+    the CUDA allocator peaks are added (cuda_train_bytes, cuda_infer_bytes); --rss adds what
+    one step adds to the resident memory of a fresh process (rss_train_bytes,
+    rss_infer_bytes). Default: afi_resnet50 at batch 64, the paper's Table 6.
     """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ..profiling.memory import count_steps, memory_report, resolve_device
+    from ..render import render
+
     archs = arch or ["afi_resnet50"]
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: choose cpu or cuda")
+    device = resolve_device(device)
     with Progress(
         console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()
     ) as progress:

@@ -6,32 +6,36 @@ from typing import Annotated
 
 import typer
 
-from ..models.catalog import catalog
-from ..render import Format, human, render
+from ..errors import UserError
+from ..render import Format
 from ._util import FormatOpt, OutputOpt
 
 
 def models_cli(
     include: Annotated[
-        str, typer.Argument(help="Wildcard filter, e.g. 'afi_*' or '*resnet*'.")
+        str,
+        typer.Argument(
+            metavar="PATTERN",
+            help="Names to list: a bare word matches anywhere in the name (`afi`, `resnet5`), "
+            "`*` and `?` are wildcards (`afi_*`, `resnet?0`); case-insensitive.",
+        ),
     ] = "*",
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
-    """List the registered architectures: family, input size, parameters, baseline."""
+    """List the registered architectures: family, input size, parameters, baseline.
+
+    `afictl models afi` lists the AFI models; a pattern that matches nothing is an error
+    (exit 2) naming the closest registered names.
+    """
+    from ..models.catalog import catalog
+    from ..render import human, render
+
     rows = catalog(include)
     if not rows:  # an empty table looks like an empty registry
-        import difflib
+        from ..models.catalog import closest_names
 
-        from ..errors import UserError
-        from ..models import list_models
-
-        stem = include.replace("*", "").replace("?", "")
-        close = difflib.get_close_matches(stem, list_models(), n=4, cutoff=0.3) if stem else []
-        hint = (
-            f"; closest names: {', '.join(close)}" if close else "; `afictl models` lists them all"
-        )
-        raise UserError(f"no registered model matches {include!r}{hint}")
+        raise UserError(_no_match(include, closest_names(include)))
     render(
         rows,
         fmt,
@@ -40,3 +44,8 @@ def models_cli(
         formatters={"params": human},
         title=f"{len(rows)} registered models",
     )
+
+
+def _no_match(pattern: str, close: list[str]) -> str:
+    hint = f"; closest names: {', '.join(close)}" if close else "; `afictl models` lists them all"
+    return f"no registered model matches {pattern!r}{hint}"

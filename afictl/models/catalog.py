@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from .registry import get_model_info, list_models
 
-__all__ = ["ModelRow", "catalog"]
+__all__ = ["ModelRow", "catalog", "closest_names"]
 
 
 @dataclass
@@ -40,3 +40,16 @@ def catalog(include: str | list[str] = "*") -> list[ModelRow]:
             )
         )
     return rows
+
+
+def closest_names(pattern: str, n: int = 4) -> list[str]:
+    """The registered names closest to ``pattern`` (wildcards dropped), for a no-match hint."""
+    import difflib
+
+    stem = pattern.lower().replace("*", "").replace("?", "")
+    if not stem:
+        return []
+    names = list_models()
+    by_lower = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(stem, list(by_lower), n=n, cutoff=0.3)
+    return [by_lower[c] for c in close]

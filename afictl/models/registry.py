@@ -103,14 +103,25 @@ def register_model(
     return wrap
 
 
+def _pattern(pattern: str) -> str:
+    """A pattern as fnmatch reads it, lowercased: a bare word (no ``*``, ``?`` or ``[``)
+    matches as a substring (``afi`` -> ``*afi*``), as ``pip list | grep`` does."""
+    pattern = pattern.lower()
+    return pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+
+
 def list_models(
     include: str | list[str] = "*", exclude: str | list[str] | None = None
 ) -> list[str]:
-    """Registered names matching any ``include`` pattern and no ``exclude`` pattern, sorted."""
-    inc = [include] if isinstance(include, str) else include
-    exc = [exclude] if isinstance(exclude, str) else (exclude or [])
-    names = [n for n in _REGISTRY if any(fnmatch.fnmatch(n, p) for p in inc)]
-    names = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in exc)]
+    """Registered names matching any ``include`` pattern and no ``exclude`` pattern, sorted.
+
+    Patterns are case-insensitive; ``*`` and ``?`` are wildcards (fnmatch, as timm's
+    ``list_models``) and a bare word matches anywhere in the name (``"afi"``, ``"resnet5"``).
+    """
+    inc = [_pattern(p) for p in ([include] if isinstance(include, str) else include)]
+    exc = [_pattern(p) for p in ([exclude] if isinstance(exclude, str) else (exclude or []))]
+    names = [n for n in _REGISTRY if any(fnmatch.fnmatchcase(n.lower(), p) for p in inc)]
+    names = [n for n in names if not any(fnmatch.fnmatchcase(n.lower(), p) for p in exc)]
     return sorted(names, key=_natural_key)
 
 

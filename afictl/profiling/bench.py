@@ -36,8 +36,9 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import counterpart, create_model, get_model_info
+from .memory import resolve_device  # the same --device rules in memory and bench
 
-__all__ = ["BenchRow", "bench", "configure_allocator", "pair_of"]
+__all__ = ["AMP_CHOICES", "BenchRow", "bench", "configure_allocator", "pair_of", "resolve_device"]
 
 MODES = ("infer", "train")
 
@@ -92,7 +93,7 @@ class BenchRow:
     warmup: int
     threads: int
     channels_last: bool
-    amp: bool
+    amp: str  # none, bf16 or fp16
     compile: bool
     memory_efficient: bool
     aggregation: str
@@ -117,8 +118,11 @@ def pair_of(arch: str) -> tuple[str, str]:
     return other, arch
 
 
-def _amp_dtype(device: str) -> torch.dtype:
-    return torch.float16 if device == "cuda" else torch.bfloat16
+AMP_CHOICES = ("none", "bf16", "fp16")
+
+
+def _amp_dtype(amp: str) -> torch.dtype:
+    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
 class _Runner:
@@ -131,7 +135,7 @@ class _Runner:
         x: torch.Tensor,
         y: torch.Tensor,
         *,
-        amp: bool,
+        amp: str,
         compile: bool,
     ) -> None:
         self.mode, self.x, self.y, self.amp = mode, x, y, amp
@@ -142,13 +146,14 @@ class _Runner:
         self.optimizer = (
             torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if mode == "train" else None
         )
-        use_scaler = amp and self.device == "cuda" and mode == "train"
+        # fp16 gradients underflow without loss scaling; bf16 has float32's range
+        use_scaler = amp == "fp16" and mode == "train"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     def _autocast(self):
         return (
-            torch.autocast(self.device, dtype=_amp_dtype(self.device))
-            if self.amp
+            torch.autocast(self.device, dtype=_amp_dtype(self.amp))
+            if self.amp != "none"
             else nullcontext()
         )
 
@@ -178,6 +183,105 @@ class _Runner:
         return clock() - start
 
 
+def _check(
+    *, modes: tuple[str, ...], device: str, amp: str, timer: str, counts: tuple[int, ...]
+) -> str:
+    """The options checked before any model is built; returns the resolved device."""
+    for mode in modes:
+        if mode not in MODES:
+            raise UserError(f"--mode {mode}: choose from {', '.join(MODES)}")
+    device = resolve_device(device)
+    if amp not in AMP_CHOICES:
+        raise UserError(f"--amp {amp}: choose none, bf16 or fp16")
+    if amp == "fp16" and device != "cuda":
+        raise UserError("--amp fp16 needs CUDA; use --amp bf16 on CPU, or none")
+    if timer not in ("wall", "cpu"):
+        raise UserError(f"--timer {timer}: choose wall or cpu")
+    if timer == "cpu" and device == "cuda":
+        raise UserError("--timer cpu measures the host only; use the wall clock on CUDA")
+    repeats, iters, warmup, batch_size = counts
+    if repeats < 1 or iters < 1 or warmup < 0 or batch_size < 1:
+        raise UserError("--repeats, --iters and --batch-size must be positive, --warmup >= 0")
+    return device
+
+
+def _pair(
+    afi_name: str,
+    base_name: str,
+    *,
+    num_classes: int | None,
+    device: str,
+    channels_last: bool,
+    memory_efficient: bool,
+    batch_size: int,
+    size: int,
+) -> tuple[dict[str, nn.Module], torch.Tensor, torch.Tensor]:
+    """Both models of a pair on ``device``, and one input batch with its targets."""
+    afi_kwargs = {"memory_efficient": True} if memory_efficient else {}
+    models = {}
+    for name, kwargs in ((afi_name, afi_kwargs), (base_name, {})):
+        model = create_model(name, num_classes=num_classes, **kwargs).to(device)  # options checked
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        models[name] = model
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, models[afi_name].num_classes, (batch_size,), device=device)
+    return models, x, y
+
+
+def _interleaved(
+    runners: list[_Runner],
+    *,
+    warmup: int,
+    repeats: int,
+    iters: int,
+    clock: Callable[[], float],
+    progress: Callable[[], None] | None,
+) -> tuple[list[float], list[list[float]]]:
+    """Warm-up times of both runners, then ``repeats`` timings of each, A B then B A."""
+    warm = [r.timed(warmup) for r in runners]  # with --compile: includes compilation
+    times: list[list[float]] = [[], []]
+    for rep in range(repeats):
+        for k in (0, 1) if rep % 2 == 0 else (1, 0):
+            times[k].append(runners[k].timed(iters, clock))
+        if progress is not None:
+            progress()
+    return warm, times
+
+
+def _row(
+    afi_name: str,
+    base_name: str,
+    mode: str,
+    warm: list[float],
+    times: list[list[float]],
+    **settings,
+) -> BenchRow:
+    """One result row from the timings of a pair in one mode (medians, paired ratios)."""
+    batch, iters = settings["batch_size"], settings["iters"]
+    ratios = [b / a for a, b in zip(times[0], times[1], strict=True)]
+    med_afi, med_base = statistics.median(times[0]), statistics.median(times[1])
+    return BenchRow(
+        arch=afi_name,
+        baseline=base_name,
+        mode=mode,
+        images_per_sec=round(batch * iters / med_afi, 2),
+        baseline_images_per_sec=round(batch * iters / med_base, 2),
+        speed_ratio=round(statistics.median(ratios), 4),
+        ms_per_step=round(1000 * med_afi / iters, 3),
+        baseline_ms_per_step=round(1000 * med_base / iters, 3),
+        warmup_seconds=round(warm[0], 3),
+        baseline_warmup_seconds=round(warm[1], 3),
+        ratio_min=round(min(ratios), 4),
+        ratio_max=round(max(ratios), 4),
+        threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        **settings,
+    )
+
+
 def bench(
     archs: list[str],
     *,
@@ -190,7 +294,7 @@ def bench(
     warmup: int = 2,
     device: str = "cpu",
     channels_last: bool = False,
-    amp: bool = False,
+    amp: str = "none",
     compile: bool = False,
     threads: int | None = None,
     memory_efficient: bool = False,
@@ -199,90 +303,60 @@ def bench(
     seed: int = 0,
     progress: Callable[[], None] | None = None,
 ) -> list[BenchRow]:
-    """Time each AFI model of ``archs`` against its baseline (see the module docstring)."""
-    for mode in modes:
-        if mode not in MODES:
-            raise UserError(f"--mode {mode}: choose from {', '.join(MODES)}")
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: choose cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    if timer not in ("wall", "cpu"):
-        raise UserError(f"--timer {timer}: choose wall or cpu")
-    if timer == "cpu" and device == "cuda":
-        raise UserError("--timer cpu measures the host only; use the wall clock on CUDA")
+    """Time each AFI model of ``archs`` against its baseline (see the module docstring).
+
+    ``device`` is ``auto`` (CUDA when available), ``cpu`` or ``cuda``; ``amp`` is ``none``,
+    ``bf16`` or ``fp16`` (CUDA only, with gradient scaling in training).
+    """
+    device = _check(
+        modes=modes,
+        device=device,
+        amp=amp,
+        timer=timer,
+        counts=(repeats, iters, warmup, batch_size),
+    )
     clock = time.perf_counter if timer == "wall" else time.process_time
-    if repeats < 1 or iters < 1 or warmup < 0 or batch_size < 1:
-        raise UserError("--repeats, --iters and --batch-size must be positive, --warmup >= 0")
     pairs = [pair_of(a) for a in archs]
     if threads is not None:
         torch.set_num_threads(threads)
     allocator = configure_allocator(allocator_cache) if device == "cpu" else "cuda-caching"
     from ..layers import aggregation_path
 
+    same = dict(batch_size=batch_size, device=device, channels_last=channels_last)
+    settings = dict(same, repeats=repeats, iters=iters, warmup=warmup, amp=amp)
+    settings |= dict(compile=compile, memory_efficient=memory_efficient)
+    settings |= dict(allocator=allocator, timer=timer)
     rows = []
     for afi_name, base_name in pairs:
-        info = get_model_info(afi_name)
-        size = input_size or info.input_size
+        size = input_size or get_model_info(afi_name).input_size
         torch.manual_seed(seed)
-        afi_kwargs = {"memory_efficient": True} if memory_efficient else {}
-        models = {}
-        for name, kwargs in ((afi_name, afi_kwargs), (base_name, {})):
-            model = create_model(name, num_classes=num_classes, **kwargs).to(
-                device
-            )  # options checked
-            if channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            models[name] = model
-        classes = models[afi_name].num_classes
-        x = torch.randn(batch_size, 3, size, size, device=device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, classes, (batch_size,), device=device)
+        models, x, y = _pair(
+            afi_name,
+            base_name,
+            num_classes=num_classes,
+            memory_efficient=memory_efficient,
+            size=size,
+            **same,
+        )
         for mode in modes:
             runners = [
                 _Runner(models[n], mode, x, y, amp=amp, compile=compile)
                 for n in (afi_name, base_name)
             ]
-            warm = [r.timed(warmup) for r in runners]  # with --compile: includes compilation
-            times: list[list[float]] = [[], []]
-            for rep in range(repeats):
-                order = (0, 1) if rep % 2 == 0 else (1, 0)
-                for k in order:
-                    times[k].append(runners[k].timed(iters, clock))
-                if progress is not None:
-                    progress()
-            ratios = [b / a for a, b in zip(times[0], times[1], strict=True)]
-            med_afi, med_base = statistics.median(times[0]), statistics.median(times[1])
+            warm, times = _interleaved(
+                runners, warmup=warmup, repeats=repeats, iters=iters, clock=clock, progress=progress
+            )
+            path = "plain" if compile else aggregation_path(x, grad=mode == "train")
             rows.append(
-                BenchRow(
-                    arch=afi_name,
-                    baseline=base_name,
-                    mode=mode,
-                    batch_size=batch_size,
+                _row(
+                    afi_name,
+                    base_name,
+                    mode,
+                    warm,
+                    times,
                     input_size=size,
-                    device=device,
-                    images_per_sec=round(batch_size * iters / med_afi, 2),
-                    baseline_images_per_sec=round(batch_size * iters / med_base, 2),
-                    speed_ratio=round(statistics.median(ratios), 4),
-                    ms_per_step=round(1000 * med_afi / iters, 3),
-                    warmup_seconds=round(warm[0], 3),
-                    baseline_warmup_seconds=round(warm[1], 3),
-                    baseline_ms_per_step=round(1000 * med_base / iters, 3),
-                    ratio_min=round(min(ratios), 4),
-                    ratio_max=round(max(ratios), 4),
-                    repeats=repeats,
-                    iters=iters,
-                    warmup=warmup,
-                    threads=torch.get_num_threads(),
-                    channels_last=channels_last,
-                    amp=amp,
-                    compile=compile,
-                    memory_efficient=memory_efficient,
-                    aggregation="plain" if compile else aggregation_path(x, grad=mode == "train"),
-                    allocator=allocator,
-                    timer=timer,
-                    torch_version=torch.__version__,
+                    aggregation=path,
+                    **settings,
                 )
             )
     return rows

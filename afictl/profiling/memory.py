@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ __all__ = [
     "MemoryAccount",
     "MemoryRow",
     "account",
+    "resolve_device",
     "count_steps",
     "cuda_peaks",
     "inference_peak",
@@ -368,6 +370,73 @@ def _ratio(a: int | None, b: int | None) -> float | None:
     return None if a is None or not b else round(a / b, 4)
 
 
+def _measure(
+    name: str, batch_size: int, *, efficient: bool, device: str, rss: bool, common: dict
+) -> tuple[Any, dict[str, int | None]]:
+    """The exact account of one model, and its CUDA and resident peaks where asked for."""
+    acc = account(name, batch_size, memory_efficient=efficient, **common)
+    extra: dict[str, int | None] = {}
+    if device == "cuda":
+        extra["cuda_train"], extra["cuda_infer"] = cuda_peaks(
+            name, batch_size, memory_efficient=efficient, **common
+        )
+    if rss:
+        for mode in ("train", "infer"):
+            extra[f"rss_{mode}"] = rss_peak(
+                name, batch_size, mode, memory_efficient=efficient, **common
+            )
+    return acc, extra
+
+
+#: Fields of the exact account, each given for the model, its baseline and (some) their ratio.
+_ACCOUNTED = ("train", "infer", "saved", "infer_activation")
+_MEASURED = ("cuda_train", "cuda_infer", "rss_train", "rss_infer")
+
+
+def _row(
+    arch: str, base_name: str | None, measured: dict, *, batch_size: int, device: str, eff: bool
+) -> MemoryRow:
+    """One :class:`MemoryRow` from the measurements of a model and of its baseline."""
+    acc, extra = measured[arch]
+    base, bextra = measured[base_name] if base_name else (None, {})
+
+    def b(field: str) -> Any:
+        return getattr(base, field) if base is not None else None
+
+    values: dict[str, Any] = {}
+    for kind in _ACCOUNTED:
+        mine, theirs = getattr(acc, f"{kind}_bytes"), b(f"{kind}_bytes")
+        values |= {f"{kind}_bytes": mine, f"baseline_{kind}_bytes": theirs}
+        values[f"{kind}_ratio"] = _ratio(mine, theirs)
+    for kind in _MEASURED:
+        values |= {f"{kind}_bytes": extra.get(kind), f"baseline_{kind}_bytes": bextra.get(kind)}
+    return MemoryRow(
+        arch=arch,
+        baseline=base_name,
+        batch_size=batch_size,
+        input_size=acc.input_size,
+        device=device,
+        memory_efficient=eff,
+        param_bytes=acc.param_bytes,
+        baseline_param_bytes=b("param_bytes"),
+        infer_peak_module=acc.infer_peak_module,
+        baseline_infer_peak_module=b("infer_peak_module"),
+        **values,
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` (CUDA when torch sees it, else CPU), ``cpu`` or ``cuda``; one line otherwise."""
+    device = device.lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    return device
+
+
 def memory_report(
     archs: list[str],
     batch_size: int,
@@ -381,11 +450,9 @@ def memory_report(
 ) -> list[MemoryRow]:
     """Rows for ``archs``: each model beside its baseline (an AFI model's, or for a baseline
     name nothing). ``memory_efficient`` applies to the AFI models only; ``device="cuda"``
-    adds the CUDA peaks, ``rss`` the resident-memory peaks (each one fresh process)."""
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: choose cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+    adds the CUDA peaks (``auto``: when CUDA is available), ``rss`` the resident-memory peaks
+    (each one fresh process)."""
+    device = resolve_device(device)
     for arch in archs:
         get_model_info(arch)
     common = dict(input_size=input_size, num_classes=num_classes)
@@ -394,66 +461,15 @@ def memory_report(
         info = get_model_info(arch)
         efficient = memory_efficient and info.is_afi
         base_name = info.baseline if info.is_afi else None
-        names = [(arch, efficient)] + ([(base_name, False)] if base_name else [])
-        results = {}
-        for name, eff in names:
-            acc = account(name, batch_size, memory_efficient=eff, **common)
-            extra: dict[str, int | None] = {}
-            if device == "cuda":
-                extra["cuda_train"], extra["cuda_infer"] = cuda_peaks(
-                    name, batch_size, memory_efficient=eff, **common
-                )
-            if rss:
-                extra["rss_train"] = rss_peak(
-                    name, batch_size, "train", memory_efficient=eff, **common
-                )
-                extra["rss_infer"] = rss_peak(
-                    name, batch_size, "infer", memory_efficient=eff, **common
-                )
-            results[name] = (acc, extra)
+        measured = {}
+        for name, eff in [(arch, efficient)] + ([(base_name, False)] if base_name else []):
+            measured[name] = _measure(
+                name, batch_size, efficient=eff, device=device, rss=rss, common=common
+            )
             if progress is not None:
                 progress()
-        acc, extra = results[arch]
-        base, bextra = results[base_name] if base_name else (None, {})
-
-        def b(field: str, base=base):
-            return getattr(base, field) if base is not None else None
-
         rows.append(
-            MemoryRow(
-                arch=arch,
-                baseline=base_name,
-                batch_size=batch_size,
-                input_size=acc.input_size,
-                device=device,
-                memory_efficient=efficient,
-                train_bytes=acc.train_bytes,
-                baseline_train_bytes=b("train_bytes"),
-                train_ratio=_ratio(acc.train_bytes, b("train_bytes")),
-                infer_bytes=acc.infer_bytes,
-                baseline_infer_bytes=b("infer_bytes"),
-                infer_ratio=_ratio(acc.infer_bytes, b("infer_bytes")),
-                saved_bytes=acc.saved_bytes,
-                baseline_saved_bytes=b("saved_bytes"),
-                saved_ratio=_ratio(acc.saved_bytes, b("saved_bytes")),
-                infer_activation_bytes=acc.infer_activation_bytes,
-                baseline_infer_activation_bytes=b("infer_activation_bytes"),
-                infer_activation_ratio=_ratio(
-                    acc.infer_activation_bytes, b("infer_activation_bytes")
-                ),
-                param_bytes=acc.param_bytes,
-                baseline_param_bytes=b("param_bytes"),
-                infer_peak_module=acc.infer_peak_module,
-                baseline_infer_peak_module=b("infer_peak_module"),
-                cuda_train_bytes=extra.get("cuda_train"),
-                baseline_cuda_train_bytes=bextra.get("cuda_train"),
-                cuda_infer_bytes=extra.get("cuda_infer"),
-                baseline_cuda_infer_bytes=bextra.get("cuda_infer"),
-                rss_train_bytes=extra.get("rss_train"),
-                baseline_rss_train_bytes=bextra.get("rss_train"),
-                rss_infer_bytes=extra.get("rss_infer"),
-                baseline_rss_infer_bytes=bextra.get("rss_infer"),
-            )
+            _row(arch, base_name, measured, batch_size=batch_size, device=device, eff=efficient)
         )
     return rows
 
