@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UserError
 from ..render import Format
-from ._util import FormatOpt, OutputOpt
+from ._util import DeviceOpt, FormatOpt, OutputOpt
 
 
 def transfer_cli(
@@ -36,9 +36,7 @@ def transfer_cli(
     lr: Annotated[
         float | None, typer.Option(help="Classifier base lr (paper: 0.01; the rest gets a tenth).")
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto (the default: cuda when available), cpu or cuda.")
-    ] = None,
+    device: DeviceOpt = "auto",
     workers: Annotated[
         int | None, typer.Option(min=0, help="Data-loading worker processes.")
     ] = None,
