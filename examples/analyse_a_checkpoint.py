@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> Path:
         Image.fromarray(np.uint8(20 + disc)).save(image)
     if ckpt is None or image is None:
         p.error("give CHECKPOINT and IMAGE, or --demo DIR")
-    run("gradcam", str(image), "--checkpoint", str(ckpt), "--output", str(out / "gradcam.png"))
+    run("gradcam", str(image), "--checkpoint", str(ckpt), "--figure", str(out / "gradcam.png"))
     run(
         "selectivity",
         "--checkpoint",
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> Path:
         "conv3",
         "--max-batches",
         "2",
-        "--output",
+        "--out-dir",
         str(out),
     )
-    run("features", str(image), "--checkpoint", str(ckpt), "--output", str(out / "features.png"))
+    run("features", str(image), "--checkpoint", str(ckpt), "--figure", str(out / "features.png"))
     print(f"figures and tables in {out}/")
     return out
 

@@ -110,6 +110,7 @@ def test_view_matches_the_pipeline():
     assert eval_transform("imagenet", 224)(img).shape == (3, 224, 224)
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_gradcam_heatmaps_and_png(ckpts, images, tmp_path, capsys):
     good, _ = images
     report = run_gradcam(good, [ckpts["resnet20"], ckpts["afi_resnet20"]])
@@ -129,7 +130,7 @@ def test_gradcam_heatmaps_and_png(ckpts, images, tmp_path, capsys):
         ckpts["resnet20"],
         "-c",
         ckpts["afi_resnet20"],
-        "--output",
+        "--figure",
         out,
         "--format",
         "json",
@@ -144,6 +145,7 @@ def test_gradcam_heatmaps_and_png(ckpts, images, tmp_path, capsys):
         assert fig.format == "PNG" and fig.width > fig.height  # 2 rows x 3 panels
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_gradcam_target_class_by_name_or_index_and_hooks_removed(ckpts, images):
     good, _ = images
     by_name = run_gradcam(good[:1], [ckpts["afi_resnet20"]], target_class="Ring").results[0]
@@ -164,6 +166,7 @@ def test_gradcam_target_class_by_name_or_index_and_hooks_removed(ckpts, images):
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_gradcam_bad_inputs_one_line_each_others_processed(ckpts, images, tmp_path, capsys):
     good, bad = images
     not_ckpt = tmp_path / "weights.pt"
@@ -180,7 +183,7 @@ def test_gradcam_bad_inputs_one_line_each_others_processed(ckpts, images, tmp_pa
         ckpts["resnet20"],
         "-c",
         not_ckpt,
-        "--output",
+        "--figure",
         out,
         "--format",
         "json",
@@ -199,6 +202,7 @@ def test_gradcam_bad_inputs_one_line_each_others_processed(ckpts, images, tmp_pa
     assert out.is_file()
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_gradcam_layer_option(ckpts, images, capsys):
     good, _ = images
     for name in ("layer2", "conv2"):  # stage names first (conv1 is also the stem's path)
@@ -279,12 +283,14 @@ def test_stage_aliases_resolve_to_the_same_modules():
             model.resolve_stage(f"conv{stages + 1}")
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_selectivity_unknown_stage_exit_2_lists_valid(ckpts, capsys):
     code, out, err = run(capsys, "selectivity", "-c", ckpts["afi_resnet20"], "--stage", "conv4")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "valid stages: conv1, conv2, conv3" in err and "layerK" in err
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_selectivity_cli_on_recorded_data_json_csv_png(ckpts, tmp_path, capsys):
     out = tmp_path / "sel"
     code, stdout, err = run(
@@ -296,7 +302,7 @@ def test_selectivity_cli_on_recorded_data_json_csv_png(ckpts, tmp_path, capsys):
         ckpts["afi_resnet20"],
         "--stage",
         "stage3",
-        "--output",
+        "--out-dir",
         out,
         "--format",
         "json",
@@ -330,6 +336,7 @@ def test_selectivity_cli_on_recorded_data_json_csv_png(ckpts, tmp_path, capsys):
 # --- features ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_features_attention_sums_to_one_and_integrates_inputs(ckpts, images):
     good, _ = images
     res = run_features(ckpts["afi_resnet20"], good[0], stage="layer3", block=3)
@@ -347,6 +354,7 @@ def test_features_attention_sums_to_one_and_integrates_inputs(ckpts, images):
         run_features(ckpts["resnet20"], good[0])
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_features_dataset_average_sums_to_one(ckpts, images):
     """The dataset path through record_attention: averaged S~ still sums to 1 per channel."""
     from afictl.analysis.features import dataset_attention
@@ -359,6 +367,7 @@ def test_features_dataset_average_sums_to_one(ckpts, images):
         np.testing.assert_allclose(w.sum(axis=0), np.ones(w.shape[1]), atol=1e-5)
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_features_cli_writes_figure(ckpts, images, tmp_path, capsys):
     good, bad = images
     out = tmp_path / "feat.png"
@@ -370,7 +379,7 @@ def test_features_cli_writes_figure(ckpts, images, tmp_path, capsys):
         ckpts["afi_resnet20"],
         "--stage",
         "conv2",
-        "--output",
+        "--figure",
         out,
         "--format",
         "json",
@@ -382,7 +391,7 @@ def test_features_cli_writes_figure(ckpts, images, tmp_path, capsys):
     assert sum(r["channels_dominated"] for r in rows) == 16
     with Image.open(out) as fig:
         assert fig.format == "PNG"
-    code, _, err = run(capsys, "features", bad, "-c", ckpts["afi_resnet20"], "--output", out)
+    code, _, err = run(capsys, "features", bad, "-c", ckpts["afi_resnet20"], "--figure", out)
     assert code == 2 and err.count("\n") == 1 and "notes.jpg" in err
 
 
@@ -398,6 +407,7 @@ def test_bare_lines_without_runs_say_what_to_do(tmp_path, monkeypatch, capsys, i
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_run_discovery_pairs_newest_run_with_its_counterpart(tmp_path, monkeypatch, ckpts):
     monkeypatch.chdir(tmp_path)
     data = Path(ckpts["resnet20"]).read_bytes(), Path(ckpts["afi_resnet20"]).read_bytes()
@@ -430,9 +440,13 @@ def test_run_discovery_pairs_newest_run_with_its_counterpart(tmp_path, monkeypat
     os.utime(tmp_path / "runs" / "resnet20-cifar10" / "best.pt", (1e9, 1e9))  # now the newest
     assert default_checkpoints() == [Path("runs/resnet20-cifar10/best.pt")]  # no AFI run on cifar10
     (tmp_path / "gradcam.png").write_bytes(b"x")
-    assert free_path("gradcam.png") == Path("gradcam-1.png")
+    assert free_path("gradcam.png") == Path("gradcam-2.png")  # the README's promise
+    (tmp_path / "gradcam-2.png").write_bytes(b"x")
+    assert free_path("gradcam.png") == Path("gradcam-3.png")
+    assert free_path("other.png") == Path("other.png")
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_bare_gradcam_and_selectivity_after_training_both_models(
     tmp_path, monkeypatch, capsys, images
 ):
@@ -469,7 +483,7 @@ def test_bare_gradcam_and_selectivity_after_training_both_models(
     with Image.open("gradcam.png") as fig:
         assert fig.width > 2 * fig.height  # one row: the image and two heatmaps
     code, _, err = run(capsys, "gradcam", "image.jpg")
-    assert code == 0 and "wrote gradcam-1.png" in err and Path("gradcam.png").exists()
+    assert code == 0 and "wrote gradcam-2.png" in err and Path("gradcam.png").exists()
     code, stdout, err = run(capsys, "selectivity", "--stage", "conv3", "--format", "json")
     assert code == 0, err
     rows = json.loads(stdout)

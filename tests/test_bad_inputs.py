@@ -234,12 +234,12 @@ CASES = [
     ("flops-afi-stages-4", ["flops", "-a", "afi_resnet20", "--afi-stages", "4"], "has stages 1..3"),
     (
         "gradcam-bomb",
-        ["gradcam", "{bomb}", "-c", "{ckpt}", "-o", "{root}/g.png"],
+        ["gradcam", "{bomb}", "-c", "{ckpt}", "--figure", "{root}/g.png"],
         "decompression bomb",
     ),
     (
         "features-bomb",
-        ["features", "{bomb}", "-c", "{ckpt}", "-o", "{root}/f.png"],
+        ["features", "{bomb}", "-c", "{ckpt}", "--figure", "{root}/f.png"],
         "decompression bomb",
     ),
     (
@@ -307,7 +307,7 @@ def test_error_boundary_covers_os_and_pil_errors(monkeypatch, capsys, exc):
     def fail(*_a, **_k):
         raise exc
 
-    monkeypatch.setattr("afictl.cli.models.catalog", fail)
+    monkeypatch.setattr("afictl.models.catalog.catalog", fail)  # imported on use
     line = one_line_exit_2(*run(capsys, "models")[::2])
     assert str(exc).splitlines()[0] in line
 

@@ -86,8 +86,19 @@ def test_pytorch_grad_cam_imported_only_when_a_cam_is_computed(module, monkeypat
     assert copy.METHODS.keys() == METHODS.keys()
 
 
-@pytest.mark.parametrize("arch", ["resnet20", "afi_resnet20"])
-@pytest.mark.parametrize("method", ISSUE_METHODS)
+# Grad-CAM on the AFI model stays in the quick suite; every other pair takes seconds: slow.
+_EVERY = [
+    pytest.param(
+        method,
+        arch,
+        marks=() if (method, arch) == ("gradcam", "afi_resnet20") else pytest.mark.slow,
+    )
+    for method in ISSUE_METHODS
+    for arch in ("resnet20", "afi_resnet20")
+]
+
+
+@pytest.mark.parametrize(("method", "arch"), _EVERY)
 def test_every_method(models, arch, method):
     model = models[arch]
     before = list(model.modules())
@@ -99,6 +110,7 @@ def test_every_method(models, arch, method):
     _clean(model, before)
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_per_image_methods_keep_each_images_target(models):
     """Score-CAM and Ablation-CAM run image by image: each keeps its own target class."""
     model = models["resnet20"]
@@ -109,6 +121,7 @@ def test_per_image_methods_keep_each_images_target(models):
     np.testing.assert_allclose(both, np.concatenate([first, second]), atol=1e-5)
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_ablationcam_on_a_block_is_ablating_its_output(models):
     """The block stand-in (blocks are called ``block(x, feats)``) gives the weights of ablating
     the block's output with a forward hook, the block itself running as usual: on an AFI block in
@@ -160,6 +173,7 @@ def test_ablationcam_on_a_block_is_ablating_its_output(models):
     np.testing.assert_allclose(by_block, by_stage, atol=1e-6)
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_fullgrad_matches_the_library_and_needs_no_bias(models):
     from pytorch_grad_cam import FullGrad
 
@@ -182,7 +196,8 @@ def test_fullgrad_matches_the_library_and_needs_no_bias(models):
 
 # One model per family (resnet20 and afi_resnet20: every method above). Ablation-CAM runs one
 # forward pass per channel of the last block: 320-464 channels on MobileNetV2 / ShuffleNetV2
-# (1-2 s on 2 idle cores, 20 s on busy ones), DenseNet-40 4 s, 1024 on ResNeXt-29 20 s: slow.
+# (1-2 s on 2 idle cores, 20 s on busy ones), DenseNet-40 4 s, 1024 on ResNeXt-29 20 s; the
+# other methods 3-7 s per family on a busy machine: all slow.
 FAMILIES = [
     "mobilenetv2",
     "afi_mobilenetv2",
@@ -193,7 +208,7 @@ FAMILIES = [
     "afi_resnext29_32x4d",
 ]
 _CASES = [
-    pytest.param(arch, method, marks=pytest.mark.slow if method == "ablationcam" else ())
+    pytest.param(arch, method, marks=pytest.mark.slow)  # 3-7 s each on a busy machine
     for arch in FAMILIES
     for method in ("gradcam", "ablationcam", "fullgrad")
 ]
@@ -222,12 +237,13 @@ def inputs(tmp_path_factory):
     return image, _train_checkpoint(root / "resnet20.pt", "resnet20")
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_cli_ablationcam_end_to_end(inputs, tmp_path, capsys):
     image, ckpt = inputs
     out = tmp_path / "cam.svg"
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # titles as text in the SVG
         code, stdout, err = run(
-            capsys, "gradcam", image, "-c", ckpt, "--method", "AblationCAM", "-o", out
+            capsys, "gradcam", image, "-c", ckpt, "--method", "AblationCAM", "--figure", out
         )
     assert code == 0, err
     assert out.is_file() and "Ablation-CAM (area: share above half the maximum)" in out.read_text()
@@ -241,7 +257,7 @@ def test_cli_ablationcam_end_to_end(inputs, tmp_path, capsys):
         ckpt,
         "-m",
         "eigencam",
-        "-o",
+        "--figure",
         tmp_path / "e.png",
         "--format",
         "json",
@@ -250,10 +266,11 @@ def test_cli_ablationcam_end_to_end(inputs, tmp_path, capsys):
     assert '"method": "eigencam"' in stdout and (tmp_path / "e.png").is_file()
 
 
+@pytest.mark.slow  # a trained checkpoint or a CAM per model: seconds
 def test_cli_unknown_method_and_fullgrad_layer(inputs, tmp_path, capsys):
     image, ckpt = inputs
     code, stdout, err = run(
-        capsys, "gradcam", image, "-c", ckpt, "--method", "gradcam3", "-o", tmp_path / "x.png"
+        capsys, "gradcam", image, "-c", ckpt, "--method", "gradcam3", "--figure", tmp_path / "x.png"
     )
     assert code == 2 and stdout == "" and err.count("\n") == 1
     assert err.startswith("afictl: error: unknown CAM method 'gradcam3'; valid methods: ")

@@ -275,7 +275,7 @@ def test_torch_save_payload_refused_by_every_consumer(
             "--epochs",
             "1",
         ],
-        "export": ["export", "-c", bad, "-o", tmp_path / "x.pt2"],
+        "export": ["export", "-c", bad, "--export-file", tmp_path / "x.pt2"],
     }
     for name, args in commands.items():
         code, out, err = run(capsys, *args)
@@ -305,7 +305,7 @@ def test_torch_save_payload_refused_by_every_consumer(
         "report",
         "--runs",
         "runs",
-        "--output",
+        "--out-dir",
         tmp_path / "rep",
         "--table",
         "7",

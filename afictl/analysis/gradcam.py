@@ -1,7 +1,7 @@
 """Grad-CAM heatmaps of one or more checkpoints on the same images (paper section 4.2, Figure 3).
 
 The heatmaps come from pytorch-grad-cam: Grad-CAM by default, or any of the CAM methods in
-:data:`METHODS` (each used as a context manager so its hooks are removed afterwards). The target
+:data:`~afictl.analysis.cam_methods.METHODS` (each used as a context manager so its hooks are removed afterwards). The target
 layer is ``model.feature_layer()`` (the last block of the last stage) unless a module path is
 given; FullGrad uses every bias of the network instead. Each heatmap also gets the paper's "area
 paid most attention to": the share of the input with activation above half the maximum.
@@ -24,6 +24,7 @@ from torch import nn
 from ..checkpoint import model_from_checkpoint
 from ..errors import UserError
 from ..models import StageError, UnknownModelError
+from .cam_methods import CAM_BATCH_SIZE, METHODS, CamMethod, resolve_method
 from .inputs import class_name, load_image, model_input, resolve_class, thumbnail, view_of
 
 __all__ = [
@@ -38,49 +39,6 @@ __all__ = [
     "resolve_method",
     "run_gradcam",
 ]
-
-
-@dataclass(frozen=True)
-class CamMethod:
-    """One CAM method of pytorch-grad-cam, by the name ``--method`` takes."""
-
-    name: str  # the --method name
-    title: str  # how figures and tables name it
-    cls: str  # the pytorch_grad_cam class
-    gradients: bool = True  # needs a backward pass (else it runs under no_grad)
-    per_channel: bool = False  # one forward pass per channel of the target, in batches
-
-
-#: The CAM methods of pytorch-grad-cam 1.5.7 that ``afictl gradcam --method`` offers.
-METHODS: dict[str, CamMethod] = {
-    m.name: m
-    for m in (
-        CamMethod("gradcam", "Grad-CAM", "GradCAM"),
-        CamMethod("gradcam++", "Grad-CAM++", "GradCAMPlusPlus"),
-        CamMethod("xgradcam", "XGrad-CAM", "XGradCAM"),
-        CamMethod("hirescam", "HiResCAM", "HiResCAM"),
-        CamMethod("scorecam", "Score-CAM", "ScoreCAM", gradients=False, per_channel=True),
-        CamMethod("eigencam", "Eigen-CAM", "EigenCAM", gradients=False),
-        CamMethod("eigengradcam", "EigenGrad-CAM", "EigenGradCAM"),
-        CamMethod("layercam", "LayerCAM", "LayerCAM"),
-        CamMethod("ablationcam", "Ablation-CAM", "AblationCAM", gradients=False, per_channel=True),
-        CamMethod("fullgrad", "FullGrad", "FullGrad"),
-    )
-}
-
-#: Images per forward pass of Score-CAM and Ablation-CAM (each pass masks or ablates one channel
-#: of the target layer: 64 channels on a CIFAR ResNet, 2048 on ResNet-50).
-CAM_BATCH_SIZE = 32
-
-
-def resolve_method(name: str | CamMethod) -> CamMethod:
-    """A :data:`METHODS` entry by name; case, ``-``, ``_`` and spaces are ignored (``Grad-CAM++``)."""
-    if isinstance(name, CamMethod):
-        return name
-    key = "".join(c for c in str(name).lower() if c not in "-_ ")
-    if key not in METHODS:
-        raise UserError(f"unknown CAM method {name!r}; valid methods: {', '.join(METHODS)}")
-    return METHODS[key]
 
 
 @dataclass
@@ -361,6 +319,77 @@ def _ordered_fullgrad() -> type:
     return OrderedFullGrad
 
 
+def _load_images(images: Sequence[str | Path], errors: list[str]) -> dict[str, Image.Image]:
+    """Every image that opens, by name; one error line for each one that does not."""
+    loaded: dict[str, Image.Image] = {}
+    for path in images:
+        try:
+            loaded[str(path)] = load_image(path)
+        except UserError as exc:
+            errors.append(str(exc))
+    return loaded
+
+
+def _load_model(
+    ckpt_path: str | Path, cam: CamMethod, layer: str | None, target_class: str | None
+) -> tuple[nn.Module, dict[str, Any], nn.Module | None, str, int | None]:
+    """(model, checkpoint, target layer, its name, target class index) of one checkpoint."""
+    try:
+        model, ckpt = model_from_checkpoint(ckpt_path)
+    except KeyError as exc:  # an afictl checkpoint missing a field
+        raise UserError(
+            f"{ckpt_path} is not a complete afictl checkpoint (no {exc} field)"
+        ) from None
+    if cam.name == "fullgrad":
+        target_layer, layer_name = None, "all biases"
+    else:
+        target_layer, layer_name = resolve_layer(model, layer)
+    target = None if target_class is None else resolve_class(ckpt, target_class)
+    return model, ckpt, target_layer, layer_name, target
+
+
+def _cam_results(
+    model: nn.Module,
+    ckpt: dict[str, Any],
+    ckpt_path: str,
+    loaded: dict[str, Image.Image],
+    target_layer: nn.Module | None,
+    layer_name: str,
+    target: int | None,
+    cam: CamMethod,
+) -> list[CamResult]:
+    """One :class:`CamResult` per image under one checkpoint (one batch through the CAM)."""
+    spec = model_input(ckpt)
+    names = list(loaded)
+    batch = torch.stack([spec.tensor(loaded[n]) for n in names])
+    targets = None if target is None else [target] * len(names)
+    heat, logits = grad_cam(model, batch, target_layer, targets, method=cam)
+    probs = torch.softmax(logits.float(), dim=1)
+    results = []
+    for i, name in enumerate(names):
+        pred = int(probs[i].argmax())
+        tgt = pred if target is None else target
+        results.append(
+            CamResult(
+                image=name,
+                checkpoint=ckpt_path,
+                arch=ckpt["arch"],
+                predicted_index=pred,
+                predicted_class=class_name(ckpt, pred),
+                probability=round(float(probs[i, pred]), 6),
+                target_index=tgt,
+                target_class=class_name(ckpt, tgt),
+                target_probability=round(float(probs[i, tgt]), 6),
+                attention_area=round(attention_area(heat[i]), 6),
+                layer=layer_name,
+                method=cam.name,
+                heatmap=heat[i],
+                view=view_of(loaded[name], spec.input_size),
+            )
+        )
+    return results
+
+
 def run_gradcam(
     images: Sequence[str | Path],
     checkpoints: Sequence[str | Path],
@@ -368,9 +397,13 @@ def run_gradcam(
     target_class: str | None = None,
     layer: str | None = None,
     method: str = "gradcam",
+    progress: Any = None,
 ) -> GradCamReport:
     """A CAM (``method``, Grad-CAM by default) of every image under every checkpoint; bad inputs
-    become error lines. An unknown method, or ``layer`` with FullGrad, is a :class:`UserError`."""
+    become error lines. An unknown method, or ``layer`` with FullGrad, is a :class:`UserError`.
+
+    ``progress(description, total)`` (optional) returns a callback ticked once per checkpoint.
+    """
     cam = resolve_method(method)
     if cam.name == "fullgrad" and layer is not None:
         raise UserError(
@@ -378,57 +411,24 @@ def run_gradcam(
             "convolution and BatchNorm of the network)"
         )
     errors: list[str] = []
-    loaded: dict[str, Image.Image] = {}
-    for path in images:
-        try:
-            loaded[str(path)] = load_image(path)
-        except UserError as exc:
-            errors.append(str(exc))
+    loaded = _load_images(images, errors)
+    tick = progress(cam.title, len(checkpoints)) if progress else None
     results: list[CamResult] = []
     used: list[str] = []
     for ckpt_path in checkpoints:
         try:
-            model, ckpt = model_from_checkpoint(ckpt_path)
-            if cam.name == "fullgrad":
-                target_layer, layer_name = None, "all biases"
-            else:
-                target_layer, layer_name = resolve_layer(model, layer)
-            target = None if target_class is None else resolve_class(ckpt, target_class)
+            model, ckpt, target_layer, layer_name, target = _load_model(
+                ckpt_path, cam, layer, target_class
+            )
         except (UserError, UnknownModelError) as exc:
             errors.append(str(exc))
-            continue
-        except KeyError as exc:  # an afictl checkpoint missing a field
-            errors.append(f"{ckpt_path} is not a complete afictl checkpoint (no {exc} field)")
-            continue
-        used.append(str(ckpt_path))
-        if not loaded:
-            continue
-        spec = model_input(ckpt)
-        names = list(loaded)
-        batch = torch.stack([spec.tensor(loaded[n]) for n in names])
-        targets = None if target is None else [target] * len(names)
-        heat, logits = grad_cam(model, batch, target_layer, targets, method=cam)
-        probs = torch.softmax(logits.float(), dim=1)
-        for i, name in enumerate(names):
-            pred = int(probs[i].argmax())
-            tgt = pred if target is None else target
-            results.append(
-                CamResult(
-                    image=name,
-                    checkpoint=str(ckpt_path),
-                    arch=ckpt["arch"],
-                    predicted_index=pred,
-                    predicted_class=class_name(ckpt, pred),
-                    probability=round(float(probs[i, pred]), 6),
-                    target_index=tgt,
-                    target_class=class_name(ckpt, tgt),
-                    target_probability=round(float(probs[i, tgt]), 6),
-                    attention_area=round(attention_area(heat[i]), 6),
-                    layer=layer_name,
-                    method=cam.name,
-                    heatmap=heat[i],
-                    view=view_of(loaded[name], spec.input_size),
+        else:
+            used.append(str(ckpt_path))
+            if loaded:
+                results += _cam_results(
+                    model, ckpt, str(ckpt_path), loaded, target_layer, layer_name, target, cam
                 )
-            )
+        if tick is not None:
+            tick()
     originals = {n: thumbnail(img) for n, img in loaded.items()}
     return GradCamReport(results, list(loaded), originals, used, errors, method=cam.name)

@@ -1,6 +1,9 @@
 """The analyses' figures (matplotlib, Agg backend: no display needed). Data in, file out.
 
-The file's suffix picks the format: .png (default), .pdf or .svg.
+Each figure has a ``*_plot`` function that returns the matplotlib Figure (for tests and for
+people who restyle it) and a ``*_figure`` function that writes it; the file's suffix picks the
+format: .png (default), .pdf or .svg. Figures use matplotlib's constrained layout, which also
+makes room for their colorbars.
 """
 
 from __future__ import annotations
@@ -14,21 +17,27 @@ matplotlib.use("Agg")  # before pyplot: headless, deterministic
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .features import AFIFeatures  # noqa: E402
 from .gradcam import GradCamReport  # noqa: E402
+from .labels import FIGURE_SUFFIXES, percent  # noqa: E402
 
 __all__ = [
     "FIGURE_SUFFIXES",
     "features_figure",
+    "features_plot",
     "figure_path",
     "gradcam_figure",
+    "gradcam_plot",
     "overlay",
     "selectivity_figure",
+    "selectivity_plot",
+    "selectivity_range",
 ]
 
-FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 _DPI = 110
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
@@ -56,12 +65,26 @@ def _short(path: str, width: int = 34) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
-def gradcam_figure(report: GradCamReport, path: str | Path, dpi: int = _DPI) -> Path:
-    """Figure 3: one row per image, the original then one CAM panel per checkpoint; the title
-    names the method (Grad-CAM, Score-CAM, ...).
+#: A darker shade of each colour above: medians and means drawn over a body of that colour.
+_DARK = ["#0b3c68", "#7a1315", "#14591a", "#4b2d6b", "#a04d00", "#4a2d26"]
+#: Text sizes (points at the written size): titles and labels readable in a printed column.
+_TITLE, _LABEL, _TICK = 9, 8, 8
 
-    ``dpi`` sets the raster resolution (photos make large PNGs: 110 dpi is about 90 KB per panel).
-    """
+
+# --- Figure 3: Grad-CAM ---------------------------------------------------------------------
+
+
+def _cam_title(r) -> str:
+    title = f"{r.arch}\n{r.predicted_class} {percent(r.probability)}"
+    if r.target_index != r.predicted_index:
+        title += f" | cam: {r.target_class} {percent(r.target_probability)}"
+    return title + f"\narea {percent(r.attention_area, digits=0)}"
+
+
+def gradcam_plot(report: GradCamReport) -> plt.Figure:
+    """Figure 3: one row per image, the original then one CAM panel per checkpoint, titled with
+    the predicted class and its probability; one colorbar (the heatmap's colours, each map
+    scaled to its own maximum) and a title naming the method (Grad-CAM, Score-CAM, ...)."""
     images, ckpts = report.images, report.checkpoints
     by_key = {(r.image, r.checkpoint): r for r in report.results}
     cols = 1 + len(ckpts)
@@ -71,102 +94,192 @@ def gradcam_figure(report: GradCamReport, path: str | Path, dpi: int = _DPI) -> 
     fig, axes = plt.subplots(
         len(images),
         cols,
-        figsize=(2.5 * cols, sum(heights) + 0.3),
+        figsize=(2.5 * cols + 0.8, sum(heights) + 0.4),
         squeeze=False,
         gridspec_kw={"height_ratios": heights},
+        layout="constrained",
     )
     for row, image in enumerate(images):
-        ax = axes[row, 0]
-        ax.imshow(report.originals[image])
-        ax.set_title(_short(image), fontsize=8)
+        axes[row, 0].imshow(report.originals[image])
+        axes[row, 0].set_title(_short(image), fontsize=_TITLE)
         for col, ckpt in enumerate(ckpts, start=1):
-            ax = axes[row, col]
             r = by_key.get((image, ckpt))
             if r is None:
-                ax.set_visible(False)
+                axes[row, col].set_visible(False)
                 continue
-            ax.imshow(overlay(r.view, r.heatmap))
-            title = f"{r.arch}\n{r.predicted_class} {r.probability:.0%}"
-            if r.target_index != r.predicted_index:
-                title += f" | cam: {r.target_class}"
-            title += f"\narea {r.attention_area:.0%}"
-            ax.set_title(title, fontsize=8)
+            axes[row, col].imshow(overlay(r.view, r.heatmap))
+            axes[row, col].set_title(_cam_title(r), fontsize=_TITLE)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{report.title} (area: share above half the maximum)", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path, dpi)
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap="jet"),
+        ax=axes[:, 1:].ravel().tolist(),
+        fraction=0.04,
+        pad=0.02,
+        shrink=min(1.0, 0.9 if len(images) > 1 else 0.8),
+    )
+    bar.set_label(f"{report.title} (1 = the map's maximum)", fontsize=_LABEL)
+    bar.ax.tick_params(labelsize=_TICK)
+    fig.suptitle(f"{report.title} (area: share above half the maximum)", fontsize=_TITLE + 1)
+    return fig
+
+
+def gradcam_figure(report: GradCamReport, path: str | Path, dpi: int = _DPI) -> Path:
+    """Write :func:`gradcam_plot`. ``dpi`` sets the raster resolution (photos make large PNGs:
+    110 dpi is about 90 KB per panel)."""
+    return _save(gradcam_plot(report), path, dpi)
+
+
+# --- Figure 6: class selectivity --------------------------------------------------------------
 
 
 def _label(arch: str, checkpoint: str, multiple_same_arch: bool) -> str:
     return f"{arch} ({_short(checkpoint, 20)})" if multiple_same_arch else arch
 
 
-def selectivity_figure(channels: pd.DataFrame, path: str | Path, kind: str = "hist") -> Path:
-    """Figure 6: per block, the distribution of the live channels' index for each checkpoint.
+def selectivity_range(values: np.ndarray, step: float = 0.05) -> tuple[float, float]:
+    """The axis range of Figure 6: the live channels' indices, widened to multiples of ``step``
+    (at least one step wide) and kept inside [0, 1], the index's own range."""
+    values = np.asarray(values, dtype=np.float64)
+    if not values.size:
+        return 0.0, 1.0
+    lo = max(0.0, np.floor(values.min() / step + 1e-9) * step)
+    hi = min(1.0, np.ceil(values.max() / step - 1e-9) * step)
+    if hi - lo < step:  # every channel at (nearly) one value: one step around it
+        lo, hi = max(0.0, min(lo, 1.0 - step)), min(1.0, max(hi, lo + step))
+    return float(round(lo, 10)), float(round(hi, 10))
 
-    ``kind``: ``hist`` (step histograms overlaid) or ``violin``. The legend gives each mean.
-    """
-    blocks = sorted(channels["block"].unique())
+
+def _panels(channels: pd.DataFrame) -> dict[int, list[tuple[np.ndarray, str, int]]]:
+    """Per block: (live indices, legend label with mean and channel count, colour number) for
+    each checkpoint, in the order the checkpoints came."""
     ckpts = list(dict.fromkeys(channels["checkpoint"]))
     archs = channels.drop_duplicates("checkpoint").set_index("checkpoint")["arch"]
     dup = archs.duplicated().any()
-    stage = channels["stage"].iloc[0]
-    ncols = min(len(blocks), 4)
-    nrows = -(-len(blocks) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 2.5 * nrows), squeeze=False)
-    bins = np.linspace(0, 1, 21)
-    for ax, block in zip(axes.flat, blocks, strict=False):
-        data = []
+    out: dict[int, list[tuple[np.ndarray, str, int]]] = {}
+    for block in sorted(channels["block"].unique()):
+        out[int(block)] = []
         for i, ckpt in enumerate(ckpts):
             g = channels[(channels["checkpoint"] == ckpt) & (channels["block"] == block)]
             live = g.loc[~g["dead"], "index"].to_numpy()
-            label = (
-                f"{_label(archs[ckpt], ckpt, dup)}: {live.mean():.3f}"
-                if live.size
-                else f"{archs[ckpt]}: all dead"
-            )
             dead = int(g["dead"].sum())
-            if dead:
-                label += f" ({dead} dead)"
-            color = _COLORS[i % len(_COLORS)]
-            data.append((live, label, color))
-            if kind == "hist" and live.size:
-                ax.hist(
-                    live,
-                    bins=bins,
-                    histtype="stepfilled",
-                    alpha=0.35,
-                    color=color,
-                    label=label,
-                    weights=np.full(live.size, 1.0 / live.size),
-                )
-                ax.axvline(live.mean(), color=color, lw=1, ls="--")
+            name = _label(archs[ckpt], ckpt, dup)
+            if not live.size:
+                out[int(block)].append((live, f"{name}: all {dead} channels dead", i))
+                continue
+            count = f"n={live.size}" + (f", {dead} dead" if dead else "")
+            out[int(block)].append((live, f"{name} ({count}): {live.mean():.3f}", i))
+    return out
+
+
+def _hist_panel(ax: plt.Axes, data: list, bins: np.ndarray) -> float:
+    """Step histograms (share of each model's live channels) and dashed means; the tallest bar."""
+    top = 0.0
+    for live, label, i in data:
+        if not live.size:
+            ax.plot([], [], color=_COLORS[i % len(_COLORS)], label=label)
+            continue
+        weights = np.full(live.size, 1.0 / live.size)
+        heights, _, _ = ax.hist(
+            live,
+            bins=bins,
+            histtype="stepfilled",
+            alpha=0.35,
+            color=_COLORS[i % len(_COLORS)],
+            edgecolor=_DARK[i % len(_DARK)],
+            linewidth=0.8,
+            label=label,
+            weights=weights,
+        )
+        ax.axvline(live.mean(), color=_DARK[i % len(_DARK)], lw=1.2, ls="--")
+        top = max(top, float(np.max(heights)))
+    return top
+
+
+def _violin_panel(ax: plt.Axes, data: list) -> None:
+    """One violin per model, x-labelled; its median a line and its mean a dot in its dark shade."""
+    present = [(d, lab, i) for d, lab, i in data if d.size]
+    for d, lab, i in data:
+        if not d.size:
+            ax.plot([], [], color=_COLORS[i % len(_COLORS)], label=lab)
+    if not present:
+        return
+    parts = ax.violinplot([d for d, _, _ in present], showmedians=True, showextrema=False)
+    dark = [_DARK[i % len(_DARK)] for _, _, i in present]
+    for body, (_, lab, i) in zip(parts["bodies"], present, strict=True):
+        body.set_facecolor(_COLORS[i % len(_COLORS)])
+        body.set_edgecolor(_DARK[i % len(_DARK)])
+        body.set_alpha(0.5)
+        body.set_label(lab)
+    parts["cmedians"].set_colors(dark)
+    parts["cmedians"].set_linewidth(2)
+    parts["cmedians"].set_gid("medians")  # findable by tests and by people restyling it
+    for x, ((d, _, _), c) in enumerate(zip(present, dark, strict=True), start=1):
+        ax.plot(x, d.mean(), "o", color=c, markersize=4, markeredgecolor="white", zorder=3)
+    names = [lab.split(" (")[0].split(":")[0] for _, lab, _ in present]
+    ax.set_xticks(range(1, len(present) + 1), names, fontsize=_TICK, rotation=15 * (len(names) > 2))
+
+
+def selectivity_plot(channels: pd.DataFrame, kind: str = "hist") -> plt.Figure:
+    """Figure 6: per block, the distribution of the live channels' index for each checkpoint.
+
+    ``kind``: ``hist`` (step histograms overlaid, dashed means) or ``violin`` (median line and
+    mean dot per model). Every panel shares one index axis fitted to the data
+    (:func:`selectivity_range`) and one scale for the other axis; the legend gives each model's
+    live channel count and mean index.
+    """
+    panels = _panels(channels)
+    stage = channels["stage"].iloc[0]
+    live_all = channels.loc[~channels["dead"], "index"].to_numpy()
+    lo, hi = selectivity_range(live_all)
+    ncols = min(len(panels), 4)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(3.3 * ncols, 2.9 * nrows + 0.4),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
+    bins = np.linspace(lo, hi, 21)
+    top = 0.0
+    for ax, (block, data) in zip(axes.flat, panels.items(), strict=False):
         if kind == "violin":
-            present = [(d, lab, c) for d, lab, c in data if d.size]
-            if present:
-                parts = ax.violinplot([d for d, _, _ in present], showmeans=True, showextrema=False)
-                for body, (_, lab, c) in zip(parts["bodies"], present, strict=True):
-                    body.set_facecolor(c)
-                    body.set_alpha(0.5)
-                    body.set_label(lab)
-                ax.set_xticks(range(1, len(present) + 1), [""] * len(present))
-            ax.set_ylim(0, 1)
-            ax.set_ylabel("selectivity index", fontsize=8)
+            _violin_panel(ax, data)
         else:
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # headroom: the legend sits above the bars
-            ax.set_xlabel("selectivity index", fontsize=8)
-            ax.set_ylabel("share of channels", fontsize=8)
-        ax.set_title(f"{stage} block {block}", fontsize=9)
-        ax.legend(fontsize=7, title="mean", title_fontsize=7, loc="upper right")
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(blocks) :]:
+            top = max(top, _hist_panel(ax, data, bins))
+        ax.set_title(f"{stage} block {block}", fontsize=_TITLE)
+        ax.legend(fontsize=_TICK, title="mean index", title_fontsize=_TICK, loc="upper right")
+        ax.tick_params(labelsize=_TICK)
+    first = axes[0, 0]
+    if kind == "violin":
+        # headroom above the violins for the legend
+        first.set_ylim(lo, hi + 0.55 * (hi - lo))
+        for ax in axes[:, 0]:
+            ax.set_ylabel("selectivity index", fontsize=_LABEL)
+    else:
+        first.set_xlim(lo, hi)
+        first.set_ylim(0, (top or 1.0) * 1.5)  # headroom: the legend sits above the bars
+        for ax in axes[:, 0]:
+            ax.set_ylabel("share of live channels", fontsize=_LABEL)
+        for ax in axes[-1, :]:
+            ax.set_xlabel("selectivity index", fontsize=_LABEL)
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Class selectivity index per channel, stage {stage}", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    how = "line: median, dot: mean" if kind == "violin" else "dashed: mean"
+    fig.suptitle(f"Class selectivity index per channel, stage {stage} ({how})", fontsize=10)
+    return fig
+
+
+def selectivity_figure(channels: pd.DataFrame, path: str | Path, kind: str = "hist") -> Path:
+    """Write :func:`selectivity_plot`."""
+    return _save(selectivity_plot(channels, kind), path)
+
+
+# --- Figure 2: an AFI module's features ------------------------------------------------------
 
 
 def _channels_to_show(result: AFIFeatures, count: int) -> list[int]:
@@ -175,60 +288,58 @@ def _channels_to_show(result: AFIFeatures, count: int) -> list[int]:
     return sorted(np.argsort(-activity, kind="stable")[:count].tolist())
 
 
-def features_figure(result: AFIFeatures, path: str | Path, channels: int = 8) -> Path:
-    """Figure 2 made visible: inputs X(j) and output R of one AFI module, and its weights S~.
+def _feature_tiles(fig: plt.Figure, spec, result: AFIFeatures, shown: list[int]) -> None:
+    """The source image (large, left), one row per input X(j) and one for R, a column per
+    channel, and the tiles' colour scale (right)."""
+    n = len(result.inputs)
+    grid = spec.subgridspec(n + 1, len(shown) + 2, width_ratios=[2.6] + [1.0] * len(shown) + [0.12])
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(result.view)
+    ax.set_title(_short(result.image or "", 22), fontsize=_TITLE)
+    ax.axis("off")
+    tensors = [*result.inputs, result.output]
+    labels = [f"X({j + 1})" for j in range(n)] + [f"R({result.block})"]
+    for c_i, c in enumerate(shown):
+        # one scale per channel down the column, so that R reads as the weighted sum of the
+        # tiles above it; shown as a share of the column's maximum (printed under R)
+        vmax = max(float(t[c].max()) for t in tensors) or 1.0
+        for r, (t, lab) in enumerate(zip(tensors, labels, strict=True)):
+            ax = fig.add_subplot(grid[r, c_i + 1])
+            im = ax.imshow(t[c] / vmax, cmap="magma", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r < n:
+                ax.set_title(f"α={result.attention[r, c]:.2f}", fontsize=_LABEL, pad=2)
+            else:
+                ax.set_title(f"ch {c}", fontsize=_LABEL, pad=2)
+                ax.set_xlabel(f"max {vmax:.3g}", fontsize=_LABEL, labelpad=2)
+            if c_i == 0:
+                ax.set_ylabel(lab, fontsize=_TITLE)
+    # labelled as the colorbars matplotlib makes itself (``fig.colorbar(..., ax=...)``)
+    bar = fig.colorbar(im, cax=fig.add_subplot(grid[:, -1], label="<colorbar>"))
+    bar.set_label("activation / channel's max", fontsize=_LABEL)
+    bar.ax.tick_params(labelsize=_TICK)
 
-    Top (with an image): one row per input X(1..n) and one for R, the same ``channels``
-    channels in every row, each channel's colour scale shared down the column so that R reads
-    as the weighted sum of the tiles above it; every X tile is titled with its weight alpha.
-    Bottom: S~ (inputs x channels) and, across the stage, every module's mean alpha per input.
-    """
-    has_maps = result.output is not None
-    n = result.weights.shape[0]
-    shown = _channels_to_show(result, channels) if has_maps else []
-    map_rows = (n + 1) if has_maps else 0
-    cols = max(len(shown) + 1, 4)
-    height = 1.25 * map_rows + 2.8
-    fig = plt.figure(figsize=(1.25 * cols + 0.6, height))
-    grid = fig.add_gridspec(map_rows + 1, cols, height_ratios=[1.0] * map_rows + [2.4])
-    if has_maps:
-        tensors = [*result.inputs, result.output]
-        labels = [f"X({j + 1})" for j in range(n)] + [f"R({result.block})"]
-        ax = fig.add_subplot(grid[: min(2, map_rows), 0])
-        ax.imshow(result.view)
-        ax.set_title(_short(result.image or "", 16), fontsize=7)
-        ax.axis("off")
-        for c_i, c in enumerate(shown):
-            vmax = max(float(t[c].max()) for t in tensors) or 1.0
-            for r, (t, lab) in enumerate(zip(tensors, labels, strict=True)):
-                ax = fig.add_subplot(grid[r, c_i + 1])
-                ax.imshow(t[c], cmap="magma", vmin=0, vmax=vmax)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r < n:
-                    ax.set_title(f"α={result.attention[r, c]:.2f}", fontsize=6, pad=2)
-                else:
-                    ax.set_title(f"ch {c}", fontsize=6, pad=2)
-                if c_i == 0:
-                    ax.set_ylabel(lab, fontsize=7)
-    split = max(1, cols * 2 // 3)
-    ax = fig.add_subplot(grid[map_rows, :split])
-    # Diverging colours centred on the uniform weight 1/n: white = no preference, red = the
-    # channel draws more from that input, blue = less. (On 0..1 the weights of a module with
-    # n inputs all sit near 1/n and look alike.)
+
+def _weights_panel(fig: plt.Figure, ax: plt.Axes, result: AFIFeatures) -> None:
+    """S~ (inputs x channels), diverging colours centred on the uniform weight 1/n."""
+    w = result.weights
+    n = w.shape[0]
+    # White = no preference, red = the channel draws more from that input, blue = less. (On
+    # 0..1 the weights of a module with n inputs all sit near 1/n and look alike.)
     uniform = 1.0 / n
-    spread = max(float(np.abs(result.weights - uniform).max()), 1e-3)
+    spread = max(float(np.abs(w - uniform).max()), 1e-3)
     im = ax.imshow(
-        result.weights,
+        w,
         aspect="auto",
         cmap="RdBu_r",
         vmin=uniform - spread,
         vmax=uniform + spread,
         interpolation="nearest",
     )
-    ax.set_yticks(range(n), [f"X({j + 1})" for j in range(n)], fontsize=7)
-    ax.set_xlabel("channel of R", fontsize=7)
-    ax.tick_params(labelsize=6)
+    ax.set_yticks(range(n), [f"X({j + 1})" for j in range(n)], fontsize=_TICK)
+    ax.set_xlabel("channel of R", fontsize=_LABEL)
+    ax.tick_params(labelsize=_TICK)
     where = (
         f"mean over {result.dataset_images} images"
         if result.dataset_attention is not None
@@ -236,46 +347,75 @@ def features_figure(result: AFIFeatures, path: str | Path, channels: int = 8) ->
     )
     ax.set_title(
         rf"$\tilde{{S}}$ of AFI({result.block}) in {result.stage}, {where} (white: 1/{n})",
-        fontsize=8,
+        fontsize=_TITLE,
     )
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01).ax.tick_params(labelsize=6)
+    bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01)
+    bar.ax.tick_params(labelsize=_TICK)
+    bar.set_label("weight", fontsize=_LABEL)
+
+
+def _stage_panel(fig: plt.Figure, ax: plt.Axes, stage_alpha: dict[int, np.ndarray]) -> None:
+    """Every AFI module of the stage: mean alpha per input (Eq. 8), coloured by its departure
+    from the uniform weight 1/(i-1) of its row, the numbers printed when they fit."""
+    blocks = sorted(stage_alpha)
+    width = max(blocks) - 1
+    mat = np.full((len(blocks), width), np.nan)
+    for r, b in enumerate(blocks):
+        mat[r, : b - 1] = stage_alpha[b]
+    # at least +-0.1, so that a nearly uniform module stays nearly white
+    dev = mat - np.array([1.0 / (b - 1) for b in blocks])[:, None]
+    spread = max(float(np.nanmax(np.abs(dev))), 0.1)
+    im = ax.imshow(
+        np.ma.masked_invalid(dev),
+        aspect="auto",
+        cmap="RdBu_r",
+        vmin=-spread,
+        vmax=spread,
+        interpolation="nearest",
+    )
+    ax.set_yticks(range(len(blocks)), [f"AFI({b})" for b in blocks], fontsize=_TICK)
+    ax.set_xticks(range(width), [f"X({j + 1})" for j in range(width)], fontsize=_TICK)
+    if mat.size <= 64:  # small enough to print the coefficients themselves
+        for (r, c), v in np.ndenumerate(mat):
+            if not np.isnan(v):
+                color = "white" if abs(dev[r, c]) > 0.6 * spread else "black"
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=_LABEL, color=color)
+    ax.set_title(r"stage: mean $\alpha_j^{(i)}$ (Eq. 8)", fontsize=_TITLE)
+    bar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
+    bar.ax.tick_params(labelsize=_TICK)
+    bar.set_label(r"$\alpha - 1/(i-1)$", fontsize=_LABEL)
+
+
+def features_plot(result: AFIFeatures, channels: int = 8) -> plt.Figure:
+    """Figure 2 made visible: inputs X(j) and output R of one AFI module, and its weights S~.
+
+    Top (with an image): the image, then one row per input X(1..n) and one for R, the same
+    ``channels`` channels in every row, each X tile titled with its weight alpha, and the
+    tiles' colour scale. Bottom: S~ (inputs x channels) and, across the stage, every module's
+    mean alpha per input, each with its colorbar.
+    """
+    has_maps = result.output is not None
+    n = result.weights.shape[0]
+    shown = _channels_to_show(result, channels) if has_maps else []
+    map_rows = (n + 1) if has_maps else 0
+    width = max(1.15 * len(shown) + 3.4, 8.0)
+    fig = plt.figure(figsize=(width, 1.3 * map_rows + 3.0), layout="constrained")
+    outer = fig.add_gridspec(
+        2 if has_maps else 1, 1, height_ratios=[1.3 * map_rows, 2.6] if has_maps else None
+    )
+    if has_maps:
+        _feature_tiles(fig, outer[0], result, shown)
+    bottom = outer[-1].subgridspec(1, 2, width_ratios=[2.0, 1.0] if result.stage_alpha else [1, 0])
+    _weights_panel(fig, fig.add_subplot(bottom[0, 0]), result)
     if result.stage_alpha:
-        blocks = sorted(result.stage_alpha)
-        width = max(blocks) - 1
-        mat = np.full((len(blocks), width), np.nan)
-        for r, b in enumerate(blocks):
-            mat[r, : b - 1] = result.stage_alpha[b]
-        ax = fig.add_subplot(grid[map_rows, split:])
-        # colour = departure from the uniform weight 1/(i-1) of each row (at least +-0.1, so that
-        # a nearly uniform module stays nearly white); the numbers are the weights themselves
-        dev = mat - np.array([1.0 / (b - 1) for b in blocks])[:, None]
-        spread = max(float(np.nanmax(np.abs(dev))), 0.1)
-        ax.imshow(
-            np.ma.masked_invalid(dev),
-            aspect="auto",
-            cmap="RdBu_r",
-            vmin=-spread,
-            vmax=spread,
-            interpolation="nearest",
-        )
-        ax.set_yticks(range(len(blocks)), [f"AFI({b})" for b in blocks], fontsize=7)
-        ax.set_xticks(range(width), [f"X({j + 1})" for j in range(width)], fontsize=6)
-        if mat.size <= 64:  # small enough to print the coefficients themselves
-            for (r, c), v in np.ndenumerate(mat):
-                if not np.isnan(v):
-                    ax.text(
-                        c,
-                        r,
-                        f"{v:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=6,
-                        color="white" if abs(dev[r, c]) > 0.6 * spread else "black",
-                    )
-        ax.set_title(r"stage: mean $\alpha_j^{(i)}$ (Eq. 8; white: $1/(i-1)$)", fontsize=8)
-    fig.suptitle(f"{result.arch}: AFI module {result.module}", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+        _stage_panel(fig, fig.add_subplot(bottom[0, 1]), result.stage_alpha)
+    fig.suptitle(f"{result.arch}: AFI module {result.module}", fontsize=_TITLE + 1)
+    return fig
+
+
+def features_figure(result: AFIFeatures, path: str | Path, channels: int = 8) -> Path:
+    """Write :func:`features_plot`."""
+    return _save(features_plot(result, channels), path)
 
 
 def figure_path(path: str | Path) -> Path:

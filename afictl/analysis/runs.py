@@ -95,11 +95,12 @@ def default_checkpoints(root: str | Path = RUNS_DIR, *, afi_only: bool = False) 
 
 
 def free_path(path: str | Path) -> Path:
-    """``path`` if nothing is there, else the first free ``stem-N.suffix`` (never overwrite)."""
+    """``path`` if nothing is there, else the first free ``stem-N.suffix``, N = 2, 3, ...
+    (never overwrite): ``gradcam.png`` is the first figure, ``gradcam-2.png`` the second."""
     path = Path(path)
     if not path.exists():
         return path
-    n = 1
+    n = 2
     while True:
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
         if not candidate.exists():

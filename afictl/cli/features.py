@@ -7,66 +7,80 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
 
-from ..analysis.features import attention_rows, run_features
-from ..analysis.plots import features_figure, figure_path
-from ..analysis.runs import free_path
-from ..render import Format, render
+from ..render import Format
 from ._analysis import (
     BatchSizeOpt,
     DataOpt,
     DataRootOpt,
     MaxBatchesOpt,
+    check_figure,
+    check_results_file,
     choose_checkpoints,
+    figure_option,
+    progress_bar,
     progress_factory,
 )
-from ._util import FormatOpt
+from ._util import FormatOpt, OutputOpt
+
+__all__ = ["features_cli"]
+
+_COLUMNS = [
+    "stage",
+    "block",
+    "input",
+    "mean_alpha",
+    "max_alpha",
+    "channels_dominated",
+    "channels",
+    "averaged_over",
+]
+FeaturesFigureOpt = figure_option("features.png")
+
+
+ImageArg = Annotated[
+    Path | None, typer.Argument(help="Image whose feature maps to show.", show_default=False)
+]
+AfiCheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="An AFI model's checkpoint (default: the newest AFI run under ./runs/).",
+    ),
+]
+StageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stage", "-s", help="Stage (conv1.., layerK, stageK); default: the last AFI stage."
+    ),
+]
+BlockOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--block",
+        min=1,
+        help="1-based block of the stage (3..n carry an AFI module); default: the last.",
+    ),
+]
+ChannelsOpt = Annotated[
+    int, typer.Option("--channels", min=1, max=32, help="Channels shown in the feature grid.")
+]
 
 
 def features_cli(
-    image: Annotated[
-        Path | None, typer.Argument(help="Image whose feature maps to show.", show_default=False)
-    ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            "-c",
-            help="An AFI model's checkpoint (default: the newest AFI run under ./runs/).",
-        ),
-    ] = None,
-    stage: Annotated[
-        str | None,
-        typer.Option(
-            "--stage", "-s", help="Stage (conv1.., layerK, stageK); default: the last AFI stage."
-        ),
-    ] = None,
-    block: Annotated[
-        int | None,
-        typer.Option(
-            "--block",
-            min=1,
-            help="1-based block of the stage (3..n carry an AFI module); default: the last.",
-        ),
-    ] = None,
+    image: ImageArg = None,
+    checkpoint: AfiCheckpointOpt = None,
+    stage: StageOpt = None,
+    block: BlockOpt = None,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
     max_batches: MaxBatchesOpt = None,
     batch_size: BatchSizeOpt = 128,
-    channels: Annotated[
-        int, typer.Option("--channels", min=1, max=32, help="Channels shown in the feature grid.")
-    ] = 8,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            dir_okay=False,
-            help="Figure file (.png, .pdf, .svg). Default: ./features.png, or features-N.png if that exists.",
-        ),
-    ] = None,
+    channels: ChannelsOpt = 8,
+    output: OutputOpt = None,
     fmt: FormatOpt = Format.table,
+    figure: FeaturesFigureOpt = None,
 ) -> None:
     """Feature maps entering an AFI module, its output R, and its attention weights S~.
 
@@ -74,13 +88,18 @@ def features_cli(
     input tile titled with its weight alpha (Eq. 2: R is the channel-wise weighted sum), plus
     the softmax matrix S~ (inputs x channels: which earlier block each channel draws from) and
     the stage's mean alpha per block and input (Eq. 8). With --data, S~ is averaged over the
-    dataset (IMAGE is then optional). Prints, per input, the mean alpha and the channels it
-    dominates.
+    dataset (IMAGE is then optional). The figure goes to --figure; per input, the mean alpha
+    and the channels it dominates print in --format, or go to --output.
     """
-    if output is not None:
-        figure_path(output)
+    check_figure(figure)
+    check_results_file(output)
     (ckpt,) = choose_checkpoints([checkpoint] if checkpoint else None, afi_only=True)
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+    from ..analysis.features import attention_rows, run_features
+    from ..analysis.plots import features_figure
+    from ..analysis.runs import free_path
+    from ..render import render
+
+    with progress_bar() as bar:
         result = run_features(
             ckpt,
             image,
@@ -90,26 +109,15 @@ def features_cli(
             data_root=data_root,
             max_batches=max_batches,
             batch_size=batch_size,
-            progress=progress_factory(progress),
+            progress=progress_factory(bar),
         )
-    path = features_figure(
-        result, output if output is not None else free_path("features.png"), channels=channels
-    )
+    path = features_figure(result, figure or free_path("features.png"), channels=channels)
     print(f"wrote {path}", file=sys.stderr)
     render(
         attention_rows(result),
         fmt,
-        None,
-        columns=[
-            "stage",
-            "block",
-            "input",
-            "mean_alpha",
-            "max_alpha",
-            "channels_dominated",
-            "channels",
-            "averaged_over",
-        ],
+        output,
+        columns=_COLUMNS,
         formatters={"mean_alpha": "{:.3f}".format, "max_alpha": "{:.3f}".format},
         title=f"{result.arch}: attention of AFI({result.block}) in {result.stage}",
     )

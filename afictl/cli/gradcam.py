@@ -1,4 +1,5 @@
-"""``afictl gradcam``: Grad-CAM (or another CAM) heatmaps of checkpoints side by side (paper Figure 3)."""
+"""``afictl gradcam``: Grad-CAM (or another CAM) heatmaps of checkpoints side by side (paper
+Figure 3)."""
 
 from __future__ import annotations
 
@@ -8,98 +9,117 @@ from typing import Annotated
 
 import typer
 
-from ..analysis.gradcam import METHODS, resolve_method, run_gradcam
-from ..analysis.plots import figure_path, gradcam_figure
-from ..analysis.runs import free_path
-from ..render import Format, render
-from ._analysis import CheckpointOpt, choose_checkpoints
-from ._util import FormatOpt
+from ..analysis.cam_methods import METHOD_NAMES, METHODS, resolve_method
+from ..render import Format
+from ._analysis import (
+    CheckpointOpt,
+    check_figure,
+    check_results_file,
+    choose_checkpoints,
+    figure_option,
+    progress_bar,
+    progress_factory,
+)
+from ._util import FormatOpt, OutputOpt
 
-_PCT = "{:.1%}".format
+__all__ = ["METHODS", "gradcam_cli"]
+
+_COLUMNS = [
+    "image",
+    "arch",
+    "method",
+    "predicted_class",
+    "probability",
+    "target_class",
+    "attention_area",
+    "checkpoint",
+]
+GradcamFigureOpt = figure_option("gradcam.png")
+
+
+ImagesArg = Annotated[
+    list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).", show_default=False)
+]
+TargetClassOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target-class", help="Class index or name to explain (default: the predicted one)."
+    ),
+]
+LayerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layer",
+        "-l",
+        help="Target module path (e.g. layer3.2) or stage name (default: "
+        "the last block of the last stage).",
+    ),
+]
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        "-m",
+        help=f"CAM method (pytorch-grad-cam; case ignored): {', '.join(METHOD_NAMES)}. "
+        "fullgrad uses every bias, not --layer; scorecam and ablationcam "
+        "run one forward pass per channel of the layer (slower).",
+    ),
+]
+DpiOpt = Annotated[
+    int, typer.Option("--dpi", min=30, max=600, help="Figure resolution (dots per inch).")
+]
 
 
 def gradcam_cli(
-    images: Annotated[
-        list[Path], typer.Argument(help="Image files (JPEG, PNG, ...).", show_default=False)
-    ],
+    images: ImagesArg,
     checkpoint: CheckpointOpt = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            dir_okay=False,
-            help="Figure file (.png, .pdf or .svg). Default: ./gradcam.png, or gradcam-N.png "
-            "if that exists.",
-        ),
-    ] = None,
-    target_class: Annotated[
-        str | None,
-        typer.Option(
-            "--target-class",
-            "-t",
-            help="Class index or name to explain (default: the predicted one).",
-        ),
-    ] = None,
-    layer: Annotated[
-        str | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            help="Target module path (e.g. layer3.2) or stage name (default: "
-            "the last block of the last stage).",
-        ),
-    ] = None,
-    method: Annotated[
-        str,
-        typer.Option(
-            "--method",
-            "-m",
-            help=f"CAM method (pytorch-grad-cam; case ignored): {', '.join(METHODS)}. "
-            "fullgrad uses every bias, not --layer; scorecam and ablationcam "
-            "run one forward pass per channel of the layer (slower).",
-        ),
-    ] = "gradcam",
-    dpi: Annotated[
-        int, typer.Option("--dpi", min=30, max=600, help="Figure resolution (dots per inch).")
-    ] = 110,
+    output: OutputOpt = None,
     fmt: FormatOpt = Format.table,
+    figure: GradcamFigureOpt = None,
+    target_class: TargetClassOpt = None,
+    layer: LayerOpt = None,
+    method: MethodOpt = "gradcam",
+    dpi: DpiOpt = 110,
 ) -> None:
     """Grad-CAM heatmaps for each image under each checkpoint, side by side (Figure 3).
 
     One row per image: the original, then one heatmap per checkpoint titled with the predicted
-    class and its probability; --method picks another CAM (the figure title names it). The
-    numbers (method, predicted class, probability, attention_area: the share of the image above
-    half the maximum activation) print in --format. Bad images or checkpoints: one error line
-    each, the others are still processed, exit code 2.
+    class and its probability, and a colorbar; --method picks another CAM (the figure title
+    names it). The figure goes to --figure; the numbers (method, predicted class, probability,
+    attention_area: the share of the image above half the maximum activation) print in
+    --format, or go to --output. Bad images or checkpoints: one error line each, the others
+    are still processed, exit code 2.
     """
     spec = resolve_method(method)  # before any checkpoint is loaded: one line, exit 2
-    if output is not None:
-        figure_path(output)
+    check_figure(figure)
+    check_results_file(output)
     ckpts = choose_checkpoints(checkpoint)
-    report = run_gradcam(images, ckpts, target_class=target_class, layer=layer, method=spec.name)
+    from ..analysis.gradcam import run_gradcam
+    from ..analysis.labels import percent
+    from ..analysis.plots import gradcam_figure
+    from ..analysis.runs import free_path
+    from ..render import render
+
+    with progress_bar() as bar:
+        report = run_gradcam(
+            images,
+            ckpts,
+            target_class=target_class,
+            layer=layer,
+            method=spec.name,
+            progress=progress_factory(bar),
+        )
     for err in report.errors:
         print(f"afictl: error: {err}", file=sys.stderr)
     if report.results:
-        path = gradcam_figure(
-            report, output if output is not None else free_path("gradcam.png"), dpi=dpi
-        )
+        path = gradcam_figure(report, figure or free_path("gradcam.png"), dpi=dpi)
         print(f"wrote {path}", file=sys.stderr)
         render(
             report.rows(),
             fmt,
-            None,
-            columns=[
-                "image",
-                "arch",
-                "method",
-                "predicted_class",
-                "probability",
-                "target_class",
-                "attention_area",
-                "checkpoint",
-            ],
-            formatters={"probability": _PCT, "attention_area": _PCT},
+            output,
+            columns=_COLUMNS,
+            formatters={"probability": percent, "attention_area": percent},
             title=report.title,
         )
     if report.errors:

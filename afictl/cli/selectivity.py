@@ -8,21 +8,34 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
 
-from ..analysis.plots import selectivity_figure
-from ..analysis.selectivity import channel_csv, run_selectivity
-from ..render import Format, render
+from ..errors import UserError
+from ..render import Format
 from ._analysis import (
     BatchSizeOpt,
     CheckpointOpt,
     DataOpt,
     DataRootOpt,
     MaxBatchesOpt,
+    check_results_file,
     choose_checkpoints,
+    progress_bar,
     progress_factory,
 )
-from ._util import FormatOpt
+from ._util import FormatOpt, OutputOpt
+
+__all__ = ["PlotKind", "selectivity_cli"]
+
+_COLUMNS = [
+    "stage",
+    "block",
+    "arch",
+    "mean_index",
+    "median_index",
+    "channels",
+    "dead_channels",
+    "checkpoint",
+]
 
 
 class PlotKind(StrEnum):
@@ -30,46 +43,57 @@ class PlotKind(StrEnum):
     violin = "violin"
 
 
+StageOpt = Annotated[
+    str,
+    typer.Option(
+        "--stage",
+        "-s",
+        help="Stage: conv1..conv3 (CIFAR models) or conv1..conv4 (ImageNet); "
+        "aliases layerK, stageK.",
+    ),
+]
+OutDirOpt = Annotated[
+    Path,
+    typer.Option("--out-dir", file_okay=False, help="Folder for the figure and the channels' CSV."),
+]
+PlotOpt = Annotated[PlotKind, typer.Option("--plot", help="Distribution plot: hist or violin.")]
+FigureFormatOpt = Annotated[
+    str, typer.Option("--figure-format", help="Figure file type: png, pdf or svg.")
+]
+
+
 def selectivity_cli(
-    stage: Annotated[
-        str,
-        typer.Option(
-            "--stage",
-            "-s",
-            help="Stage: conv1..conv3 (CIFAR models) or conv1..conv4 (ImageNet); "
-            "aliases layerK, stageK.",
-        ),
-    ] = "conv3",
+    stage: StageOpt = "conv3",
     checkpoint: CheckpointOpt = None,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
     max_batches: MaxBatchesOpt = None,
     batch_size: BatchSizeOpt = 128,
-    output: Annotated[
-        Path,
-        typer.Option("--output", "-o", file_okay=False, help="Folder for the figure and the CSV."),
-    ] = Path("selectivity"),
-    plot: Annotated[
-        PlotKind, typer.Option("--plot", help="Distribution plot: hist or violin.")
-    ] = PlotKind.hist,
-    figure_format: Annotated[
-        str, typer.Option("--figure-format", help="Figure file type: png, pdf or svg.")
-    ] = "png",
+    output: OutputOpt = None,
     fmt: FormatOpt = Format.table,
+    out_dir: OutDirOpt = Path("selectivity"),
+    plot: PlotOpt = PlotKind.hist,
+    figure_format: FigureFormatOpt = "png",
 ) -> None:
     """Class selectivity index (Morcos et al. 2018) of every channel in every block of a stage.
 
     Measured at each block's AFI output R(i) (the first activation in block 1 and in baseline
-    blocks), over the evaluation set. Writes OUTPUT/selectivity-STAGE.png (one panel per block,
-    the checkpoints overlaid, means in the legend) and OUTPUT/selectivity-STAGE.csv (every
-    channel); prints per block and checkpoint: mean_index, channels, dead_channels.
+    blocks), over the evaluation set. Writes OUT_DIR/selectivity-STAGE.png (one panel per
+    block, the checkpoints overlaid, channel counts and means in the legend) and
+    OUT_DIR/selectivity-STAGE.csv (every channel); prints per block and checkpoint (in
+    --format, or to --output): mean_index, median_index, channels, dead_channels.
     """
     if figure_format.lower() not in ("png", "pdf", "svg"):
-        from ..errors import UserError
-
         raise UserError(f"--figure-format {figure_format!r}: use png, pdf or svg")
+    check_results_file(output)
     ckpts = choose_checkpoints(checkpoint)
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+    import pandas as pd
+
+    from ..analysis.plots import selectivity_figure
+    from ..analysis.selectivity import channel_csv, run_selectivity
+    from ..render import render
+
+    with progress_bar() as bar:
         results = run_selectivity(
             ckpts,
             stage,
@@ -77,35 +101,23 @@ def selectivity_cli(
             data_root=data_root,
             max_batches=max_batches,
             batch_size=batch_size,
-            progress=progress_factory(progress),
+            progress=progress_factory(bar),
         )
     paper_stage = results[0].stage
     frames = [r.channels for r in results]
-    csv_path = channel_csv(frames, output / f"selectivity-{paper_stage}.csv")
-    import pandas as pd
-
+    csv_path = channel_csv(frames, out_dir / f"selectivity-{paper_stage}.csv")
     fig_path = selectivity_figure(
         pd.concat(frames, ignore_index=True),
-        output / f"selectivity-{paper_stage}.{figure_format.lower()}",
+        out_dir / f"selectivity-{paper_stage}.{figure_format.lower()}",
         kind=plot.value,
     )
     print(f"wrote {fig_path}", file=sys.stderr)
     print(f"wrote {csv_path}", file=sys.stderr)
-    rows = [row for r in results for row in r.summary()]
     render(
-        rows,
+        [row for r in results for row in r.summary()],
         fmt,
-        None,
-        columns=[
-            "stage",
-            "block",
-            "arch",
-            "mean_index",
-            "median_index",
-            "channels",
-            "dead_channels",
-            "checkpoint",
-        ],
+        output,
+        columns=_COLUMNS,
         formatters={"mean_index": "{:.3f}".format, "median_index": "{:.3f}".format},
         title=f"Class selectivity index, stage {paper_stage}",
     )
