@@ -7,7 +7,6 @@ import warnings
 import pytest
 import torch
 from reference import assert_close_scaled
-
 from zoo import COVERED_BY, representatives, structure
 
 from afictl.models import create_model, get_model_info, list_models
