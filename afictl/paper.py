@@ -102,7 +102,8 @@ TABLE6 = {
     "afi_resnet50": {"train_mib": 7001, "infer_mib": 2671},
 }
 
-# Table 7: CIFAR-100 top-1 with AFI blocks in one stage only ("all" = the full AFI model of Table 4).
+# Table 7: CIFAR-100 top-1 with AFI blocks in one stage only
+# ("all" = the full AFI model of Table 4).
 TABLE7: dict[str, dict[str, float]] = {
     "resnet32": {"baseline": 71.16, "1": 71.38, "2": 70.63, "3": 70.75},
     "resnet110": {"baseline": 73.73, "1": 75.03, "2": 74.13, "3": 74.02},

@@ -26,7 +26,8 @@ def main(argv: list[str]) -> str:
         stages = r["afi_stages"] if isinstance(r["afi_stages"], str) else ("all" if afi else "-")
         red = str(int(r["reduction"])) if pd.notna(r["reduction"]) else ("4" if afi else "-")
         lines.append(
-            f"| {Path(r['run_dir']).name} | {r['arch']} | {stages} | {red} | {r['epochs_done']}/{r['epochs']} | "
+            f"| {Path(r['run_dir']).name} | {r['arch']} | {stages} | {red} | "
+            f"{r['epochs_done']}/{r['epochs']} | "
             f"{r['top1']:.2f} | {r['top5']:.2f} | {r['images_per_sec']:.0f} |"
         )
     text = "\n".join(lines)

@@ -8,8 +8,10 @@ The switches are the ones the library exposes (``afictl.layers.aggregation``: ``
 The last variant is not an AFI-Net but an upper bound: AFI shapes with no aggregation at all
 (see :func:`no_aggregation`), the most any implementation of Eq. 2 could reach here.
 
-    python benchmarks/afi_variants.py --arch afi_resnet110 --mode infer --batch-size 64 --threads 1 --timer cpu
-    python benchmarks/afi_variants.py --arch afi_resnet50 --batch-size 16 --input-size 224 --repeats 5
+    python benchmarks/afi_variants.py --arch afi_resnet110 --mode infer --batch-size 64 \\
+        --threads 1 --timer cpu
+    python benchmarks/afi_variants.py --arch afi_resnet50 --batch-size 16 --input-size 224 \\
+        --repeats 5
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def main() -> None:
             ratios[name].append(tb / tv)
     print(
         f"{args.arch} vs {info.baseline}, {args.mode}, batch {args.batch_size}, {size}x{size}, "
-        f"{torch.get_num_threads()} threads, allocator {allocator}, {args.timer} timer, {args.repeats} repeats; "
+        f"{torch.get_num_threads()} threads, allocator {allocator}, {args.timer} timer, "
+        f"{args.repeats} repeats; "
         f"baseline median {1000 * statistics.median(base_times):.1f} ms"
     )
     print("| variant | ms / step (median) | speed ratio (median) | min | max |")

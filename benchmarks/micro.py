@@ -80,7 +80,8 @@ def sums(batch: int) -> None:
     print("| stage-1 weighted sum, 17 inputs | ms |\n|---|---|")
     print(f"| addcmul_ chain | {timed(chain):.2f} |")
     print(
-        f"| one bmm over the buffer | {timed(lambda: torch.bmm(rows, buf.view(batch * c, n, hw))):.2f} |"
+        "| one bmm over the buffer | "
+        f"{timed(lambda: torch.bmm(rows, buf.view(batch * c, n, hw))):.2f} |"
     )
     print(f"| sum over the same bytes | {timed(lambda: buf.sum(2)):.2f} |")
 

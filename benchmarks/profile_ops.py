@@ -6,7 +6,8 @@ operator, averaged over the repeats, for the operators that are among the top ``
 either model.
 
     python benchmarks/profile_ops.py --arch afi_resnet110 --mode infer --threads 1 --repeats 3
-    python benchmarks/profile_ops.py --arch afi_resnet50 --batch-size 16 --input-size 224 --mode train
+    python benchmarks/profile_ops.py --arch afi_resnet50 --batch-size 16 --input-size 224 \\
+        --mode train
 """
 
 from __future__ import annotations

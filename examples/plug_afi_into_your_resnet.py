@@ -3,7 +3,8 @@
 Each block halves its first convolution to X(i) and makes one call to its `AFIJoin`, naming
 the modules around the AFI point; the join returns the next convolution of [X(i), R(i)]
 (Eq. 4). The stage shares one `StageFeatures` (X(1..i-1)) per forward: `afictl.models.Stage`
-does that for you. The same model exports, traces and compiles. Run: python examples/plug_afi_into_your_resnet.py
+does that for you. The same model exports, traces and compiles.
+Run: python examples/plug_afi_into_your_resnet.py
 """
 
 from __future__ import annotations

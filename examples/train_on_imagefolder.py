@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     result = train(cfg)
     print(
-        f"{result.arch}: top-1 {result.eval_top1:.1f}% after {result.epochs} epochs -> {result.run_dir}"
+        f"{result.arch}: top-1 {result.eval_top1:.1f}% after {result.epochs} epochs "
+        f"-> {result.run_dir}"
     )
     return result.to_dict()
 

@@ -1,4 +1,7 @@
-"""The plain, obviously-correct reference of Eq. 1-2 that every AFI implementation is checked against."""
+"""The plain, obviously-correct reference of Eq. 1-2.
+
+Every AFI implementation is checked against it.
+"""
 
 import torch
 
@@ -18,7 +21,10 @@ def reference_afi(features, w1, w2):
 
 
 def assert_matches_reference(module, out, feats, ref_feats):
-    """``out`` (from ``feats``) equals the reference on ``ref_feats``: values and gradients (float64)."""
+    """``out`` (from ``feats``) equals the reference on ``ref_feats``.
+
+    Values and gradients (float64).
+    """
     w1 = module.fc1.weight.detach().clone().requires_grad_(True)
     w2 = module.fc2.weight.detach().clone().requires_grad_(True)
     ref = reference_afi(ref_feats, w1, w2)

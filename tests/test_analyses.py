@@ -395,7 +395,7 @@ def test_features_cli_writes_figure(ckpts, images, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "notes.jpg" in err
 
 
-# --- the bare lines (issue 9): checkpoints found under ./runs/ -------------------------------------
+# --- the bare lines (issue 9): checkpoints found under ./runs/ ------------------------------------
 
 
 def test_bare_lines_without_runs_say_what_to_do(tmp_path, monkeypatch, capsys, images):

@@ -45,7 +45,10 @@ def one_line_exit_2(code: int, err: str) -> str:
 
 
 def _bomb(path: Path, side: int = 30000) -> Path:
-    """A tiny PNG whose header claims side x side pixels (PIL refuses it as a decompression bomb)."""
+    """A tiny PNG whose header claims side x side pixels.
+
+    PIL refuses it as a decompression bomb.
+    """
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (
@@ -687,7 +690,10 @@ def test_selectivity_keeps_densenet_negative_values(tmp_path):
 
 
 def test_selectivity_index_of_signed_means():
-    """|mu_max| + |mu_rest| below: Morcos et al.'s index for non-negative means, in [0, 1] otherwise."""
+    """|mu_max| + |mu_rest| below.
+
+    Morcos et al.'s index for non-negative means, in [0, 1] otherwise.
+    """
     means = np.array([[2.0, -1.0, -0.5, 3.0], [1.0, -3.0, -0.5, 1.0], [0.0, -2.0, -0.5, 1.0]])
     index, dead = selectivity_index(means)
     # channel 0: mu_max 2, mu_rest 0.5 -> 1.5 / 2.5; channel 1: mu_max -1, mu_rest -2.5 -> 1.5 / 3.5

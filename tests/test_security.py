@@ -90,7 +90,7 @@ def _checkpoint(
     return save_checkpoint(path, payload)
 
 
-# --- 1. a CIFAR folder never runs code -------------------------------------------------------------
+# --- 1. a CIFAR folder never runs code ------------------------------------------------------------
 
 
 def _evil_cifar(root: Path, marker: Path) -> Path:
@@ -174,7 +174,7 @@ def test_cifar_malformed_batches_are_one_line(tmp_path):
         build_dataset("cifar10", tmp_path, "eval")
 
 
-# --- 2. paths from input stay inside their roots ---------------------------------------------------
+# --- 2. paths from input stay inside their roots --------------------------------------------------
 
 
 def test_transfer_domain_cannot_leave_data_root_or_run_root(capsys, tmp_path):
@@ -219,7 +219,7 @@ def test_transfer_domain_cannot_leave_data_root_or_run_root(capsys, tmp_path):
     assert resolve_domain(root, "cl") == root / "Clipart"
 
 
-# --- 3. every checkpoint consumer refuses a torch.save payload --------------------------------------
+# --- 3. every checkpoint consumer refuses a torch.save payload ------------------------------------
 
 
 @pytest.fixture
@@ -317,7 +317,7 @@ def test_torch_save_payload_refused_by_every_consumer(
     assert not marker.exists()
 
 
-# --- 4. crafted checkpoints: one line each, nothing allocated ----------------------------------------
+# --- 4. crafted checkpoints: one line each, nothing allocated -------------------------------------
 
 
 CRAFTED = {
@@ -399,7 +399,7 @@ def test_random_bytes_is_not_a_checkpoint_rather_than_unsafe(capsys, tmp_path):
         _one_error_line(err)
 
 
-# --- resume: tampered last.pt refused before the run folder is touched --------------------------------
+# --- resume: tampered last.pt refused before the run folder is touched ----------------------------
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,10 @@ def _afi_blocks(model: nn.Module, stage: str) -> list[int]:
 def afi_block(
     model: nn.Module, stage: str | None, block: int | None
 ) -> tuple[str, int, str, AFIModule]:
-    """(paper stage name, 1-based block, module name, AFI module); defaults: last AFI stage/block."""
+    """(paper stage name, 1-based block, module name, AFI module).
+
+    Defaults: the last AFI stage and block.
+    """
     arch = getattr(model, "arch", type(model).__name__)
     if stage is None:
         with_afi = [s for s in model.stage_names if _afi_blocks(model, s)]

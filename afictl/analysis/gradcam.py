@@ -1,10 +1,11 @@
 """Grad-CAM heatmaps of one or more checkpoints on the same images (paper section 4.2, Figure 3).
 
 The heatmaps come from pytorch-grad-cam: Grad-CAM by default, or any of the CAM methods in
-:data:`~afictl.analysis.cam_methods.METHODS` (each used as a context manager so its hooks are removed afterwards). The target
-layer is ``model.feature_layer()`` (the last block of the last stage) unless a module path is
-given; FullGrad uses every bias of the network instead. Each heatmap also gets the paper's "area
-paid most attention to": the share of the input with activation above half the maximum.
+:data:`~afictl.analysis.cam_methods.METHODS` (each used as a context manager so its hooks are
+removed afterwards). The target layer is ``model.feature_layer()`` (the last block of the last
+stage) unless a module path is given; FullGrad uses every bias of the network instead. Each
+heatmap also gets the paper's "area paid most attention to": the share of the input with
+activation above half the maximum.
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def resolve_layer(model: nn.Module, layer: str | None) -> tuple[nn.Module, str]:
     except AttributeError:
         pass
     raise UserError(
-        f"--layer {layer!r}: no such module in {getattr(model, 'arch', 'the model')}; give a module "
-        f"path such as {default_name} or a stage name ({', '.join(model.stage_names)})"
+        f"--layer {layer!r}: no such module in {getattr(model, 'arch', 'the model')}; "
+        f"give a module path such as {default_name} "
+        f"or a stage name ({', '.join(model.stage_names)})"
     )
 
 

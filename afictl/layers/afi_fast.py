@@ -164,7 +164,8 @@ class _StageBuffer:
             self.shape = tuple(self.data.shape)
         elif tuple(x.shape) != self.feature_shape:
             raise ValueError(
-                f"AFI features of one stage must share a shape: {tuple(x.shape)} vs {self.feature_shape}"
+                "AFI features of one stage must share a shape: "
+                f"{tuple(x.shape)} vs {self.feature_shape}"
             )
         self.written[k] = True
         return self.writable[:, :, k]
@@ -252,7 +253,10 @@ def _backward_pass() -> int:
 
 
 class _Write(torch.autograd.Function):
-    """Write X(k), or act(h) as X(k), into the stage buffer; returns the token z(k) (invariant 2)."""
+    """Write X(k), or act(h) as X(k), into the stage buffer.
+
+    Returns the token z(k) (invariant 2).
+    """
 
     @staticmethod
     def forward(

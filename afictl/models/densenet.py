@@ -1,4 +1,4 @@
-"""DenseNet for CIFAR (Huang et al. 2017, their Table 2 "DenseNet (k = 12)"), the baselines of Table 4.
+"""DenseNet for CIFAR (Huang et al. 2017, Table 2 "DenseNet (k = 12)"), the Table 4 baselines.
 
 Depth L = 3n + 4: a 3x3 stem with 16 channels, three dense blocks of n = (L - 4) / 3 layers
 (BN -> ReLU -> 3x3 conv with k = 12 outputs, concatenated to the layer's input), transitions
@@ -50,7 +50,10 @@ class Transition(nn.Sequential):
 
 
 class DenseNet(Backbone):
-    """CIFAR DenseNet of depth ``3n + 4`` with growth rate ``growth`` (no bottleneck, no compression)."""
+    """CIFAR DenseNet of depth ``3n + 4`` with growth rate ``growth``.
+
+    No bottleneck, no compression.
+    """
 
     def __init__(
         self, depth: int = 40, num_classes: int = 100, *, growth: int = 12, stem: int = 16

@@ -66,7 +66,10 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck; in an AFI block the first 1x1 outputs half its width."""
+    """torchvision's ResNet v1.5 bottleneck.
+
+    In an AFI block the first 1x1 outputs half its width.
+    """
 
     expansion = 4
 

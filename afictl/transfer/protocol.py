@@ -73,7 +73,8 @@ def all_pairs(root: Path) -> list[tuple[str, str]]:
     if len(present) != len(DOMAINS):
         missing = sorted(set(DOMAINS) - set(present))
         raise UserError(
-            f"--all-pairs needs the four Office-Home domains under {root}; missing: {', '.join(missing)}"
+            f"--all-pairs needs the four Office-Home domains under {root}; "
+            f"missing: {', '.join(missing)}"
         )
     return list(permutations(present, 2))
 
@@ -90,11 +91,13 @@ def match_classes(
     missing_in_source = sorted(set(target) - set(source))
     if missing_in_target:
         raise UserError(
-            f"class(es) {', '.join(missing_in_target[:5])} of the source are missing in {target_name}"
+            f"class(es) {', '.join(missing_in_target[:5])} of the source "
+            f"are missing in {target_name}"
         )
     if missing_in_source:
         raise UserError(
-            f"class(es) {', '.join(missing_in_source[:5])} of {target_name} are missing in the source"
+            f"class(es) {', '.join(missing_in_source[:5])} of {target_name} "
+            "are missing in the source"
         )
     return [index[c] for c in target]
 
