@@ -17,7 +17,9 @@ A checkpoint is a dict with at least::
     config: the run's resolved configuration (dataset, data_root, input_size, ...),
     class_names: list[str] | None
 
-and, when written by ``afictl train``: optimizer, scheduler, scaler, rng, metrics.
+and, when written by ``afictl train`` (:class:`afictl.train.checkpointing.TrainCheckpoint`):
+optimizer, scheduler, scaler, rng, metrics, best_top1, best_epoch, the running sums of an
+interrupted epoch, and with ``--model-ema`` / ``--checkpoint-hist`` model_ema / checkpoint_hist.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "afictl-checkpoint"
-CHECKPOINT_VERSION = 1
+#: 2: the training checkpoint as a dataclass (afictl.train.checkpointing), model_ema,
+#: checkpoint_hist; version-1 files load as they are
+CHECKPOINT_VERSION = 2
 #: The most classes a checkpoint may declare (ImageNet-21k has 21,841); more is a crafted file.
 MAX_CLASSES = 100_000
 
@@ -393,6 +397,27 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
     metrics = ckpt.get("metrics", [])
     if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
         raise CheckpointError(f"{where}: metrics must be a list of rows")
+    _check_ema(where, ckpt, cfg, _check_model_kwargs(where, cfg.arch, kw))
+    hist = ckpt.get("checkpoint_hist")
+    if hist is not None and not (isinstance(hist, dict) and isinstance(hist.get("ranking"), list)):
+        raise CheckpointError(f"{where}: checkpoint_hist is not one afictl train writes")
+
+
+def _check_ema(where: str, ckpt: dict[str, Any], cfg: Any, kw: dict[str, Any]) -> None:
+    """With ``--model-ema`` the EMA state (``module.<weight>`` tensors and ``n_averaged``) fits
+    the architecture as the raw weights do."""
+    if not getattr(cfg, "model_ema", False):
+        return
+    ema = ckpt.get("model_ema")
+    if not (
+        isinstance(ema, dict)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ema.items())
+    ):
+        raise CheckpointError(
+            f"{where}: the run has --model-ema but no EMA state of tensors (model_ema)"
+        )
+    inner = {k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")}
+    _check_weights(f"{where} (EMA weights)", cfg.arch, ckpt["num_classes"], kw, inner)
 
 
 def validate_checkpoint(

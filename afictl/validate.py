@@ -20,8 +20,11 @@ from .errors import UserError
 __all__ = [
     "AMP_CHOICES",
     "BAD_IMAGES_CHOICES",
+    "BEST_OF_CHOICES",
+    "DECODE_CHOICES",
     "INPUT_SIZE_RANGE",
     "LR_SCHEDULES",
+    "OPTIMIZERS",
     "OPTION_CHECKS",
     "check_option",
     "check_options",
@@ -30,7 +33,14 @@ __all__ = [
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 BAD_IMAGES_CHOICES = ("skip", "stop")
-LR_SCHEDULES = ("step", "inv")
+LR_SCHEDULES = ("step", "cosine", "inv")
+OPTIMIZERS = ("sgd", "adamw")
+DECODE_CHOICES = ("auto", "pil", "pil-draft", "torchvision", "gpu")
+BEST_OF_CHOICES = ("raw", "ema")
+#: --aa: timm's RandAugment strings (rand-m9-mstd0.5, rand-m9-n2; afictl/data/transforms.py
+#: parses them), TrivialAugment, AutoAugment with torchvision's policies
+AA_FIXED = ("trivial", "autoaugment", "autoaugment-imagenet", "autoaugment-cifar10")
+_AA_RAND = re.compile(r"rand(-m\d+(\.\d+)?|-n\d+|-mstd\d+(\.\d+)?)+")
 #: inputs smaller than 8 pixels vanish in the first strided layers; larger than 4096 exhaust memory
 INPUT_SIZE_RANGE = (8, 4096)
 _SEED_LIMIT = 2**63
@@ -151,6 +161,28 @@ def check_stages_of(stages: list[int], arch: str, num_stages: int) -> list[int]:
     return stages
 
 
+def _aa(value: Any) -> str:
+    """``none`` stays a word (not None), so that ``--aa none`` overrides a recipe's policy."""
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a policy name, got {value!r}")
+    text = value.lower()
+    if text in ("", "none"):
+        return "none"
+    if text in AA_FIXED or _AA_RAND.fullmatch(text):
+        return text
+    raise _Invalid(
+        f"must be rand-m9-mstd0.5 (RandAugment, timm's notation), {', '.join(AA_FIXED)} "
+        f"or none, got {value!r}"
+    )
+
+
+def _ema_decay(value: Any) -> float:
+    value = _number(value, zero=False)
+    if value >= 1:
+        raise _Invalid(f"must be below 1 (e.g. 0.9998), got {value:g}")
+    return value
+
+
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else check(value)
 
@@ -181,13 +213,30 @@ OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "lr_milestones": _milestones,
     "lr_gamma": lambda v: _number(v, zero=False),
     "warmup_epochs": _number,
-    "lr_schedule": _choice(*LR_SCHEDULES),
+    "sched": _choice(*LR_SCHEDULES),
+    "lr_schedule": _choice(*LR_SCHEDULES),  # the name of --sched before 0.3 (config files)
+    "min_lr": _number,
+    "opt": _choice(*OPTIMIZERS),
+    "wd_norm_bias": _flag,
     "backbone_lr_mult": _number,
     "pretrained": _optional(_path),
     "momentum": _number,
     "weight_decay": _number,
     "nesterov": _flag,
     "label_smoothing": lambda v: _number(v, hi=1.0),
+    "smoothing": lambda v: _number(v, hi=1.0),
+    "mixup": _number,
+    "cutmix": _number,
+    "mixup_prob": lambda v: _number(v, hi=1.0),
+    "aa": _optional(_aa),
+    "reprob": lambda v: _number(v, hi=1.0),
+    "model_ema": _flag,
+    "model_ema_decay": _ema_decay,
+    "best_of": _choice(*BEST_OF_CHOICES),
+    "clip_grad": _optional(_number),  # 0: off (so that it can override a recipe)
+    "grad_accum_steps": _positive,
+    "checkpoint_hist": _count,
+    "decode": _choice(*DECODE_CHOICES),
     "afi_stages": _optional(_stages),
     "reduction": _optional(_positive),
     "seed": lambda v: _integer(v, 0, _SEED_LIMIT - 1),

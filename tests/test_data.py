@@ -140,8 +140,10 @@ def test_corrupt_image_raise_and_mark(tmp_path):
 
 def test_corrupt_image_error_from_worker_is_one_line():
     wrapped = CorruptImageError(
-        "Caught CorruptImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-        '  File "x.py", line 1\nafictl.data.errors.CorruptImageError: cannot read image /d/a.jpg (bad)\n'
+        "Caught CorruptImageError in DataLoader worker process 0.\n"
+        "Original Traceback (most recent call last):\n"
+        '  File "x.py", line 1\n'
+        "afictl.data.errors.CorruptImageError: cannot read image /d/a.jpg (bad)\n"
     )
     assert str(wrapped) == "cannot read image /d/a.jpg (bad)"
 
@@ -156,3 +158,31 @@ def test_data_roots(tmp_path, monkeypatch):
     assert resolve_data_root("shapes", "x") is None
     with pytest.raises(UserError, match="unknown dataset"):
         build_dataset("mnist", None, "train")
+
+
+def test_pipelines_equal_torchvision_v1_on_pil_images():
+    """The v2 pipelines (which also take uint8 tensors) give the v1 ToTensor values bit for bit."""
+    from torchvision import transforms as T
+
+    from afictl.data import eval_transform, normalization, train_transform
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (75, 100, 3), dtype=np.uint8))
+    norm = T.Normalize(*normalization("imagenet"))
+    v1_train = T.Compose(
+        [T.RandomResizedCrop(64 + 1), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+    )
+    v1_eval = T.Compose([T.Resize(round(65 * 256 / 224)), T.CenterCrop(65), T.ToTensor(), norm])
+    small = T.Compose([T.Resize((32, 32)), T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
+    v1_small = T.Compose([small, T.ToTensor(), norm])
+    pairs = [
+        (v1_train, train_transform("imagenet", 65)),
+        (v1_eval, eval_transform("imagenet", 65)),
+        (v1_small, train_transform("imagenet", 32)),
+    ]
+    for old, new in pairs:
+        for seed in range(3):
+            torch.manual_seed(seed)
+            a = old(img)
+            torch.manual_seed(seed)
+            b = new(img)
+            assert type(b) is torch.Tensor and torch.equal(a, b)

@@ -73,7 +73,8 @@ def read_batch(path: str | Path) -> Any:
             return BatchUnpickler(f, encoding="latin1").load()
     except _Refused as exc:
         raise UnsafeDataError(
-            f"{path} is not a CIFAR batch file: {exc}, which CIFAR data never holds; refused without running it"
+            f"{path} is not a CIFAR batch file: {exc}, which CIFAR data never holds; "
+            "refused without running it"
         ) from None
     except OSError as exc:
         raise DataMissingError(
@@ -146,7 +147,8 @@ class _Present:
         bad = [y for y in targets if not 0 <= y < len(self.classes)]
         if bad:
             raise UnsafeDataError(
-                f"{Path(self.root, self.base_folder)} has label {bad[0]} but {len(self.classes)} classes"
+                f"{Path(self.root, self.base_folder)} has label {bad[0]} but "
+                f"{len(self.classes)} classes"
             )
         self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
         self.targets = targets
@@ -191,14 +193,16 @@ def cifar(name: str, root: Path, split: str, transform, download: bool = False):
             raise DataMissingError(
                 f"no {_PRETTY[name]} data in {root} (expected {root / cls.base_folder}/, the "
                 f"python version from {cls.url} unpacked there); pass --download to fetch it, "
-                "--data-root DIR or AFICTL_DATA to look elsewhere, or train offline with --data shapes"
+                "--data-root DIR or AFICTL_DATA to look elsewhere, or train offline with "
+                "--data shapes"
             )
         try:
             root.mkdir(parents=True, exist_ok=True)
             cls(str(root), train=True, download=True)
         except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
             raise DataMissingError(
-                f"could not download {_PRETTY[name]} into {root} ({str(exc).splitlines()[0][:100]}); "
+                f"could not download {_PRETTY[name]} into {root} "
+                f"({str(exc).splitlines()[0][:100]}); "
                 f"fetch {cls.url} by hand and unpack it there, or train offline with --data shapes"
             ) from None
     try:

@@ -17,9 +17,10 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .cifar import cifar
+from .decode import make_loader_fn, resolve_decode
 from .folders import image_folder
 from .shapes import ShapesDataset
-from .transforms import eval_transform, train_transform
+from .transforms import eval_resize, eval_transform, is_small, train_transform
 
 __all__ = [
     "DATASETS",
@@ -91,11 +92,12 @@ def resolve_data_root(name: str, root: str | Path | None) -> Path | None:
 
 
 class SubsetWithClasses(Dataset):
-    """A fixed subset of a dataset that keeps its ``classes`` (and ``on_error``)."""
+    """A fixed subset of a dataset that keeps its ``classes`` and ``device_transform``."""
 
     def __init__(self, dataset: Dataset, indices: list[int]) -> None:
         self.dataset, self.indices = dataset, indices
         self.classes = list(dataset.classes)
+        self.device_transform = getattr(dataset, "device_transform", None)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -131,6 +133,9 @@ def build_dataset(
     seed: int = 0,
     train_transforms: bool | None = None,
     on_error: str = "raise",
+    aa: str | None = None,
+    reprob: float = 0.0,
+    decode: str = "auto",
 ) -> Dataset:
     """The ``split`` ("train" or "eval") of dataset ``name``, with the paper's transforms.
 
@@ -138,36 +143,73 @@ def build_dataset(
     - ``input_size``: pixels fed to the model (default: the files' own size, 224 for ImageFolder).
     - ``size``: images per split; generated datasets make that many, others keep a fixed random
       subset (drawn from ``seed``).
-    - ``train_transforms``: augment (random crop/flip) or not; ``None``: augment the train split only.
+    - ``train_transforms``: augment (random crop/flip) or not; ``None``: the train split only.
     - ``on_error``: an unreadable image raises :class:`CorruptImageError` (``"raise"``) or comes
       back as a :class:`BrokenImage` (``"mark"``, what the training loader uses).
+    - ``aa``, ``reprob``: timm's ``--aa`` policy and random-erasing probability, for augmented
+      splits only (see :func:`afictl.data.transforms.train_transform`).
+    - ``decode``: how ImageFolder files are decoded (:mod:`afictl.data.decode`); under ``"gpu"``
+      the dataset yields encoded JPEGs and carries its transform as ``device_transform`` for
+      :func:`afictl.data.decode.on_device`. Other datasets are in memory: only ``auto``/``pil``.
 
-    The dataset has ``classes: list[str]``. Missing files raise :class:`DataMissingError`.
+    The dataset has ``classes: list[str]`` and ``device_transform`` (``None`` unless
+    ``decode="gpu"``). Missing files raise :class:`DataMissingError`.
     """
     spec = dataset_spec(name)
     if split not in ("train", "eval"):
         raise UserError(f"unknown split {split!r}; use 'train' or 'eval'")
     if size is not None and size < 1:
         raise UserError(f"--data-size must be at least 1, got {size}")
+    folder = name in ("imagenet", "imagefolder")
+    decode = _check_decode(name, decode, folder)
     input_size = input_size or spec.native_size or 224
     augment = split == "train" if train_transforms is None else train_transforms
-    transform = (train_transform if augment else eval_transform)(name, input_size)
+    # bad --aa/--reprob values fail on any split; they augment only
+    train = train_transform(name, input_size, aa=aa, reprob=reprob)
+    transform = train if augment else eval_transform(name, input_size)
     path = resolve_data_root(name, root)
     if name == "shapes":
-        return ShapesDataset(size or spec.default_size, seed=seed, split=split, transform=transform)
-    if name == "synthetic":
-        return SyntheticDataset(
-            size or spec.default_size, input_size, seed=seed + (split == "eval")
+        ds: Dataset = ShapesDataset(
+            size or spec.default_size, seed=seed, split=split, transform=transform
         )
-    if name in ("cifar10", "cifar100"):
+    elif name == "synthetic":
+        ds = SyntheticDataset(size or spec.default_size, input_size, seed=seed + (split == "eval"))
+    elif not folder:
         ds = cifar(name, path, split, transform, download=download)
     else:
         if download:
             raise UserError(
                 f"{name} cannot be downloaded; put its train/ and val/ folders in {path}"
             )
-        ds = image_folder(name, path, split, transform, on_error=on_error)
-    if size is not None and size < len(ds):
+        # pil-draft keeps both sides >= what the first resize needs (crop size, eval short side)
+        need = input_size if augment or is_small(input_size) else eval_resize(input_size)
+        ds = _folder(name, path, split, transform, decode, need, on_error=on_error)
+    if not hasattr(ds, "device_transform"):
+        ds.device_transform = None
+    if name not in ("shapes", "synthetic") and size is not None and size < len(ds):
         g = torch.Generator().manual_seed(seed * 2 + (split == "eval"))
         ds = SubsetWithClasses(ds, sorted(torch.randperm(len(ds), generator=g)[:size].tolist()))
     return ds
+
+
+def _folder(
+    name: str, path: Path, split: str, transform, decode: str, need: int, *, on_error: str
+) -> Dataset:
+    """An ImageFolder split decoded by ``decode``; under "gpu" the transform runs on the device."""
+    loader = make_loader_fn(decode, need)
+    on_cpu, on_dev = (None, transform) if decode == "gpu" else (transform, None)
+    ds = image_folder(name, path, split, on_cpu, on_error=on_error, loader=loader)
+    ds.device_transform = on_dev
+    return ds
+
+
+def _check_decode(name: str, decode: str, folder: bool) -> str:
+    if folder:
+        return resolve_decode(decode)
+    if decode not in ("auto", "pil"):
+        resolve_decode(decode)  # an unknown value is named as such
+        raise UserError(
+            f"--decode {decode} applies to files (imagenet, imagefolder); {name} is decoded "
+            "in memory: leave --decode auto"
+        )
+    return "pil"

@@ -94,9 +94,10 @@ def _expect(name: str, root: Path) -> str:
 
 
 def image_folder(
-    name: str, root: Path, split: str, transform, on_error: str = "raise"
+    name: str, root: Path, split: str, transform, on_error: str = "raise", loader=None
 ) -> SafeImageFolder:
-    """The ``split`` ("train" or "eval") of an ImageFolder tree under ``root``."""
+    """The ``split`` ("train" or "eval") of an ImageFolder tree under ``root``; ``loader``
+    reads one file (default PIL, see :mod:`afictl.data.decode`)."""
     split_dir = find_split_dir(root, split)
     train_dir = find_split_dir(root, "train")
     if split_dir is None:
@@ -105,7 +106,10 @@ def image_folder(
     if split != "train" and train_dir is not None:
         classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     try:
-        ds = SafeImageFolder(split_dir, classes=classes, on_error=on_error, transform=transform)
+        kw = {} if loader is None else {"loader": loader}
+        ds = SafeImageFolder(
+            split_dir, classes=classes, on_error=on_error, transform=transform, **kw
+        )
     except FileNotFoundError as exc:  # no class folders at all
         raise DataMissingError(f"{_expect(name, root)} [{str(exc).splitlines()[0]}]") from None
     if len(ds) == 0:

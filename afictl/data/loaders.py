@@ -6,6 +6,10 @@
   so reduced metrics are exact.
 - Unreadable images (:class:`BrokenImage`) are dropped from the batch and handed to the
   caller, which counts them or stops (``--bad-images``).
+- Datasets read with ``--decode gpu`` yield encoded JPEGs: their batches carry a list of
+  tensors, decoded by :func:`afictl.data.decode.on_device` in the main process.
+- Defaults measured by benchmarks/input_pipeline.py (docs/PERFORMANCE.md, "Input pipeline"):
+  :data:`PREFETCH_FACTOR` batches per worker; persistent workers for evaluation only.
 """
 
 from __future__ import annotations
@@ -18,23 +22,42 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data import default_collate as _default_collate
 
+from ..errors import UserError
+from .decode import is_raw
 from .errors import BrokenImage
 
-__all__ = ["Batch", "ResumableSampler", "ShardSampler", "collate_skip_broken", "make_loader"]
+__all__ = [
+    "PREFETCH_FACTOR",
+    "Batch",
+    "ResumableSampler",
+    "ShardSampler",
+    "collate_skip_broken",
+    "make_loader",
+]
+
+#: Batches each worker keeps ready (DataLoader's ``prefetch_factor``); measured, see above.
+PREFETCH_FACTOR = 2
 
 
 class Batch(NamedTuple):
-    images: torch.Tensor
+    images: torch.Tensor | list[torch.Tensor]  # a list: encoded JPEGs (--decode gpu)
     targets: torch.Tensor
     broken: list[BrokenImage]
 
 
 def collate_skip_broken(samples: list) -> Batch:
-    """Default collation of the readable samples; the unreadable ones listed in ``broken``."""
+    """Default collation of the readable samples; the unreadable ones listed in ``broken``.
+
+    Under ``--decode gpu`` the samples are uint8 (JPEG bytes, or other formats decoded but not
+    transformed) and of different sizes: the batch then holds the list of its images, in order,
+    for :func:`afictl.data.decode.on_device`."""
     good = [s for s in samples if not isinstance(s[0], BrokenImage)]
     broken = [s[0] for s in samples if isinstance(s[0], BrokenImage)]
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), broken)
+    if any(is_raw(s[0]) for s in good):
+        targets = _default_collate([s[1] for s in good])
+        return Batch([s[0] for s in good], targets, broken)
     images, targets = _default_collate(good)
     return Batch(images, targets, broken)
 
@@ -94,8 +117,18 @@ def make_loader(
     world: int = 1,
     rank: int = 0,
     pin_memory: bool = False,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
 ) -> DataLoader:
-    """A loader yielding :class:`Batch`; ``batch_size`` is per process."""
+    """A loader yielding :class:`Batch`; ``batch_size`` is per process.
+
+    ``persistent_workers``: keep the worker processes between epochs; ``None``: for evaluation
+    only (training workers restart each epoch, from seeds drawn from ``(seed, epoch)``, which is
+    what makes a resume at an epoch boundary exact; ``True`` for training gives that up).
+    ``prefetch_factor``: batches per worker kept ready (``None``: :data:`PREFETCH_FACTOR`).
+    Both are ignored without workers."""
+    if prefetch_factor is not None and prefetch_factor < 1:
+        raise UserError(f"prefetch factor must be at least 1, got {prefetch_factor}")
     if train:
         sampler: Sampler[int] = ResumableSampler(dataset, world=world, rank=rank, seed=seed)
         # drop the ragged last batch (a batch of one breaks BatchNorm), unless that is all there is
@@ -112,7 +145,9 @@ def make_loader(
         drop_last=drop_last,
         # training workers start afresh each epoch, seeded from the loader's generator, which the
         # loop reseeds from (seed, epoch): augmentation then resumes exactly at epoch boundaries
-        persistent_workers=workers > 0 and not train,
+        persistent_workers=workers > 0
+        and (not train if persistent_workers is None else persistent_workers),
+        prefetch_factor=(prefetch_factor or PREFETCH_FACTOR) if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )

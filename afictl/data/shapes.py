@@ -2,8 +2,9 @@
 
 Every image is one coloured shape (the class) of random size, position and colour on a random
 background (flat, gradient, stripes or noise). The shape is the only thing that predicts the
-label, so a network must learn shapes, not colours; it learns them within one short epoch. Generation is deterministic from
-``(seed, split)``: the same arguments always give the same pixels, on any machine.
+label, so a network must learn shapes, not colours; it learns them within one short epoch.
+Generation is deterministic from ``(seed, split)``: the same arguments always give the same
+pixels, on any machine.
 """
 
 from __future__ import annotations

@@ -1,28 +1,43 @@
 """Training: the paper's recipes, the loop, checkpoints that lose nothing, DDP, evaluation.
 
-Modules: ``config`` (recipes + resolution), ``optim`` (SGD + step schedule), ``engine`` (one
-epoch, one evaluation), ``run`` (a whole run: data, model, run folder, checkpoints, resume),
-``metrics`` (top-k, CSV/JSONL/TensorBoard), ``distributed`` (torchrun/DDP helpers), ``state``
-(seeding, RNG states, the SIGINT/SIGTERM flag), ``progress`` (rich bars), ``evaluate``
-(a checkpoint on a dataset).
+Modules: ``options`` (every option, declared once; no torch), ``config`` (recipes +
+resolution), ``optim`` (optimizers + schedules), ``engine`` (the parts of a run, one epoch, one
+evaluation), ``run`` (a whole run: data, model, run folder, checkpoints, resume),
+``checkpointing`` (the training checkpoint as a dataclass), ``metrics`` (top-k,
+CSV/JSONL/TensorBoard), ``distributed`` (torchrun/DDP helpers), ``state`` (seeding, RNG states,
+the SIGINT/SIGTERM flag), ``progress`` (rich bars), ``evaluate`` (a checkpoint on a dataset).
+
+The names below are imported on first use, so that ``afictl.train.options`` (what
+``afictl train --help`` reads) loads without torch.
 """
 
-from .config import RECIPES, TrainConfig, load_config_file, resolve_config
-from .engine import NonFiniteLossError
-from .evaluate import evaluate_checkpoint
-from .metrics import METRIC_COLUMNS
-from .run import TrainResult, default_run_dir, load_resume, train
+from __future__ import annotations
 
-__all__ = [
-    "METRIC_COLUMNS",
-    "RECIPES",
-    "NonFiniteLossError",
-    "TrainConfig",
-    "TrainResult",
-    "default_run_dir",
-    "evaluate_checkpoint",
-    "load_config_file",
-    "load_resume",
-    "resolve_config",
-    "train",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "METRIC_COLUMNS": "metrics",
+    "RECIPES": "config",
+    "NonFiniteLossError": "engine",
+    "TrainCheckpoint": "checkpointing",
+    "TrainConfig": "config",
+    "TrainParts": "engine",
+    "TrainResult": "run",
+    "default_run_dir": "run",
+    "evaluate_checkpoint": "evaluate",
+    "load_config_file": "config",
+    "load_resume": "run",
+    "resolve_config": "config",
+    "train": "run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

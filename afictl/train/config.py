@@ -12,6 +12,12 @@ Recipes (section 4.3 of the paper):
   lr 0.1 x batch / 256, divided by 10 at epochs 30, 60 and 80.
 - ``quick``: ours, for the generated ``shapes`` data: a few epochs that learn in a minute on a
   laptop CPU (batch 32, lr 0.05 with a short warm-up, weight decay 5e-4).
+- ``modern-imagenet``: torchvision's "new" ResNet-50 recipe (references/classification, 2021)
+  as far as afictl has its pieces; ``modern-cifar``: the same ideas at CIFAR scale (the sources
+  of each value are in docs/TRAINING.md).
+
+The config is immutable once resolved: derived values (``num_classes``, ``world_size``, the
+run folder) come in with :func:`dataclasses.replace`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +33,10 @@ from ..data import dataset_spec, resolve_data_root
 from ..errors import UserError
 from ..models import get_model_info
 from ..validate import OPTION_CHECKS, check_option, check_options, check_stages_of
+from .options import CONFIG_ALIASES, RUNTIME_KEYS
 
 __all__ = [
+    "DERIVED_KEYS",
     "RECIPES",
     "RUNTIME_KEYS",
     "TrainConfig",
@@ -75,7 +83,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         warmup_epochs=0.0,
         momentum=0.9,
         weight_decay=5e-4,
-        lr_schedule="inv",
+        sched="inv",
         backbone_lr_mult=0.1,
     ),
     "quick": dict(
@@ -89,17 +97,67 @@ RECIPES: dict[str, dict[str, Any]] = {
         momentum=0.9,
         weight_decay=5e-4,
     ),
+    # torchvision's ResNet-50 "new recipe" (references/classification/README.md, Vryniotis
+    # 2021): lr 0.5 at batch 1024, cosine, 5 warm-up epochs, wd 2e-5 not on norms, smoothing
+    # 0.1, mixup 0.2, cutmix 1.0, TrivialAugment, random erasing 0.1, EMA; 600 epochs. Left
+    # out (afictl has no such option): ra-sampler, train crop 176 / eval resize 232.
+    "modern-imagenet": dict(
+        epochs=600,
+        batch_size=1024,
+        lr=0.5,
+        lr_reference_batch=1024,
+        lr_milestones=[],
+        lr_gamma=0.1,
+        sched="cosine",
+        warmup_epochs=5.0,
+        min_lr=0.0,
+        momentum=0.9,
+        weight_decay=2e-5,
+        wd_norm_bias=False,
+        label_smoothing=0.1,
+        mixup=0.2,
+        cutmix=1.0,
+        aa="trivial",
+        reprob=0.1,
+        model_ema=True,
+        model_ema_decay=0.99998,
+    ),
+    # The same ideas at CIFAR scale: batch 128, lr 0.1, cosine with 5 warm-up epochs, wd 5e-4
+    # not on norms/biases, Nesterov; CutMix alpha 1 on half the batches (CutMix paper's CIFAR
+    # setting), AutoAugment's CIFAR-10 policy, random erasing 0.25 (timm's default), smoothing
+    # 0.1, EMA 0.999 (a ~1000-step horizon, 2.5 epochs at 50k images); 300 epochs as the paper.
+    "modern-cifar": dict(
+        epochs=300,
+        batch_size=128,
+        lr=0.1,
+        lr_reference_batch=None,
+        lr_milestones=[],
+        lr_gamma=0.1,
+        sched="cosine",
+        warmup_epochs=5.0,
+        min_lr=0.0,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        wd_norm_bias=False,
+        label_smoothing=0.1,
+        cutmix=1.0,
+        mixup_prob=0.5,
+        aa="autoaugment-cifar10",
+        reprob=0.25,
+        model_ema=True,
+        model_ema_decay=0.999,
+    ),
 }
 
-#: Keys that may change when a run is resumed (they do not change what is learned).
-RUNTIME_KEYS = frozenset(
-    {"epochs", "workers", "threads", "device", "tensorboard", "bad_images", "data_root"}
-)
+#: Fields derived by the run, written to config.json but never read from a config file.
+DERIVED_KEYS = frozenset({"lr_effective", "model_kwargs", "num_classes", "world_size", "run_dir"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run depends on. ``None`` fields are filled in by :func:`resolve_config`."""
+    """Everything a run depends on. ``None`` fields are filled in by :func:`resolve_config`;
+    every field a user sets is an option of afictl/train/options.py (one spec each)."""
 
     arch: str
     dataset: str
@@ -111,18 +169,33 @@ class TrainConfig:
     eval_split: str = "eval"
     epochs: int = 1
     batch_size: int = 64  # global: split across DDP processes
+    grad_accum_steps: int = 1  # batches per optimizer step
+    opt: str = "sgd"
     lr: float = 0.1
-    lr_reference_batch: int | None = None  # lr x batch_size / this, when set
+    lr_reference_batch: int | None = None  # lr x effective batch / this, when set
     lr_milestones: list = field(default_factory=list)  # epochs (30) or percent of training ("50%")
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0
-    lr_schedule: str = "step"  # "step": milestones; "inv": lr x (1 + 10 p)^-0.75, p = progress
+    sched: str = "step"  # step: milestones; cosine: to min_lr; inv: lr x (1 + 10 p)^-0.75
+    min_lr: float = 0.0
     backbone_lr_mult: float = 1.0  # lr of everything but the classifier, relative to lr
     pretrained: str | None = None  # initial weights (all but the classifier) from a checkpoint
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
+    wd_norm_bias: bool = True  # weight decay on norm weights and biases too (the paper's)
+    clip_grad: float | None = None  # max global gradient norm; None or 0: off
     label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    aa: str | None = None  # augmentation policy of the train split; None or "none": off
+    reprob: float = 0.0
+    decode: str = "auto"
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    best_of: str = "raw"  # the weights best.pt keeps: raw or ema
+    checkpoint_hist: int = 0
     afi_stages: list[int] | None = None
     reduction: int | None = None
     seed: int = 0
@@ -142,13 +215,32 @@ class TrainConfig:
     world_size: int = 1
 
     @property
+    def effective_batch(self) -> int:
+        """Images per optimizer step: the global batch times the accumulation steps."""
+        return self.batch_size * self.grad_accum_steps
+
+    @property
     def lr_effective(self) -> float:
         """The learning rate actually used (``paper-imagenet`` scales it by batch / 256)."""
         return (
-            self.lr * self.batch_size / self.lr_reference_batch
+            self.lr * self.effective_batch / self.lr_reference_batch
             if self.lr_reference_batch
             else self.lr
         )
+
+    @property
+    def lr_schedule(self) -> str:
+        """The name of :attr:`sched` before it was renamed (kept for readers)."""
+        return self.sched
+
+    @property
+    def augment_policy(self) -> str | None:
+        """``aa`` for the data pipeline: ``None`` when off."""
+        return None if self.aa in (None, "none") else self.aa
+
+    @property
+    def mixing(self) -> bool:
+        return self.mixup_prob > 0 and (self.mixup > 0 or self.cutmix > 0)
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -171,7 +263,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config of ``d`` (a config.json, a checkpoint's config: also those written before
+        a field was renamed, e.g. ``lr_schedule``); unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
+        d = {CONFIG_ALIASES.get(k, k): v for k, v in d.items()}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -240,27 +335,38 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not all(isinstance(k, str) for k in data):
         raise UserError(f"{path}: keys must be names, got {sorted(map(repr, data))[0]}")
     data = {k.replace("-", "_"): v for k, v in data.items()}
-    derived = {"lr_effective", "model_kwargs", "num_classes", "world_size", "run_dir"}
+    data = {CONFIG_ALIASES.get(k, k): v for k, v in data.items()}
     valid = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - valid - derived)
+    unknown = sorted(set(data) - valid - DERIVED_KEYS)
     if unknown:
         raise UserError(
             f"{path}: unknown keys {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
         )
-    return {k: v for k, v in data.items() if k not in derived}
+    return {k: v for k, v in data.items() if k not in DERIVED_KEYS}
 
 
-def _check(cfg: TrainConfig) -> None:
+def _check(cfg: TrainConfig) -> TrainConfig:
     """Every value's type and range (afictl/validate.py, one check per option), then what
-    depends on two of them."""
-    for f in fields(cfg):
-        if f.name in OPTION_CHECKS:
-            setattr(cfg, f.name, check_option(f.name, getattr(cfg, f.name)))
+    depends on two of them; returns the normalised config."""
+    cfg = replace(
+        cfg,
+        **{
+            f.name: check_option(f.name, getattr(cfg, f.name))
+            for f in fields(cfg)
+            if f.name in OPTION_CHECKS
+        },
+    )
     parse_milestones(cfg.lr_milestones, cfg.epochs)
     if not math.isfinite(cfg.lr_effective):
         raise UserError(
-            f"--lr {cfg.lr:g} x batch {cfg.batch_size} / {cfg.lr_reference_batch} is not a finite number"
+            f"--lr {cfg.lr:g} x batch {cfg.effective_batch} / {cfg.lr_reference_batch} "
+            "is not a finite number"
         )
+    if cfg.best_of == "ema" and not cfg.model_ema:
+        raise UserError("--best-of ema needs --model-ema")
+    if cfg.decode == "gpu" and cfg.device == "cpu":
+        raise UserError("--decode gpu needs a CUDA device; use --decode auto on CPU")
+    return cfg
 
 
 def _check_input_size(cfg: TrainConfig) -> None:
@@ -297,6 +403,7 @@ def resolve_config(options: dict[str, Any], config_file: str | Path | None = Non
     merged = check_options(load_config_file(config_file), str(config_file)) if config_file else {}
     merged = {k: v for k, v in merged.items() if v is not None}
     merged.update({k: v for k, v in check_options(options).items() if v is not None})
+    merged = {CONFIG_ALIASES.get(k, k): v for k, v in merged.items()}
     if not merged.get("arch"):
         raise UserError("--arch is required (see `afictl models`)")
     info = get_model_info(merged["arch"])
@@ -324,15 +431,15 @@ def resolve_config(options: dict[str, Any], config_file: str | Path | None = Non
     check_stages_of(values.get("afi_stages") or [], info.name, info.num_stages)
     if values.get("amp") is None:
         values["amp"] = "none"
+    root = resolve_data_root(dataset, values.get("data_root"))  # recorded, for the analyses
+    values["data_root"] = str(root) if root is not None else None
+    if values.get("data_size") is None and dataset == "shapes":
+        values["data_size"] = spec.default_size
     try:
         cfg = TrainConfig.from_dict(values)
     except TypeError as exc:
         raise UserError(f"bad configuration: {exc}") from None
-    root = resolve_data_root(dataset, cfg.data_root)  # recorded, so analyses find the data again
-    cfg.data_root = str(root) if root is not None else None
-    if cfg.data_size is None and dataset == "shapes":
-        cfg.data_size = spec.default_size
-    _check(cfg)
+    cfg = _check(cfg)
     _check_input_size(cfg)
     return cfg
 

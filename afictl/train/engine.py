@@ -1,8 +1,16 @@
-"""One training epoch and one evaluation pass: the inner loops, nothing else.
+"""The parts of a run, one training epoch and one evaluation pass: the inner loops.
 
-Loss and accuracy are accumulated on the device and read back only every ``sync_every`` steps
-(every step on CPU, where reading is free), so the loop does not stall a GPU. At each read the
-ranks agree on two flags: stop (SIGINT/SIGTERM seen by any rank) and non-finite loss.
+:class:`TrainParts` holds what a run builds once (model, loaders, optimizer, scheduler, scaler,
+EMA, batch mixer; afictl/train/build.py builds it); :func:`train_epoch` takes it, the run's
+config and an :class:`EpochState` (where the epoch starts). Loss and accuracy are accumulated
+on the device and read back only every ``sync_every`` optimizer steps (every step on CPU, where
+reading is free), so the loop does not stall a GPU. At each read the ranks agree on two flags:
+stop (SIGINT/SIGTERM seen by any rank) and non-finite loss.
+
+One optimizer step takes ``grad_accum_steps`` batches (gradients summed, each batch's loss
+divided by the group's size, DDP's all-reduce only on the group's last batch); the gradient
+norm is clipped after unscaling; the EMA follows each optimizer step. A stop is taken only at
+the end of a group, so a checkpoint never holds half-accumulated gradients.
 """
 
 from __future__ import annotations
@@ -11,7 +19,8 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,11 +33,51 @@ from .metrics import Sums, topk_correct
 from .progress import TrainProgress
 from .state import StopFlag
 
-__all__ = ["EpochOutcome", "NonFiniteLossError", "autocast", "evaluate", "train_epoch"]
+__all__ = [
+    "EpochOutcome",
+    "EpochState",
+    "NonFiniteLossError",
+    "TrainParts",
+    "autocast",
+    "evaluate",
+    "optimizer_step",
+    "train_epoch",
+    "unwrap",
+]
 
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite: the run stops, the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainParts:
+    """What a run builds once (afictl/train/build.py) and every epoch uses."""
+
+    model: nn.Module  # as trained: wrapped in DDP and/or torch.compile
+    train_loader: Any
+    eval_loader: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    ema: Any | None = None  # afictl.train.ema.ModelEma with --model-ema
+    mixer: Callable | None = None  # (images, labels) -> (images, soft targets) with mixup/cutmix
+    device_transform: Callable | None = None  # --decode gpu: transforms applied on the GPU
+    batches_per_epoch: int = 0  # of the whole epoch (the loader's length without a resume skip)
+
+    @property
+    def module(self) -> nn.Module:
+        """The model itself (its weights are what checkpoints hold)."""
+        return unwrap(self.model)
+
+
+@dataclass
+class EpochState:
+    """Where an epoch starts: after ``start_step`` batches, with their sums and seconds."""
+
+    start_step: int = 0
+    sums: Sums = field(default_factory=Sums)
+    seconds: float = 0.0
 
 
 @dataclass
@@ -40,6 +89,12 @@ class EpochOutcome:
     nonfinite: bool
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside torch.compile and DDP wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
 def autocast(device: torch.device, amp: str):
     """``torch.autocast`` for ``--amp bf16|fp16``; a null context for ``none``."""
     if amp == "none":
@@ -48,12 +103,22 @@ def autocast(device: torch.device, amp: str):
 
 
 def _to_device(
-    batch: Batch, device: torch.device, channels_last: bool
+    batch: Batch, device: torch.device, channels_last: bool, transform: Callable | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x = batch.images.to(device, non_blocking=True)
+    if isinstance(batch.images, torch.Tensor) and transform is None:
+        x = batch.images.to(device, non_blocking=True)
+    else:  # --decode gpu: encoded JPEGs, decoded and transformed on the device
+        from ..data.decode import on_device
+
+        x = on_device(batch.images, device, transform)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, batch.targets.to(device, non_blocking=True)
+
+
+def _empty(batch: Batch) -> bool:
+    images = batch.images
+    return images.numel() == 0 if isinstance(images, torch.Tensor) else len(images) == 0
 
 
 def handle_broken(
@@ -83,71 +148,128 @@ def _flags(ctx: DistContext, stop: bool, nonfinite: bool) -> tuple[bool, bool]:
     return s > 0, n > 0
 
 
+def group_size(step: int, total: int, accum: int) -> int:
+    """Batches in the accumulation group of batch ``step`` (1-based) of an epoch of ``total``:
+    ``accum``, fewer in a last, ragged group."""
+    first = (step - 1) // accum * accum
+    return min(accum, total - first)
+
+
+def optimizer_steps_per_epoch(batches: int, accum: int) -> int:
+    """Optimizer steps of an epoch of ``batches`` (the scheduler's unit)."""
+    return max(1, math.ceil(batches / max(1, accum)))
+
+
+def _forward_backward(parts: TrainParts, cfg, x, y, divide: int, sync: bool):
+    """One batch's forward and backward (gradients added); returns (loss, logits, labels)."""
+    if parts.mixer is not None:  # on the device, from the main process's RNG (checkpointed)
+        x, target = parts.mixer(x, y)
+        labels = target.argmax(1)  # train accuracy: against the dominant label
+    else:
+        target = labels = y
+    no_sync = getattr(parts.model, "no_sync", None)
+    with contextlib.nullcontext() if sync or no_sync is None else no_sync():
+        with autocast(x.device, cfg.amp):
+            logits = parts.model(x)
+            loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+        parts.scaler.scale(loss if divide == 1 else loss / divide).backward()
+    return loss, logits, labels
+
+
+def optimizer_step(parts: TrainParts, cfg) -> None:
+    """Clip (after unscaling), step, update the scaler, the schedule and the EMA."""
+    if cfg.clip_grad:
+        parts.scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.module.parameters(), cfg.clip_grad)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update(parts.module)
+
+
+class _Running:
+    """This epoch's loss and top-1 sums, on the device (read back only at a sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.top1 = torch.zeros((), dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.n += n
+        self.loss += loss.detach().double() * n
+        self.top1 += (logits.detach().argmax(1) == labels).sum()
+
+    def stats(self, before: Sums, seconds: float, world: int) -> str:
+        n = before.n + self.n
+        return (
+            f"loss {(before.loss + self.loss.item()) / max(n, 1):.3f}  "
+            f"acc {100 * (before.top1 + self.top1.item()) / max(n, 1):.1f}%  "
+            f"{n * world / max(seconds, 1e-9):.0f} img/s"
+        )
+
+    def total(self, before: Sums, skipped: int) -> Sums:
+        return Sums(
+            before.loss + self.loss.item(),
+            before.top1 + self.top1.item(),
+            0.0,
+            before.n + self.n,
+            before.skipped + skipped,
+        )
+
+
 def train_epoch(
-    *,
+    parts: TrainParts,
+    cfg,
     ctx: DistContext,
-    model: nn.Module,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    scaler: torch.amp.GradScaler,
-    amp: str,
-    channels_last: bool,
-    label_smoothing: float,
-    start_step: int,
-    sums: Sums,
-    seconds: float,
+    state: EpochState,
+    *,
     stop: StopFlag,
-    progress: TrainProgress,
-    bad_images: str,
-    warn: Callable[[str], None],
+    progress: TrainProgress | None = None,
+    warn: Callable[[str], None] = print,
 ) -> EpochOutcome:
-    """Train until the loader is exhausted, a stop signal arrives, or the loss is not finite."""
-    device = ctx.device
-    model.train()
-    sync_every = 1 if device.type == "cpu" else 20
-    step = reported = start_step
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    top1_sum = torch.zeros((), dtype=torch.float64, device=device)
-    n_local = 0
-    skipped = [0]
-    t0 = time.perf_counter()
-    stopped: str | None = None
-    nonfinite = False
-    for batch in loader:
+    """Train until the loader is exhausted, a stop signal arrives, or the loss is not finite.
+
+    ``cfg`` is the run's :class:`~afictl.train.config.TrainConfig` (amp, channels_last,
+    label_smoothing, bad_images, grad_accum_steps, clip_grad).
+    """
+    parts.model.train()
+    accum = max(1, cfg.grad_accum_steps)
+    sync_every = 1 if ctx.device.type == "cpu" else 20
+    total = state.start_step + len(parts.train_loader)
+    step = reported = state.start_step
+    run, skipped, t0 = _Running(ctx.device), [0], time.perf_counter()
+    stopped, nonfinite, pending = None, False, False
+    for batch in parts.train_loader:
         step += 1
         if batch.broken:
-            handle_broken(batch.broken, bad_images, warn, skipped)
-        if batch.images.numel() == 0:
-            if ctx.distributed:  # the other ranks would wait for this one's gradients forever
-                raise CorruptImageError(
-                    "every image of a batch was unreadable; fix the data or use --bad-images stop to find the files"
-                )
-            continue
-        x, y = _to_device(batch, device, channels_last)
-        with autocast(device, amp):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        n = y.shape[0]
-        n_local += n
-        loss_sum += loss.detach().double() * n
-        top1_sum += (logits.detach().argmax(1) == y).sum()
-        if step % sync_every == 0 or step == start_step + len(loader):
-            nonfinite = not math.isfinite(loss_sum.item())
-            stop_now, nonfinite = _flags(ctx, bool(stop), nonfinite)
-            elapsed = seconds + time.perf_counter() - t0
-            total_n = sums.n + n_local
-            progress.advance(
-                step - reported,
-                f"loss {(sums.loss + loss_sum.item()) / max(total_n, 1):.3f}  "
-                f"acc {100 * (sums.top1 + top1_sum.item()) / max(total_n, 1):.1f}%  "
-                f"{total_n * ctx.world / max(elapsed, 1e-9):.0f} img/s",
+            handle_broken(batch.broken, cfg.bad_images, warn, skipped)
+        boundary = step % accum == 0 or step == total
+        if not _empty(batch):
+            if not pending:
+                parts.optimizer.zero_grad(set_to_none=True)
+            x, y = _to_device(batch, ctx.device, cfg.channels_last, parts.device_transform)
+            div = group_size(step, total, accum)
+            run.add(*_forward_backward(parts, cfg, x, y, div, boundary))
+            pending = True
+        elif ctx.distributed:  # the other ranks would wait for this one's gradients forever
+            raise CorruptImageError(
+                "every image of a batch was unreadable; fix the data or use --bad-images stop "
+                "to find the files"
             )
+        if not boundary:
+            continue
+        if pending:
+            optimizer_step(parts, cfg)
+            pending = False
+        if (step // accum) % sync_every == 0 or step == total:
+            nonfinite = not math.isfinite(run.loss.item())
+            stop_now, nonfinite = _flags(ctx, bool(stop), nonfinite)
+            if progress is not None:
+                seconds = state.seconds + time.perf_counter() - t0
+                progress.advance(step - reported, run.stats(state.sums, seconds, ctx.world))
             reported = step
             if nonfinite:
                 break
@@ -155,16 +277,9 @@ def train_epoch(
                 stopped = stop.signal_name or "signal"
                 break
     if not nonfinite:
-        nonfinite = not math.isfinite(loss_sum.item())
-        nonfinite = _flags(ctx, False, nonfinite)[1]
-    new = Sums(
-        sums.loss + loss_sum.item(),
-        sums.top1 + top1_sum.item(),
-        0.0,
-        sums.n + n_local,
-        sums.skipped + skipped[0],
-    )
-    return EpochOutcome(step, new, seconds + time.perf_counter() - t0, stopped, nonfinite)
+        nonfinite = _flags(ctx, False, not math.isfinite(run.loss.item()))[1]
+    seconds = state.seconds + time.perf_counter() - t0
+    return EpochOutcome(step, run.total(state.sums, skipped[0]), seconds, stopped, nonfinite)
 
 
 @torch.no_grad()
@@ -178,6 +293,7 @@ def evaluate(
     progress: TrainProgress | None = None,
     bad_images: str = "skip",
     warn: Callable[[str], None] = print,
+    device_transform: Callable | None = None,
 ) -> Sums:
     """Loss (sum), top-1 and top-5 correct counts over this rank's shard, summed over ranks."""
     device = ctx.device
@@ -188,9 +304,9 @@ def evaluate(
     for batch in loader:
         if batch.broken:
             handle_broken(batch.broken, bad_images, warn, skipped)
-        if batch.images.numel() == 0:
+        if _empty(batch):
             continue
-        x, y = _to_device(batch, device, channels_last)
+        x, y = _to_device(batch, device, channels_last, device_transform)
         with autocast(device, amp):
             logits = model(x)
         logits = logits.float()

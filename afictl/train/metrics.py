@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["METRIC_COLUMNS", "MetricsLog", "Sums", "topk_correct"]
+__all__ = ["METRIC_COLUMNS", "MetricsLog", "Sums", "metric_columns", "topk_correct"]
 
 #: Columns of ``metrics.csv``, one row per epoch (epoch is 1-based: epochs completed).
 METRIC_COLUMNS = [
@@ -27,6 +28,20 @@ METRIC_COLUMNS = [
     "eval_time_s",
     "skipped_images",
 ]
+#: the evaluation of the EMA weights (``--model-ema``), after ``eval_top5``
+EMA_COLUMNS = ["eval_loss_ema", "eval_top1_ema", "eval_top5_ema"]
+
+
+def metric_columns(*, ema: bool = False, backbone: bool = False) -> list[str]:
+    """The columns of a run's metrics.csv: :data:`METRIC_COLUMNS`, with ``lr_backbone`` after
+    ``lr`` for fine-tuning (two learning rates) and the EMA's evaluation after ``eval_top5``."""
+    cols = list(METRIC_COLUMNS)
+    if backbone:
+        cols.insert(cols.index("lr") + 1, "lr_backbone")
+    if ema:
+        at = cols.index("eval_top5") + 1
+        cols[at:at] = EMA_COLUMNS
+    return cols
 
 
 def topk_correct(
@@ -70,7 +85,10 @@ class MetricsLog:
     history (an epoch written after its checkpoint is not duplicated).
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, tensorboard: bool | None = None, columns: list[str] | None = None
+    ) -> None:
+        self.columns = columns or METRIC_COLUMNS
         self.csv_path = run_dir / "metrics.csv"
         self.jsonl_path = run_dir / "metrics.jsonl"
         self.tb = None
@@ -79,13 +97,16 @@ class MetricsLog:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # TensorBoard is optional
                 if tensorboard:
-                    print("afictl: warning: --tensorboard needs the tensorboard package; skipped")
+                    print(
+                        "afictl: warning: --tensorboard needs the tensorboard package; skipped",
+                        file=sys.stderr,
+                    )
             else:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def rewrite(self, rows: list[dict[str, Any]]) -> None:
         with open(self.csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore")
+            w = csv.DictWriter(f, self.columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
         with open(self.jsonl_path, "w") as f:
@@ -95,7 +116,7 @@ class MetricsLog:
     def append(self, row: dict[str, Any]) -> None:
         new = not self.csv_path.exists()
         with open(self.csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, METRIC_COLUMNS, extrasaction="ignore")
+            w = csv.DictWriter(f, self.columns, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow(row)

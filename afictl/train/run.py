@@ -1,13 +1,18 @@
 """A whole training run: data, model, run folder, epochs, checkpoints, resume, DDP.
 
-``train(cfg)`` is what ``afictl train`` calls; it returns a :class:`TrainResult`. Files of a run
-(rank 0 only): ``config.json``, ``metrics.csv``, ``metrics.jsonl``, ``last.pt`` (every epoch,
-and when stopped by SIGINT/SIGTERM), ``best.pt`` (best eval top-1), all written atomically, and
+``train(cfg)`` is what ``afictl train`` calls; it returns a :class:`TrainResult`. The shape is
+torchvision references': the parts are built once (:func:`.build.build_parts`), one method of
+:class:`_Run` per phase (open the files, one epoch, evaluate, save), the config frozen. Files
+of a run (rank 0 only): ``config.json``, ``metrics.csv``, ``metrics.jsonl``, ``last.pt`` (every
+epoch, and when stopped by SIGINT/SIGTERM), ``best.pt`` (best eval top-1, of the raw or the EMA
+weights: ``--best-of``), ``epoch-<N>.pt`` (``--checkpoint-hist``), all written atomically, and
 ``.lock`` (:mod:`.lock`: rank 0 holds the folder for the run's whole life; one writer per folder).
 
 ``last.pt`` is the run's record; everything else follows it: it is saved first at the end of an
 epoch, metrics and ``best.pt`` after it, and a resumed run rewrites the metrics files and, when
-a kill fell between the two saves, ``best.pt`` from it.
+a kill fell between the two saves, ``best.pt`` from it. (The history's ``epoch-<N>.pt`` comes
+just before ``last.pt``, which records the history's ranking; a resumed run redoing that epoch
+offers it again, replacing it.)
 """
 
 from __future__ import annotations
@@ -18,30 +23,28 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint, validate_checkpoint
-from ..data import build_dataset, make_loader
 from ..errors import UserError
-from ..models import create_model, get_model_info
+from ..models import get_model_info
 from . import distributed as D
-from .config import RUNTIME_KEYS, TrainConfig, default_workers
-from .engine import NonFiniteLossError, evaluate, train_epoch
+from .build import build_datasets, build_parts, runtime_config
+from .checkpointing import TrainCheckpoint, repair_best
+from .config import RUNTIME_KEYS, TrainConfig
+from .engine import EpochOutcome, EpochState, NonFiniteLossError, TrainParts, evaluate, train_epoch
 from .lock import RunLock
-from .metrics import MetricsLog, Sums
-from .optim import build_optimizer, build_scheduler
-from .pretrained import load_pretrained
+from .metrics import MetricsLog, Sums, metric_columns
 from .progress import TrainProgress
-from .state import StopFlag, cpu_threads, deterministic_mode, get_rng_state, seed_all, set_rng_state
+from .state import StopFlag, cpu_threads, deterministic_mode, get_rng_state, seed_all
 
-__all__ = ["TrainResult", "default_run_dir", "load_resume", "train"]
+__all__ = ["RunState", "TrainResult", "default_run_dir", "load_resume", "plural", "train"]
 
 #: Debugging aid for DDP: every rank writes its final weights to ``$AFICTL_RANK_DUMP/rank<R>.pt``.
 RANK_DUMP_ENV = "AFICTL_RANK_DUMP"
@@ -80,6 +83,11 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain values; NaN (nothing evaluated yet) becomes None, so the JSON is strict."""
         return {k: None if isinstance(v, float) and v != v else v for k, v in asdict(self).items()}
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
 
 
 def default_run_dir(arch: str, dataset: str, root: str | Path = "runs") -> Path:
@@ -127,37 +135,11 @@ def load_resume(
         )
     if overrides.get("epochs") is not None and overrides["epochs"] < int(ckpt["epoch"]):
         raise UserError(
-            f"{path} has {ckpt['epoch']} epochs done already; --epochs must be at least that"
+            f"{path} has {plural(int(ckpt['epoch']), 'epoch')} done already; --epochs must be "
+            "at least that"
         )
-    for key, value in overrides.items():
-        if value is not None and key in RUNTIME_KEYS:
-            setattr(cfg, key, value)
-    cfg.run_dir = str(path.parent)
-    return cfg, ckpt
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
-
-
-def _datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
-    common = dict(
-        input_size=cfg.input_size,
-        download=cfg.download,
-        size=cfg.data_size,
-        seed=cfg.seed,
-        on_error="mark",
-    )
-    train_ds = build_dataset(cfg.dataset, cfg.data_root, "train", **common)
-    eval_ds = build_dataset(
-        cfg.dataset,
-        cfg.data_root,
-        "eval",
-        download=False,
-        **{k: v for k, v in common.items() if k != "download"},
-    )
-    return train_ds, eval_ds
+    runtime = {k: v for k, v in overrides.items() if v is not None and k in RUNTIME_KEYS}
+    return replace(cfg, **runtime, run_dir=str(path.parent)), ckpt
 
 
 def _make_run_dir(cfg: TrainConfig, overwrite: bool) -> tuple[Path, RunLock]:
@@ -168,71 +150,33 @@ def _make_run_dir(cfg: TrainConfig, overwrite: bool) -> tuple[Path, RunLock]:
     if (run_dir / "last.pt").exists() and not overwrite:
         lock.release()
         raise UserError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass --overwrite"
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+            "or pass --overwrite"
         )
     return run_dir, lock
 
 
-def _restored_sums(resume: dict, ctx: D.DistContext) -> Sums:
-    """This process's running sums of an interrupted epoch. Each rank gets its own when the run
-    resumes on as many processes as it stopped on; otherwise rank 0 takes the total and the
-    others start from zero, so the epoch's metrics (a sum over ranks) are still right."""
-    ranks = resume.get("partial_ranks")
-    if ranks is not None:
-        if not (
-            isinstance(ranks, list)
-            and all(
-                isinstance(r, list) and len(r) == 5 and all(isinstance(v, int | float) for v in r)
-                for r in ranks
-            )
-        ):
-            raise CheckpointError(
-                f"{resume.get('path', 'checkpoint')}: partial_ranks must be five numbers per process"
-            )
-        if len(ranks) == ctx.world:
-            return Sums.from_list(ranks[ctx.rank])
-    total = resume.get("partial", Sums().as_list())
-    if len(total) != 5:
-        raise CheckpointError(f"{resume.get('path', 'checkpoint')}: partial must be five numbers")
-    return Sums.from_list(total) if ctx.is_main else Sums()
-
-
-def _best_epoch(resume: dict, history: list[dict], best: float) -> int:
-    """The epoch whose model best.pt should hold: recorded in last.pt (older checkpoints: the first
-    epoch of the history with the best eval top-1), 0 before any."""
-    recorded = resume.get("best_epoch")
-    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 0:
-        return recorded
-    return next((int(r["epoch"]) for r in history if r.get("eval_top1") == best), 0)
-
-
-def _repair_best(run_dir: Path, resume: dict, best_epoch: int, log) -> None:
-    """Make best.pt the epoch last.pt records as the best. A kill between the two saves of an
-    epoch leaves best.pt one improvement behind (or absent); that epoch is last.pt's own, so
-    best.pt is rewritten from it."""
-    if best_epoch < 1:
-        return
-    path = run_dir / "best.pt"
-    try:
-        held = int(load_checkpoint(path)["epoch"]) if path.is_file() else None
-    except CheckpointError:
-        held = None
-    if held == best_epoch:
-        return
-    was = (
-        f"epoch {held}" if held is not None else "nothing readable" if path.exists() else "nothing"
-    )
-    if best_epoch == int(resume["epoch"]) and not int(resume.get("step", 0)):
-        save_checkpoint(
-            path, {k: v for k, v in resume.items() if k not in ("path", "format", "version")}
-        )
-        log(
-            f"afictl: repaired {path}: it held {was}, the run's best is epoch {best_epoch} (rewritten from last.pt)"
-        )
-    else:
-        log(
-            f"afictl: warning: {path} holds {was} but the run's best is epoch {best_epoch}; it cannot be restored"
-        )
+def _open_run_dir(
+    cfg: TrainConfig, ctx: D.DistContext, resumed: bool, overwrite: bool, held
+) -> Path:
+    """The run folder, locked by rank 0 (only rank 0 writes); every rank learns its name (it has
+    rank 0's timestamp) or rank 0's error."""
+    run_dir = Path(cfg.run_dir) if resumed else None
+    problem = None
+    if ctx.is_main:
+        try:
+            if run_dir is None:
+                run_dir, lock = _make_run_dir(cfg, overwrite)
+            else:
+                lock = RunLock(run_dir).acquire()
+            if held is not None:
+                held.callback(lock.release)
+        except (UserError, OSError) as exc:
+            problem = str(exc)
+    run_dir_text, problem = D.broadcast_object((str(run_dir) if run_dir else None, problem))
+    if problem:
+        raise UserError(problem)
+    return Path(run_dir_text)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -250,10 +194,326 @@ def _log(ctx: D.DistContext, progress: TrainProgress | None, message: str) -> No
         print(message, file=sys.stderr, flush=True)
 
 
+def _gather(ctx: D.DistContext, state: Any) -> list:
+    """Every rank's ``state``, in rank order."""
+    if not ctx.distributed:
+        return [state]
+    out: list = [None] * ctx.world
+    torch.distributed.all_gather_object(out, state)
+    return out
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``lr`` (the classifier's group, or the only one) and, when fine-tuning, ``lr_backbone``."""
+    lrs: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        key = "lr_backbone" if str(group.get("name", "")).startswith("backbone") else "lr"
+        lrs.setdefault(key, group["lr"])
+    return lrs
+
+
+def batch_text(cfg: TrainConfig) -> str:
+    """The batch and learning rate as the log states them (accumulation and scaling shown)."""
+    batch = f"batch {cfg.batch_size}"
+    if cfg.grad_accum_steps > 1:
+        batch += (
+            f" x {cfg.grad_accum_steps} accumulation steps = {cfg.effective_batch} per "
+            "optimizer step"
+        )
+    lr = f"lr {cfg.lr_effective:g}"
+    if cfg.lr_reference_batch:
+        lr += f" ({cfg.lr:g} x {cfg.effective_batch}/{cfg.lr_reference_batch})"
+    return f"{batch}, {lr}"
+
+
+@dataclass
+class RunState:
+    """Where a run stands: epochs and batches done, the best so far, the history of rows, and
+    the running sums of an interrupted epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    history: list = field(default_factory=list)
+    partial: Sums = field(default_factory=Sums)
+    partial_seconds: float = 0.0
+    interrupted: str | None = None
+
+    @classmethod
+    def of(cls, resume: TrainCheckpoint | None, ctx: D.DistContext) -> RunState:
+        if resume is None:
+            return cls()
+        return cls(
+            epoch=resume.epoch,
+            step=resume.step,
+            best=resume.best_top1,
+            best_epoch=resume.best_epoch or 0,
+            history=list(resume.metrics),
+            partial=resume.sums_for(ctx.rank, ctx.world),  # this rank's own sums, not rank 0's
+            partial_seconds=float(resume.partial_seconds),
+        )
+
+
+@dataclass
+class _Run:
+    """One run in progress: its config, parts, state and files; one method per phase."""
+
+    cfg: TrainConfig
+    ctx: D.DistContext
+    parts: TrainParts
+    state: RunState
+    run_dir: Path
+    classes: list
+    params: int
+    log_file: MetricsLog | None = None
+    hist: Any = None  # CheckpointHistory on rank 0 with --checkpoint-hist
+    progress: TrainProgress | None = None
+
+    def log(self, message: str) -> None:
+        _log(self.ctx, self.progress, message)
+
+    def checkpoint(self, steps: int, sums: list, seconds: float, rngs: list) -> TrainCheckpoint:
+        """This moment of the run, as last.pt holds it."""
+        cfg, s = self.cfg, self.state
+        return TrainCheckpoint(
+            arch=cfg.arch,
+            num_classes=cfg.num_classes,
+            model_kwargs=cfg.model_kwargs,
+            model=self.parts.module.state_dict(),
+            epoch=s.epoch,
+            step=steps,
+            optimizer=self.parts.optimizer.state_dict(),
+            scheduler=self.parts.scheduler.state_dict(),
+            scaler=self.parts.scaler.state_dict(),
+            rng=rngs,
+            config=cfg.to_dict(),
+            class_names=self.classes,
+            metrics=s.history,
+            best_top1=s.best,
+            best_epoch=s.best_epoch,  # what best.pt holds once this checkpoint's epoch is saved
+            partial=[sum(col) for col in zip(*sums, strict=True)],  # every rank's sums added
+            partial_ranks=sums,  # each rank's own (restored per rank on as many processes)
+            partial_seconds=seconds,
+            input_size=cfg.input_size,
+            home_dataset=get_model_info(cfg.arch).home_dataset,
+            model_ema=self.parts.ema.state_dict() if self.parts.ema is not None else None,
+            checkpoint_hist=self.hist.state_dict() if self.hist is not None else None,
+        )
+
+    def open_files(self, resume: TrainCheckpoint | None) -> None:
+        """config.json, the metrics files (rewritten from the history), best.pt repaired,
+        the checkpoint history continued (rank 0)."""
+        if not self.ctx.is_main:
+            return
+        cfg = self.cfg
+        _write_json(self.run_dir / "config.json", cfg.to_dict())
+        columns = metric_columns(ema=cfg.model_ema, backbone=cfg.backbone_lr_mult != 1.0)
+        self.log_file = MetricsLog(self.run_dir, cfg.tensorboard, columns)
+        self.log_file.rewrite(self.state.history)
+        if cfg.checkpoint_hist:
+            from .history import CheckpointHistory
+
+            self.hist = CheckpointHistory(self.run_dir, cfg.checkpoint_hist)
+            if resume is not None and resume.checkpoint_hist:
+                self.hist.load_state_dict(resume.checkpoint_hist)
+        if resume is not None:
+            repair_best(self.run_dir, resume, cfg.best_of, lambda m: _log(self.ctx, None, m))
+
+    def announce(self, note: str, resumed: bool) -> None:
+        cfg, s, ctx = self.cfg, self.state, self.ctx
+        train_n, eval_n = (len(loader.dataset) for loader in self.loaders)
+        _log(ctx, None, f"run: {self.run_dir}")
+        if note:
+            _log(ctx, None, f"afictl: {note}")
+        where = f", from epoch {s.epoch + 1}" + (f" step {s.step}" if s.step else "")
+        _log(
+            ctx,
+            None,
+            f"train: {cfg.arch} ({self.params:,} parameters) on {cfg.dataset} ({train_n} train / "
+            f"{eval_n} eval images, {cfg.num_classes} classes, {cfg.input_size}px), recipe "
+            f"{cfg.recipe}, {plural(cfg.epochs, 'epoch')}, {batch_text(cfg)}, "
+            f"{plural(ctx.world, 'process')} on {ctx.device}" + (where if resumed else ""),
+        )
+
+    @property
+    def loaders(self) -> tuple:
+        return self.parts.train_loader, self.parts.eval_loader
+
+    def run_epochs(self, stop: StopFlag) -> None:
+        """Epochs until the last, a signal, or a non-finite loss (raised)."""
+        cfg, s, parts = self.cfg, self.state, self.parts
+        per_rank = cfg.batch_size // self.ctx.world
+        while s.epoch < cfg.epochs:
+            if s.step >= parts.batches_per_epoch:  # resumed right after an epoch's last step
+                s.step = 0
+            parts.train_loader.sampler.set_epoch(s.epoch, skip=s.step * per_rank)
+            parts.train_loader.generator.manual_seed(cfg.seed * 100_003 + s.epoch)
+            self.progress.start(
+                f"epoch {s.epoch + 1}/{cfg.epochs}", parts.batches_per_epoch, s.step
+            )
+            out = train_epoch(
+                parts,
+                cfg,
+                self.ctx,
+                EpochState(s.step, s.partial, s.partial_seconds),
+                stop=stop,
+                progress=self.progress,
+                warn=self.log,
+            )
+            if out.nonfinite:
+                self.fail_nonfinite()
+            if out.stopped:
+                self.save_interrupted(out)
+                return
+            self.finish_epoch(out)
+            if s.epoch < cfg.epochs and D.any_rank(bool(stop), self.ctx.device):
+                s.interrupted = stop.signal_name or "signal"  # a signal during evaluation
+                self.log(
+                    f"interrupted by {s.interrupted} after epoch {s.epoch}; checkpoint written "
+                    f"to {self.run_dir / 'last.pt'}; continue with: afictl train --resume "
+                    f"{self.run_dir}"
+                )
+                return
+
+    def fail_nonfinite(self) -> None:
+        ckpt = self.run_dir / "last.pt"
+        kept = (
+            f"the last good checkpoint {ckpt} (epoch {self.state.epoch}) is untouched"
+            if ckpt.exists()
+            else "no checkpoint was written"
+        )
+        raise NonFiniteLossError(
+            f"the loss became non-finite (NaN/inf) in epoch {self.state.epoch + 1}; stopped; "
+            f"{kept}; try a lower --lr or --amp none"
+        )
+
+    def save_interrupted(self, out: EpochOutcome) -> None:
+        """last.pt in the middle of an epoch (every rank's RNG and running sums)."""
+        rngs, sums = _gather(self.ctx, get_rng_state()), _gather(self.ctx, out.sums.as_list())
+        if self.ctx.is_main:
+            data = self.checkpoint(out.steps, sums, out.seconds, rngs)
+            save_checkpoint(self.run_dir / "last.pt", data.to_dict())
+        D.barrier()
+        self.state.interrupted = out.stopped
+        self.log(
+            f"interrupted by {out.stopped} in epoch {self.state.epoch + 1} after step "
+            f"{out.steps}/{self.parts.batches_per_epoch}; checkpoint written to "
+            f"{self.run_dir / 'last.pt'}; continue with: afictl train --resume {self.run_dir}"
+        )
+
+    def evaluate(self) -> dict[str, float]:
+        """Eval loss/top-1/top-5 of the weights, and of the EMA weights with --model-ema."""
+        cfg, parts, ctx = self.cfg, self.parts, self.ctx
+        models = [("", parts.module)]
+        if parts.ema is not None:
+            D.sync_buffers(parts.ema.module)  # rank 0's averaged BN statistics everywhere
+            models.append(("_ema", parts.ema.module))
+        row: dict[str, float] = {}
+        for suffix, model in models:
+            label = f"eval{suffix.replace('_', ' ')} {self.state.epoch + 1}/{cfg.epochs}"
+            self.progress.start(label, len(parts.eval_loader))
+            ev = evaluate(
+                ctx=ctx,
+                model=model,
+                loader=parts.eval_loader,
+                amp=cfg.amp,
+                channels_last=cfg.channels_last,
+                progress=self.progress,
+                bad_images=cfg.bad_images,
+                warn=self.log,
+                device_transform=parts.device_transform,
+            )
+            row |= {
+                f"eval_loss{suffix}": ev.mean_loss(),
+                f"eval_top1{suffix}": ev.pct("top1"),
+                f"eval_top5{suffix}": ev.pct("top5"),
+            }
+            row["skipped_eval"] = row.get("skipped_eval", 0.0) + ev.skipped * (suffix == "")
+        return row
+
+    def finish_epoch(self, out: EpochOutcome) -> None:
+        """Metrics of the epoch, evaluation, then last.pt, best.pt and the history's files."""
+        cfg, s = self.cfg, self.state
+        train_sums = Sums.from_list(D.all_reduce_sum(out.sums.as_list(), self.ctx.device))
+        D.sync_buffers(self.parts.module)  # every rank evaluates the model rank 0 saves
+        eval_start = time.perf_counter()
+        ev = self.evaluate()
+        s.epoch += 1
+        s.step, s.partial, s.partial_seconds = 0, Sums(), 0.0
+        row = {
+            "epoch": s.epoch,
+            **group_lrs(self.parts.optimizer),
+            "train_loss": train_sums.mean_loss(),
+            "train_top1": train_sums.pct("top1"),
+            **{k: v for k, v in ev.items() if k != "skipped_eval"},
+            "images_per_sec": train_sums.n / max(out.seconds, 1e-9),
+            "train_time_s": out.seconds,
+            "eval_time_s": time.perf_counter() - eval_start,
+            "skipped_images": int(train_sums.skipped + ev["skipped_eval"]),
+        }
+        s.history.append(row)
+        score = row["eval_top1_ema" if cfg.best_of == "ema" else "eval_top1"]
+        improved = score > s.best
+        s.best, s.best_epoch = max(s.best, score), s.epoch if improved else s.best_epoch
+        self.save_epoch(row, score, improved)
+        self.log(self.summary(row, improved))
+
+    def save_epoch(self, row: dict, score: float, improved: bool) -> None:
+        rngs = _gather(self.ctx, get_rng_state())
+        if self.ctx.is_main:
+            world = self.ctx.world
+            data = self.checkpoint(0, [Sums().as_list()] * world, 0.0, rngs)
+            if self.hist is not None:  # before last.pt, which records the history's state
+                self.hist.offer(self.state.epoch, score, data.best_copy(self.cfg.best_of).to_dict())
+                data.checkpoint_hist = self.hist.state_dict()
+            # last.pt first: metrics and best.pt follow it; a kill before best.pt is saved is
+            # repaired by the next start from last.pt's best_epoch (repair_best)
+            save_checkpoint(self.run_dir / "last.pt", data.to_dict())
+            if improved:
+                save_checkpoint(
+                    self.run_dir / "best.pt", data.best_copy(self.cfg.best_of).to_dict()
+                )
+            self.log_file.append(row)
+        D.barrier()
+
+    def summary(self, row: dict, improved: bool) -> str:
+        cfg = self.cfg
+        ema = f" (ema {row['eval_top1_ema']:.2f}%)" if "eval_top1_ema" in row else ""
+        return (
+            f"epoch {row['epoch']}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc "
+            f"{row['train_top1']:.1f}%  eval loss {row['eval_loss']:.4f} top1 "
+            f"{row['eval_top1']:.2f}%{ema} top5 {row['eval_top5']:.2f}%  "
+            f"{row['images_per_sec']:.0f} img/s  lr {row['lr']:.3g}"
+            + ("  *best" if improved else "")
+        )
+
+    def result(self) -> TrainResult:
+        s = self.state
+        last = s.history[-1] if s.history else {}
+        nan = float("nan")
+        return TrainResult(
+            arch=self.cfg.arch,
+            dataset=self.cfg.dataset,
+            epochs=s.epoch,
+            eval_top1=float(last.get("eval_top1", nan)),
+            eval_top5=float(last.get("eval_top5", nan)),
+            eval_loss=float(last.get("eval_loss", nan)),
+            best_top1=s.best if s.best >= 0 else nan,
+            train_loss=float(last.get("train_loss", nan)),
+            images_per_sec=float(last.get("images_per_sec", nan)),
+            params=self.params,
+            run_dir=str(self.run_dir),
+            checkpoint=str(self.run_dir / "last.pt"),
+            completed=s.epoch >= self.cfg.epochs and s.interrupted is None,
+            interrupted=s.interrupted,
+        )
+
+
 def train(
     cfg: TrainConfig,
     *,
-    resume: dict | None = None,
+    resume: dict | TrainCheckpoint | None = None,
     datasets: tuple[Dataset, Dataset] | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
@@ -262,6 +522,8 @@ def train(
     ``datasets`` (train, eval) replaces the named dataset, for library use and tests.
     Raises :class:`UserError` subclasses for missing data, bad checkpoints and a non-finite loss.
     """
+    if resume is not None and not isinstance(resume, TrainCheckpoint):
+        resume = TrainCheckpoint.from_dict(resume)
     ctx = D.setup(cfg.device)
     auto_threads = ctx.device.type == "cpu" and not cfg.deterministic
     try:
@@ -270,7 +532,8 @@ def train(
             cpu_threads(cfg.threads, auto_threads) as note,
             contextlib.ExitStack() as held,
         ):  # the run folder's lock, released however the run ends
-            cfg.threads = torch.get_num_threads()  # recorded: a resumed run uses the same count
+            # the thread count is recorded: a resumed run uses the same one
+            cfg = replace(cfg, threads=torch.get_num_threads())
             return _train(ctx, cfg, resume, datasets, overwrite, note, held)
     finally:
         D.cleanup()
@@ -279,326 +542,34 @@ def train(
 def _train(
     ctx: D.DistContext,
     cfg: TrainConfig,
-    resume: dict | None,
-    datasets,
+    resume: TrainCheckpoint | None,
+    datasets: tuple[Dataset, Dataset] | None,
     overwrite: bool,
     note: str = "",
     held: contextlib.ExitStack | None = None,
 ) -> TrainResult:
-    if cfg.batch_size % ctx.world:
-        raise UserError(
-            f"--batch-size {cfg.batch_size} (global) does not split evenly over {ctx.world} processes"
-        )
-    if cfg.amp == "fp16" and ctx.device.type != "cuda":
-        raise UserError("--amp fp16 needs CUDA; use --amp bf16 on CPU, or none")
-    cfg.world_size = ctx.world
-    if cfg.workers is None:
-        cfg.workers = default_workers(cfg.dataset)
     seed_all(cfg.seed)
-
     # Data first: a missing dataset fails before anything is created on disk.
-    train_ds, eval_ds = datasets if datasets is not None else _datasets(cfg)
-    classes = list(train_ds.classes)
-    if list(eval_ds.classes) != classes:
+    datasets = datasets if datasets is not None else build_datasets(cfg)
+    classes = list(datasets[0].classes)
+    if list(datasets[1].classes) != classes:
         raise UserError("the train and eval splits have different classes")
-    if resume is not None and resume["num_classes"] != len(classes):
-        raise CheckpointError(
-            f"the run has {resume['num_classes']} classes but the data now has {len(classes)}"
-        )
-    cfg.num_classes = len(classes)
-
-    model = create_model(cfg.arch, num_classes=cfg.num_classes, **cfg.model_kwargs)
-    if cfg.pretrained and resume is None:
-        load_pretrained(model, cfg.pretrained, cfg.arch)
-    params = sum(p.numel() for p in model.parameters())
-    if cfg.sync_bn and ctx.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(
-        ctx.device,
-        memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format,
-    )
-
-    per_rank = cfg.batch_size // ctx.world
-    pin = ctx.device.type == "cuda"
-    train_loader = make_loader(
-        train_ds,
-        per_rank,
-        train=True,
-        workers=cfg.workers,
-        seed=cfg.seed,
-        world=ctx.world,
-        rank=ctx.rank,
-        pin_memory=pin,
-    )
-    eval_loader = make_loader(
-        eval_ds,
-        per_rank,
-        train=False,
-        workers=cfg.workers,
-        seed=cfg.seed,
-        world=ctx.world,
-        rank=ctx.rank,
-        pin_memory=pin,
-    )
-    steps_per_epoch = len(train_loader)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
-
-    epoch, step, best, best_epoch, history = 0, 0, -1.0, 0, []
-    partial, partial_seconds = Sums(), 0.0
-    if resume is not None:
-        _unwrap(model).load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        epoch, step = int(resume["epoch"]), int(resume.get("step", 0))
-        best, history = float(resume.get("best_top1", -1.0)), list(resume.get("metrics", []))
-        best_epoch = _best_epoch(resume, history, best)
-        partial = _restored_sums(resume, ctx)  # this rank's own sums, not rank 0's
-        partial_seconds = float(resume.get("partial_seconds", 0.0))
-        rngs = resume.get("rng") or []
-        if len(rngs) == ctx.world:
-            set_rng_state(rngs[ctx.rank])
-        else:  # resumed on another number of processes: fresh, distinct streams
-            seed_all(cfg.seed + 1000 * ctx.rank + epoch)
-    elif ctx.rank:
-        seed_all(cfg.seed + 1000 * ctx.rank)  # distinct augmentation per rank
-
-    if ctx.distributed:
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
-        model = torch.compile(model)
-
-    run_dir = Path(cfg.run_dir) if resume is not None else None
-    problem = None
-    if ctx.is_main:  # only rank 0 writes, so only rank 0 holds the folder
-        try:
-            if run_dir is None:
-                run_dir, lock = _make_run_dir(cfg, overwrite)
-            else:
-                lock = RunLock(run_dir).acquire()
-            if held is not None:
-                held.callback(lock.release)
-        except (UserError, OSError) as exc:
-            problem = str(exc)
-    # every rank learns the folder (its name has rank 0's timestamp) or rank 0's error
-    run_dir_text, problem = D.broadcast_object((str(run_dir) if run_dir else None, problem))
-    if problem:
-        raise UserError(problem)
-    run_dir = Path(run_dir_text)
-    cfg.run_dir = str(run_dir)
-    log_file: MetricsLog | None = None
-    if ctx.is_main:
-        _write_json(run_dir / "config.json", cfg.to_dict())
-        log_file = MetricsLog(run_dir, cfg.tensorboard)
-        log_file.rewrite(history)
-        if resume is not None:
-            _repair_best(run_dir, resume, best_epoch, lambda m: _log(ctx, None, m))
-    info = get_model_info(cfg.arch)
-
-    def payload(
-        done_epochs: int, done_steps: int, sums: list[list[float]], seconds: float, rngs: list
-    ) -> dict[str, Any]:
-        return {
-            "arch": cfg.arch,
-            "num_classes": cfg.num_classes,
-            "model_kwargs": cfg.model_kwargs,
-            "model": _unwrap(model).state_dict(),
-            "epoch": done_epochs,
-            "step": done_steps,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rngs,
-            "config": cfg.to_dict(),
-            "class_names": classes,
-            "metrics": history,
-            "best_top1": best,
-            "best_epoch": best_epoch,  # what best.pt holds once this checkpoint's epoch is saved
-            "partial": [sum(col) for col in zip(*sums, strict=True)],  # every rank's sums added
-            "partial_ranks": sums,  # each rank's own (restored per rank on as many processes)
-            "partial_seconds": seconds,
-            "input_size": cfg.input_size,
-            "home_dataset": info.home_dataset,
-        }
-
-    def gather(state: Any) -> list:
-        """Every rank's ``state``, in rank order."""
-        if not ctx.distributed:
-            return [state]
-        out: list = [None] * ctx.world
-        torch.distributed.all_gather_object(out, state)
-        return out
-
-    def gather_rng() -> list:
-        return gather(get_rng_state())
-
-    total_steps = cfg.epochs * steps_per_epoch
-    progress = TrainProgress(
-        ctx.is_main, total_steps, min(total_steps, epoch * steps_per_epoch + step)
-    )
-    last = history[-1] if history else {}
-    interrupted: str | None = None
-    with StopFlag() as stop, progress:  # from here on SIGINT/SIGTERM end with a checkpoint
-        _log(ctx, None, f"run: {run_dir}")
-        if note:
-            _log(ctx, None, f"afictl: {note}")
-        _log(
-            ctx,
-            None,
-            (
-                f"train: {cfg.arch} ({params:,} parameters) on {cfg.dataset} ({len(train_ds)} train / "
-                f"{len(eval_ds)} eval images, {cfg.num_classes} classes, {cfg.input_size}px), recipe {cfg.recipe}, "
-                f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr_effective:g}, {ctx.world} process(es) on "
-                f"{ctx.device}"
-                + (
-                    f", from epoch {epoch + 1}" + (f" step {step}" if step else "")
-                    if resume
-                    else ""
-                )
-            ),
-        )
-        while epoch < cfg.epochs:
-            if step >= steps_per_epoch:  # resumed right after the last step of an epoch
-                step = 0
-            train_loader.sampler.set_epoch(epoch, skip=step * per_rank)
-            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
-            progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch, step)
-            out = train_epoch(
-                ctx=ctx,
-                model=model,
-                loader=train_loader,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                amp=cfg.amp,
-                channels_last=cfg.channels_last,
-                label_smoothing=cfg.label_smoothing,
-                start_step=step,
-                sums=partial,
-                seconds=partial_seconds,
-                stop=stop,
-                progress=progress,
-                bad_images=cfg.bad_images,
-                warn=lambda m: _log(ctx, progress, m),
-            )
-            if out.nonfinite:
-                ckpt = run_dir / "last.pt"
-                kept = (
-                    f"the last good checkpoint {ckpt} (epoch {epoch}) is untouched"
-                    if ckpt.exists()
-                    else "no checkpoint was written"
-                )
-                raise NonFiniteLossError(
-                    f"the loss became non-finite (NaN/inf) in epoch {epoch + 1}; stopped; {kept}; "
-                    "try a lower --lr or --amp none"
-                )
-            if out.stopped:
-                rngs, sums = gather_rng(), gather(out.sums.as_list())
-                if ctx.is_main:
-                    save_checkpoint(
-                        run_dir / "last.pt", payload(epoch, out.steps, sums, out.seconds, rngs)
-                    )
-                D.barrier()
-                interrupted = out.stopped
-                _log(
-                    ctx,
-                    progress,
-                    (
-                        f"interrupted by {out.stopped} in epoch {epoch + 1} after step {out.steps}/{steps_per_epoch}; "
-                        f"checkpoint written to {run_dir / 'last.pt'}; continue with: afictl train --resume {run_dir}"
-                    ),
-                )
-                break
-            train_sums = Sums.from_list(D.all_reduce_sum(out.sums.as_list(), ctx.device))
-            D.sync_buffers(_unwrap(model))  # every rank evaluates the model rank 0 saves
-            eval_start = time.perf_counter()
-            progress.start(f"eval {epoch + 1}/{cfg.epochs}", len(eval_loader))
-            ev = evaluate(
-                ctx=ctx,
-                model=_unwrap(model),
-                loader=eval_loader,
-                amp=cfg.amp,
-                channels_last=cfg.channels_last,
-                progress=progress,
-                bad_images=cfg.bad_images,
-                warn=lambda m: _log(ctx, progress, m),
-            )
-            epoch += 1
-            step, partial, partial_seconds = 0, Sums(), 0.0
-            top1 = ev.pct("top1")
-            row = {
-                "epoch": epoch,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": train_sums.mean_loss(),
-                "train_top1": train_sums.pct("top1"),
-                "eval_loss": ev.mean_loss(),
-                "eval_top1": top1,
-                "eval_top5": ev.pct("top5"),
-                "images_per_sec": train_sums.n / max(out.seconds, 1e-9),
-                "train_time_s": out.seconds,
-                "eval_time_s": time.perf_counter() - eval_start,
-                "skipped_images": int(train_sums.skipped + ev.skipped),
-            }
-            history.append(row)
-            improved = top1 > best
-            best = max(best, top1)
-            best_epoch = epoch if improved else best_epoch
-            rngs = gather_rng()
-            if ctx.is_main:
-                data = payload(epoch, 0, [Sums().as_list()] * ctx.world, 0.0, rngs)
-                # last.pt first: metrics and best.pt follow it; a kill before best.pt is saved is
-                # repaired by the next start from last.pt's best_epoch (_repair_best)
-                save_checkpoint(run_dir / "last.pt", data)
-                if improved:
-                    save_checkpoint(run_dir / "best.pt", data)
-                log_file.append(row)
-            D.barrier()
-            last = row
-            _log(
-                ctx,
-                progress,
-                (
-                    f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.1f}%  "
-                    f"eval loss {row['eval_loss']:.4f} top1 {top1:.2f}% top5 {row['eval_top5']:.2f}%  "
-                    f"{row['images_per_sec']:.0f} img/s  lr {row['lr']:.3g}"
-                    + ("  *best" if improved else "")
-                ),
-            )
-            if epoch < cfg.epochs and D.any_rank(
-                bool(stop), ctx.device
-            ):  # signal during evaluation
-                interrupted = stop.signal_name or "signal"
-                _log(
-                    ctx,
-                    progress,
-                    (
-                        f"interrupted by {interrupted} after epoch {epoch}; checkpoint written to "
-                        f"{run_dir / 'last.pt'}; continue with: afictl train --resume {run_dir}"
-                    ),
-                )
-                break
-    if log_file is not None:
-        log_file.close()
+    cfg = runtime_config(cfg, ctx, classes, resume)
+    parts, params = build_parts(cfg, ctx, datasets, resume)
+    run_dir = _open_run_dir(cfg, ctx, resume is not None, overwrite, held)
+    cfg = replace(cfg, run_dir=str(run_dir))
+    run = _Run(cfg, ctx, parts, RunState.of(resume, ctx), run_dir, classes, params)
+    run.open_files(resume)
+    total = cfg.epochs * parts.batches_per_epoch
+    done = min(total, run.state.epoch * parts.batches_per_epoch + run.state.step)
+    run.progress = TrainProgress(ctx.is_main, total, done)
+    with StopFlag() as stop, run.progress:  # from here on SIGINT/SIGTERM end with a checkpoint
+        run.announce(note, resume is not None)
+        run.run_epochs(stop)
+    if run.log_file is not None:
+        run.log_file.close()
     if os.environ.get(RANK_DUMP_ENV):
         dump = Path(os.environ[RANK_DUMP_ENV])
         dump.mkdir(parents=True, exist_ok=True)
-        torch.save(_unwrap(model).state_dict(), dump / f"rank{ctx.rank}.pt")
-    return TrainResult(
-        arch=cfg.arch,
-        dataset=cfg.dataset,
-        epochs=epoch,
-        eval_top1=float(last.get("eval_top1", float("nan"))),
-        eval_top5=float(last.get("eval_top5", float("nan"))),
-        eval_loss=float(last.get("eval_loss", float("nan"))),
-        best_top1=best if best >= 0 else float("nan"),
-        train_loss=float(last.get("train_loss", float("nan"))),
-        images_per_sec=float(last.get("images_per_sec", float("nan"))),
-        params=params,
-        run_dir=str(run_dir),
-        checkpoint=str(run_dir / "last.pt"),
-        completed=epoch >= cfg.epochs and interrupted is None,
-        interrupted=interrupted,
-    )
+        torch.save(parts.module.state_dict(), dump / f"rank{ctx.rank}.pt")
+    return run.result()

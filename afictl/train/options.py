@@ -1,0 +1,362 @@
+"""Every option of ``afictl train``, declared once: name, flags, help, panel, type.
+
+:class:`~afictl.train.config.TrainConfig` holds the values, ``afictl/cli/train.py`` builds the
+command's options from :data:`TRAIN_OPTIONS`, and :mod:`.config` reads the aliases and the keys
+that may change on resume from here. Light on purpose (stdlib and afictl.validate only, no
+torch): ``afictl train --help`` imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..validate import (
+    AA_FIXED,
+    AMP_CHOICES,
+    BAD_IMAGES_CHOICES,
+    BEST_OF_CHOICES,
+    DECODE_CHOICES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+)
+
+__all__ = [
+    "CONFIG_ALIASES",
+    "RECIPE_NAMES",
+    "RUNTIME_KEYS",
+    "TRAIN_OPTIONS",
+    "OptionSpec",
+    "option_for",
+]
+
+DATA, RECIPE, REGULARISATION, MODEL, RUN = (
+    "Data",
+    "Recipe (each overrides the recipe and --config)",
+    "Regularisation and augmentation (timm's names)",
+    "Model",
+    "Run",
+)
+#: the recipes of afictl/train/config.py (listed here so that --help needs no import of it)
+RECIPE_NAMES = ("paper-cifar", "paper-imagenet", "modern-cifar", "modern-imagenet", "office-home")
+RECIPE_NAMES += ("quick",)
+
+#: names a config file (or a checkpoint's config) may use for a field: older or timm's spellings
+CONFIG_ALIASES = {"lr_schedule": "sched", "smoothing": "label_smoothing"}
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option: ``field`` of TrainConfig, ``flags`` as typer takes them (``--x/--no-x`` for a
+    flag), ``kind`` int|float|str|bool|path|dir, and whether it may change on ``--resume``."""
+
+    field: str
+    flags: tuple[str, ...]
+    help: str
+    panel: str
+    kind: str = "str"
+    runtime: bool = False
+    metavar: str | None = None  # the choices, shown in --help in place of TEXT
+    shown_default: str | None = None  # what the run uses when the option is not given
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    return ", ".join(f"`{v}`" for v in values)
+
+
+_O = OptionSpec
+TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
+    _O("arch", ("--arch", "-a"), "Registered architecture (see `afictl models`).", MODEL),
+    _O(
+        "afi_stages",
+        ("--afi-stages",),
+        "Stages (1-based, e.g. 1,2) that get AFI blocks (Table 7); AFI models only.",
+        MODEL,
+    ),
+    _O(
+        "reduction",
+        ("--reduction", "-r"),
+        "Reduction ratio r of the AFI modules (Table 8); AFI models only.",
+        MODEL,
+        "int",
+    ),
+    _O(
+        "pretrained",
+        ("--pretrained",),
+        "Initial weights (all but the classifier) from this checkpoint (fine-tuning).",
+        MODEL,
+        "path",
+    ),
+    _O(
+        "dataset",
+        ("--data", "-d"),
+        "cifar10, cifar100, imagenet, imagefolder, shapes or synthetic. Default: the "
+        "architecture's home dataset (imagenet for 224-pixel models, cifar100 for 32-pixel ones).",
+        DATA,
+    ),
+    _O(
+        "data_root",
+        ("--data-root",),
+        "Folder of the dataset. Default: `$AFICTL_DATA/<dataset>`, else `./data/<dataset>`.",
+        DATA,
+        "path",
+        runtime=True,
+    ),
+    _O("download", ("--download/--no-download",), "Download CIFAR if missing.", DATA, "bool"),
+    _O(
+        "data_size",
+        ("--data-size",),
+        "Images per split: generated for shapes (default 4000), a fixed random subset otherwise.",
+        DATA,
+        "int",
+    ),
+    _O(
+        "input_size",
+        ("--input-size",),
+        "Input pixels. Default: the files' size (CIFAR, shapes: 32), else the model's (32 or 224).",
+        DATA,
+        "int",
+    ),
+    _O(
+        "bad_images",
+        ("--bad-images",),
+        f"Unreadable image files: {_choices(BAD_IMAGES_CHOICES)} (skip: each named in a "
+        "warning, counted in metrics; stop: exit naming the file).",
+        DATA,
+        runtime=True,
+    ),
+    _O(
+        "decode",
+        ("--decode",),
+        f"JPEG decoding: {_choices(DECODE_CHOICES)} (auto: the fastest measured on CPU "
+        "workers; gpu: nvjpeg on the GPU, CUDA only).",
+        DATA,
+    ),
+    _O(
+        "recipe",
+        ("--recipe",),
+        f"{_choices(RECIPE_NAMES)}. Default: paper-imagenet for 224-pixel inputs, paper-cifar "
+        "for 32-pixel ones, quick for shapes.",
+        RECIPE,
+    ),
+    _O(
+        "epochs",
+        ("--epochs", "-e"),
+        "Epochs in total (with --resume: continue up to this many).",
+        RECIPE,
+        "int",
+        runtime=True,
+    ),
+    _O(
+        "batch_size",
+        ("--batch-size", "-b"),
+        "Global batch size of one forward pass (split over DDP processes).",
+        RECIPE,
+        "int",
+    ),
+    _O(
+        "grad_accum_steps",
+        ("--grad-accum-steps",),
+        "Batches per optimizer step (gradients accumulated): the effective batch is "
+        "batch x this, and --lr-reference-batch scales the lr by it.",
+        RECIPE,
+        "int",
+    ),
+    _O("opt", ("--opt",), f"Optimizer: {_choices(OPTIMIZERS)}.", RECIPE),
+    _O(
+        "lr",
+        ("--lr",),
+        "Base learning rate (scaled by effective batch / --lr-reference-batch when that is set).",
+        RECIPE,
+        "float",
+    ),
+    _O(
+        "lr_reference_batch",
+        ("--lr-reference-batch",),
+        "Scale the lr by effective batch / this (256 in paper-imagenet).",
+        RECIPE,
+        "int",
+    ),
+    _O(
+        "sched",
+        ("--sched",),
+        f"Learning-rate schedule, per iteration: {_choices(LR_SCHEDULES)} (step: x --lr-gamma "
+        "at each milestone; cosine: to --min-lr; inv: (1 + 10 p)^-0.75).",
+        RECIPE,
+    ),
+    _O(
+        "lr_milestones",
+        ("--lr-milestones",),
+        "Where --sched step multiplies the lr by --lr-gamma: epochs (30,60,80) or percent of "
+        "training (50%,75%).",
+        RECIPE,
+    ),
+    _O("lr_gamma", ("--lr-gamma",), "Factor at each milestone (0.1).", RECIPE, "float"),
+    _O(
+        "warmup_epochs",
+        ("--warmup-epochs",),
+        "Linear lr warm-up, in epochs (may be fractional).",
+        RECIPE,
+        "float",
+    ),
+    _O("min_lr", ("--min-lr",), "Last learning rate of --sched cosine (0).", RECIPE, "float"),
+    _O("momentum", ("--momentum",), "SGD momentum (0.9).", RECIPE, "float"),
+    _O("weight_decay", ("--weight-decay", "--wd"), "Weight decay (1e-4).", RECIPE, "float"),
+    _O("nesterov", ("--nesterov/--no-nesterov",), "Nesterov momentum (SGD).", RECIPE, "bool"),
+    _O(
+        "wd_norm_bias",
+        ("--wd-norm-bias/--no-wd-norm-bias",),
+        "Weight decay on norm layers and biases too (the paper's; timm and torchvision's new "
+        "recipes exempt them: --no-wd-norm-bias).",
+        RECIPE,
+        "bool",
+    ),
+    _O(
+        "backbone_lr_mult",
+        ("--backbone-lr-mult",),
+        "Learning rate of everything but the classifier, relative to --lr (fine-tuning: 0.1).",
+        RECIPE,
+        "float",
+    ),
+    _O(
+        "clip_grad",
+        ("--clip-grad",),
+        "Clip the gradients' global L2 norm to this (after unscaling under fp16); 0: off.",
+        RECIPE,
+        "float",
+    ),
+    _O(
+        "label_smoothing",
+        ("--smoothing", "--label-smoothing"),
+        "Label smoothing of the training loss (0).",
+        REGULARISATION,
+        "float",
+    ),
+    _O("mixup", ("--mixup",), "MixUp alpha; 0: off.", REGULARISATION, "float"),
+    _O("cutmix", ("--cutmix",), "CutMix alpha; 0: off.", REGULARISATION, "float"),
+    _O(
+        "mixup_prob",
+        ("--mixup-prob",),
+        "Probability that a batch is mixed (MixUp or CutMix, one of them at random when both).",
+        REGULARISATION,
+        "float",
+    ),
+    _O(
+        "aa",
+        ("--aa",),
+        "Augmentation policy of the train split: `rand-m9-mstd0.5` (RandAugment in timm's "
+        f"notation), {_choices(AA_FIXED)} or `none`.",
+        REGULARISATION,
+    ),
+    _O(
+        "reprob",
+        ("--reprob",),
+        "Random erasing probability (train split); 0: off.",
+        REGULARISATION,
+        "float",
+    ),
+    _O(
+        "model_ema",
+        ("--model-ema/--no-model-ema",),
+        "Keep an exponential moving average of the weights (BN buffers included), evaluated "
+        "each epoch (`eval_top1_ema`) and saved in the checkpoints.",
+        REGULARISATION,
+        "bool",
+    ),
+    _O(
+        "model_ema_decay",
+        ("--model-ema-decay",),
+        "EMA decay per optimizer step (0.9998).",
+        REGULARISATION,
+        "float",
+    ),
+    _O(
+        "best_of",
+        ("--best-of",),
+        f"Which weights best.pt keeps and ranks by: {_choices(BEST_OF_CHOICES)} (ema needs "
+        "--model-ema).",
+        REGULARISATION,
+    ),
+    _O(
+        "seed",
+        ("--seed",),
+        "Seed of weights, data order, augmentation and generated data (0).",
+        RUN,
+        "int",
+    ),
+    _O(
+        "deterministic",
+        ("--deterministic/--no-deterministic",),
+        "Deterministic kernels (bit-exact reruns and resumes on CPU).",
+        RUN,
+        "bool",
+    ),
+    _O(
+        "device",
+        ("--device",),
+        "`auto` (default: cuda when present), `cpu` or `cuda`.",
+        RUN,
+        runtime=True,
+        metavar="[auto|cpu|cuda]",
+        shown_default="auto",
+    ),
+    _O(
+        "amp",
+        ("--amp",),
+        f"Mixed precision: {_choices(AMP_CHOICES)} (fp16: CUDA; bf16 also on CPU).",
+        RUN,
+        metavar="[none|bf16|fp16]",
+        shown_default="none",
+    ),
+    _O(
+        "channels_last", ("--channels-last/--no-channels-last",), "NHWC memory format.", RUN, "bool"
+    ),
+    _O("compile", ("--compile/--no-compile",), "torch.compile the model.", RUN, "bool"),
+    _O("sync_bn", ("--sync-bn/--no-sync-bn",), "SyncBatchNorm across DDP processes.", RUN, "bool"),
+    _O(
+        "threads",
+        ("--threads",),
+        "CPU threads (default: one per core, or one per idle core when other processes keep the "
+        "CPU busy; torch's default with --deterministic).",
+        RUN,
+        "int",
+        runtime=True,
+    ),
+    _O(
+        "workers",
+        ("--workers", "-j"),
+        "Data loading processes (default: 0 for shapes, else up to 8).",
+        RUN,
+        "int",
+        runtime=True,
+    ),
+    _O(
+        "tensorboard",
+        ("--tensorboard/--no-tensorboard",),
+        "TensorBoard event files (default: when installed).",
+        RUN,
+        "bool",
+        runtime=True,
+    ),
+    _O(
+        "checkpoint_hist",
+        ("--checkpoint-hist",),
+        "Also keep the N best epochs as `epoch-<N>.pt` (besides last.pt and best.pt); 0: none.",
+        RUN,
+        "int",
+    ),
+    _O(
+        "run_dir",
+        ("--run-dir",),
+        "Run folder. Default: `runs/<arch>-<dataset>-<time>/`.",
+        RUN,
+        "dir",
+    ),
+)
+
+#: keys that may change when a run is resumed (they do not change what is learned)
+RUNTIME_KEYS = frozenset(o.field for o in TRAIN_OPTIONS if o.runtime)
+
+
+def option_for(field: str) -> OptionSpec:
+    """The spec of TrainConfig field ``field``."""
+    return next(o for o in TRAIN_OPTIONS if o.field == field)
