@@ -12,7 +12,8 @@
 A checkpoint is a dict with at least::
 
     format: "afictl-checkpoint", version: 1,
-    arch: registry name, num_classes: int, model_kwargs: {"afi_stages": [...], "reduction": 4} or {},
+    arch: registry name, num_classes: int,
+    model_kwargs: {"afi_stages": [...], "reduction": 4} or {},
     model: state_dict, epoch: int (epochs completed),
     config: the run's resolved configuration (dataset, data_root, input_size, ...),
     class_names: list[str] | None
@@ -63,7 +64,8 @@ class CheckpointError(UserError):
 
 class CheckpointWriteError(CheckpointError):
     """A checkpoint that could not be written (disk full, read-only place, ...): one line naming
-    the path and the OS reason; the file at that path, if any, is untouched. ``errno`` is the OS's."""
+    the path and the OS reason; the file at that path, if any, is untouched. ``errno`` is the
+    OS's."""
 
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
@@ -177,7 +179,10 @@ def _refusal(path: Path, exc: Exception) -> str:
             f"{path} is not a safe checkpoint: it holds Python objects beyond tensors and plain "
             "types, and was refused without running them"
         )
-    return f"{path} is not a checkpoint: the file is corrupt, truncated or not a torch file ({type(exc).__name__})"
+    return (
+        f"{path} is not a checkpoint: the file is corrupt, truncated or not a torch file "
+        f"({type(exc).__name__})"
+    )
 
 
 def _is_int(value: Any) -> bool:
@@ -200,7 +205,8 @@ def _check_model_kwargs(where: str, arch: str, kw: Any) -> dict[str, Any]:
     if unknown:
         takes = ", ".join(info.options) or "no options"
         raise CheckpointError(
-            f"{where}: model_kwargs {', '.join(unknown)} are not options of {arch} (it takes {takes})"
+            f"{where}: model_kwargs {', '.join(unknown)} are not options of {arch} "
+            f"(it takes {takes})"
         )
     stages = kw.get("afi_stages")
     if stages is not None and not (
@@ -209,7 +215,8 @@ def _check_model_kwargs(where: str, arch: str, kw: Any) -> dict[str, Any]:
         and all(_is_int(s) and 1 <= s <= info.num_stages for s in stages)
     ):
         raise CheckpointError(
-            f"{where}: model_kwargs afi_stages must be stage numbers in 1..{info.num_stages}, got {stages!r:.60}"
+            f"{where}: model_kwargs afi_stages must be stage numbers in 1..{info.num_stages}, "
+            f"got {stages!r:.60}"
         )
     checks = {
         "reduction": (lambda v: _is_int(v) and 1 <= v <= 4096, "an integer in 1..4096"),
@@ -278,15 +285,15 @@ def _same_kind(saved: Any, fresh: Any) -> bool:
     return isinstance(saved, type(fresh))
 
 
-def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
-    """What ``afictl train --resume`` restores fits the optimizer, scheduler and scaler that the
-    run's configuration builds (built on the meta device; nothing is allocated or loaded)."""
-    from .train.optim import build_optimizer, build_scheduler  # training imports this module
-    from .train.state import get_rng_state, set_rng_state
-
+def _check_resume_weights(
+    where: str, ckpt: dict[str, Any], cfg: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The run's architecture and model options agree with the checkpoint and build a model that
+    its weights fit; returns that model (meta device) and the checked options."""
     if cfg.arch != ckpt["arch"]:
         raise CheckpointError(
-            f"{where}: its config records arch {cfg.arch!r} but it holds a {ckpt['arch']} checkpoint"
+            f"{where}: its config records arch {cfg.arch!r} "
+            f"but it holds a {ckpt['arch']} checkpoint"
         )
     try:
         kw = cfg.model_kwargs
@@ -294,13 +301,15 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
         raise CheckpointError(
             f"{where}: its config records afi_stages/reduction that are not numbers"
         ) from None
-    meta = _check_weights(
-        where,
-        cfg.arch,
-        ckpt["num_classes"],
-        _check_model_kwargs(where, cfg.arch, kw),
-        ckpt["model"],
-    )
+    checked = _check_model_kwargs(where, cfg.arch, kw)
+    meta = _check_weights(where, cfg.arch, ckpt["num_classes"], checked, ckpt["model"])
+    return meta, checked
+
+
+def _build_optim(where: str, meta: nn.Module, cfg: Any) -> tuple[Any, Any]:
+    """The optimizer and scheduler the run's configuration builds for ``meta``."""
+    from .train.optim import build_optimizer, build_scheduler  # training imports this module
+
     try:
         optimizer = build_optimizer(meta, cfg)
         scheduler = build_scheduler(optimizer, cfg, 1)
@@ -308,20 +317,16 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
         raise CheckpointError(
             f"{where}: its config cannot build the optimizer ({str(exc).splitlines()[0][:100]})"
         ) from None
-    saved = ckpt["optimizer"]
-    groups = saved.get("param_groups") if isinstance(saved, dict) else None
-    state = saved.get("state") if isinstance(saved, dict) else None
-    if (
-        not isinstance(groups, list)
-        or not isinstance(state, dict)
-        or set(saved) != {"state", "param_groups"}
-    ):
-        raise CheckpointError(
-            f"{where}: the optimizer state is not an SGD state dict (state, param_groups)"
-        )
+    return optimizer, scheduler
+
+
+def _check_param_groups(where: str, groups: list, optimizer: Any) -> dict[int, tuple]:
+    """Each saved parameter group lists the run's parameters, with settings of the run's kinds;
+    returns the shape of each parameter id."""
     if len(groups) != len(optimizer.param_groups):
         raise CheckpointError(
-            f"{where}: the optimizer state has {len(groups)} parameter groups, the run has {len(optimizer.param_groups)}"
+            f"{where}: the optimizer state has {len(groups)} parameter groups, "
+            f"the run has {len(optimizer.param_groups)}"
         )
     shapes: dict[int, tuple] = {}
     for i, (group, fresh) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
@@ -332,7 +337,8 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
             or len(ids) != len(fresh["params"])
         ):
             raise CheckpointError(
-                f"{where}: optimizer parameter group {i} does not list the run's {len(fresh['params'])} parameters"
+                f"{where}: optimizer parameter group {i} does not list the run's "
+                f"{len(fresh['params'])} parameters"
             )
         for key, value in group.items():
             if key != "params" and key in fresh and not _same_kind(value, fresh[key]):
@@ -344,6 +350,11 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
         )
     if len(shapes) != sum(len(g["params"]) for g in groups):
         raise CheckpointError(f"{where}: the optimizer state lists a parameter twice")
+    return shapes
+
+
+def _check_optimizer_entries(where: str, state: dict, shapes: dict[int, tuple]) -> None:
+    """Every per-parameter entry belongs to a parameter of the run, its buffers of that shape."""
     for key, entry in state.items():
         if key not in shapes or not isinstance(entry, dict):
             raise CheckpointError(
@@ -358,21 +369,52 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
                     )
             elif value is not None and not _is_number(value):
                 raise CheckpointError(
-                    f"{where}: optimizer state {name} of parameter {key} is a {type(value).__name__}"
+                    f"{where}: optimizer state {name} of parameter {key} "
+                    f"is a {type(value).__name__}"
                 )
+
+
+def _check_optimizer_state(where: str, saved: Any, optimizer: Any) -> None:
+    """The saved optimizer state dict fits ``optimizer``: groups first, then the entries."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    state = saved.get("state") if isinstance(saved, dict) else None
+    if (
+        not isinstance(groups, list)
+        or not isinstance(state, dict)
+        or set(saved) != {"state", "param_groups"}
+    ):
+        raise CheckpointError(
+            f"{where}: the optimizer state is not an SGD state dict (state, param_groups)"
+        )
+    shapes = _check_param_groups(where, groups, optimizer)
+    _check_optimizer_entries(where, state, shapes)
+
+
+#: The keys of ``torch.amp.GradScaler.state_dict()``: all of them when the run uses fp16.
+_SCALER_KEYS = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
+
+
+def _check_scheduler_and_scaler(where: str, ckpt: dict[str, Any], scheduler: Any, cfg: Any) -> None:
+    """The scheduler state has the structure of the run's schedule; the scaler state is one
+    ``GradScaler`` writes (complete under fp16)."""
     if not _same_kind(ckpt["scheduler"], scheduler.state_dict()):
         raise CheckpointError(
             f"{where}: the scheduler state does not fit the run's learning-rate schedule"
         )
     scaler = ckpt["scaler"]
-    scaler_keys = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
     if (
         not isinstance(scaler, dict)
-        or not set(scaler) <= scaler_keys
+        or not set(scaler) <= _SCALER_KEYS
         or not all(map(_is_number, scaler.values()))
-        or (cfg.amp == "fp16" and set(scaler) != scaler_keys)
+        or (cfg.amp == "fp16" and set(scaler) != _SCALER_KEYS)
     ):
         raise CheckpointError(f"{where}: the gradient-scaler state is not one afictl train writes")
+
+
+def _check_rng(where: str, ckpt: dict[str, Any]) -> None:
+    """Each process's RNG state restores: tried for real, then the current state put back."""
+    from .train.state import get_rng_state, set_rng_state  # training imports this module
+
     rngs = ckpt.get("rng") or []
     if not isinstance(rngs, list):
         raise CheckpointError(f"{where}: the RNG state must be a list (one per process)")
@@ -384,6 +426,10 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
         raise CheckpointError(f"{where}: the RNG state is not one afictl train writes") from None
     finally:
         set_rng_state(before)
+
+
+def _check_counters(where: str, ckpt: dict[str, Any]) -> None:
+    """The running sums of an interrupted epoch, the best accuracy, timings and metric rows."""
     partial = ckpt.get("partial", [])
     if not isinstance(partial, list) or not all(map(_is_number, partial)):
         raise CheckpointError(
@@ -397,10 +443,26 @@ def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
     metrics = ckpt.get("metrics", [])
     if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
         raise CheckpointError(f"{where}: metrics must be a list of rows")
-    _check_ema(where, ckpt, cfg, _check_model_kwargs(where, cfg.arch, kw))
+
+
+def _check_hist(where: str, ckpt: dict[str, Any]) -> None:
+    """``--checkpoint-hist``'s record, when present, holds its ranking list."""
     hist = ckpt.get("checkpoint_hist")
     if hist is not None and not (isinstance(hist, dict) and isinstance(hist.get("ranking"), list)):
         raise CheckpointError(f"{where}: checkpoint_hist is not one afictl train writes")
+
+
+def _check_resume(where: str, ckpt: dict[str, Any], cfg: Any) -> None:
+    """What ``afictl train --resume`` restores fits the optimizer, scheduler and scaler that the
+    run's configuration builds (built on the meta device; nothing is allocated or loaded)."""
+    meta, kw = _check_resume_weights(where, ckpt, cfg)
+    optimizer, scheduler = _build_optim(where, meta, cfg)
+    _check_optimizer_state(where, ckpt["optimizer"], optimizer)
+    _check_scheduler_and_scaler(where, ckpt, scheduler, cfg)
+    _check_rng(where, ckpt)
+    _check_counters(where, ckpt)
+    _check_ema(where, ckpt, cfg, kw)
+    _check_hist(where, ckpt)
 
 
 def _check_ema(where: str, ckpt: dict[str, Any], cfg: Any, kw: dict[str, Any]) -> None:
@@ -420,26 +482,8 @@ def _check_ema(where: str, ckpt: dict[str, Any], cfg: Any, kw: dict[str, Any]) -
     _check_weights(f"{where} (EMA weights)", cfg.arch, ckpt["num_classes"], kw, inner)
 
 
-def validate_checkpoint(
-    ckpt: dict[str, Any], *, model: bool = False, resume: Any = None
-) -> dict[str, Any]:
-    """Check a loaded checkpoint before anything uses it; :class:`CheckpointError` (one line,
-    naming the file and the field) otherwise. Returns ``ckpt``.
-
-    Always (every reader, through :func:`load_checkpoint`): the fields present have the types
-    afictl writes: ``arch`` a registered name that agrees with ``config["arch"]``,
-    ``num_classes`` an integer in 1..:data:`MAX_CLASSES`, ``model_kwargs`` options of ``arch``
-    of the right types, ``model`` a dict of tensors, ``epoch``/``step`` non-negative integers,
-    ``class_names`` one string per class, ``config`` a dict whose data fields are plain.
-
-    ``model=True`` (rebuilding the network): ``arch``, ``num_classes`` and ``model`` present,
-    and every weight's name and shape equal to those of the model built on the meta device.
-
-    ``resume=cfg`` (the run's :class:`~afictl.train.TrainConfig`): also the optimizer state
-    (groups, one entry per parameter, every buffer of its parameter's shape), the scheduler and
-    scaler states, and the RNG states fit what ``cfg`` builds.
-    """
-    where = ckpt.get("path", "checkpoint")
+def _check_present(where: str, ckpt: dict[str, Any], model: bool, resume: Any) -> None:
+    """The fields that rebuilding the network (``model``) or resuming (``resume``) needs."""
     need = ("arch", "num_classes", "model") if model or resume is not None else ()
     if resume is not None:
         need += ("optimizer", "scheduler", "scaler", "config", "epoch")
@@ -448,6 +492,11 @@ def validate_checkpoint(
         raise CheckpointError(
             f"{where} is not a complete afictl checkpoint (no {', '.join(absent)})"
         )
+
+
+def _check_model_fields(where: str, ckpt: dict[str, Any]) -> None:
+    """``arch`` a registered name, ``num_classes`` in range, ``model_kwargs`` options of
+    ``arch``, ``model`` a dict of dense tensors."""
     arch = ckpt.get("arch")
     if "arch" in ckpt:
         if not isinstance(arch, str):
@@ -472,11 +521,17 @@ def validate_checkpoint(
         )
     ):
         raise CheckpointError(f"{where}: model must map weight names to tensors")
+
+
+def _check_fields(where: str, ckpt: dict[str, Any]) -> None:
+    """The model fields, then ``epoch``/``step`` counters and one class name per class."""
+    _check_model_fields(where, ckpt)
     for key in ("epoch", "step"):
         if key in ckpt and not (_is_int(ckpt[key]) and ckpt[key] >= 0):
             raise CheckpointError(
                 f"{where}: {key} must be a non-negative integer, got {ckpt[key]!r:.40}"
             )
+    n = ckpt.get("num_classes")
     names = ckpt.get("class_names")
     if names is not None and not (
         isinstance(names, list)
@@ -486,13 +541,20 @@ def validate_checkpoint(
         raise CheckpointError(
             f"{where}: class_names must be {n if n is not None else 'one'} class name(s)"
         )
+
+
+def _check_config_fields(where: str, ckpt: dict[str, Any]) -> None:
+    """``config`` a dict whose arch agrees with the checkpoint's and whose data fields (names,
+    sizes, seed) are plain; ``input_size`` at the top level too."""
+    arch = ckpt.get("arch")
     config = ckpt.get("config")
     if config is not None and not isinstance(config, dict):
         raise CheckpointError(f"{where}: config must be a dict, not {type(config).__name__}")
     config = config or {}
     if config.get("arch") is not None and config.get("arch") != arch:
         raise CheckpointError(
-            f"{where}: it holds a {arch} checkpoint but its config records arch {config['arch']!r:.40}; refused"
+            f"{where}: it holds a {arch} checkpoint "
+            f"but its config records arch {config['arch']!r:.40}; refused"
         )
     for key in ("dataset", "data_root", "eval_split"):
         if config.get(key) is not None and not isinstance(config[key], str):
@@ -508,10 +570,36 @@ def validate_checkpoint(
         value = source.get(key)
         if value is not None and not (_is_int(value) and (key == "seed" or 1 <= value <= 100_000)):
             raise CheckpointError(f"{where}: {key} must be a positive integer, got {value!r:.40}")
+
+
+def validate_checkpoint(
+    ckpt: dict[str, Any], *, model: bool = False, resume: Any = None
+) -> dict[str, Any]:
+    """Check a loaded checkpoint before anything uses it; :class:`CheckpointError` (one line,
+    naming the file and the field) otherwise. Returns ``ckpt``.
+
+    Always (every reader, through :func:`load_checkpoint`): the fields present have the types
+    afictl writes: ``arch`` a registered name that agrees with ``config["arch"]``,
+    ``num_classes`` an integer in 1..:data:`MAX_CLASSES`, ``model_kwargs`` options of ``arch``
+    of the right types, ``model`` a dict of tensors, ``epoch``/``step`` non-negative integers,
+    ``class_names`` one string per class, ``config`` a dict whose data fields are plain.
+
+    ``model=True`` (rebuilding the network): ``arch``, ``num_classes`` and ``model`` present,
+    and every weight's name and shape equal to those of the model built on the meta device.
+
+    ``resume=cfg`` (the run's :class:`~afictl.train.TrainConfig`): also the optimizer state
+    (groups, one entry per parameter, every buffer of its parameter's shape), the scheduler and
+    scaler states, and the RNG states fit what ``cfg`` builds.
+    """
+    where = ckpt.get("path", "checkpoint")
+    _check_present(where, ckpt, model, resume)
+    _check_fields(where, ckpt)
+    _check_config_fields(where, ckpt)
     if model or resume is not None:
+        arch = ckpt.get("arch")
         kw = _check_model_kwargs(where, arch, ckpt.get("model_kwargs") or {})
         if resume is None:
-            _check_weights(where, arch, n, kw, state)
+            _check_weights(where, arch, ckpt.get("num_classes"), kw, ckpt.get("model"))
         else:
             _check_resume(where, ckpt, resume)
     return ckpt

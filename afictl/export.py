@@ -297,6 +297,100 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _check_export_args(path: Path, format: str | None, batch_size: int, opset: int) -> str:
+    """The file format of ``path``, after refusing what the exporters cannot do (before any
+    file is created)."""
+    fmt = infer_format(path, format)
+    if batch_size < 2:
+        raise UserError(
+            "the example batch must be 2 or more (torch.export fixes a batch of 1); "
+            "the exported file accepts any batch"
+        )
+    if fmt == "onnx":
+        require_onnx()
+        if opset < DEFAULT_OPSET:
+            raise UserError(
+                f"--opset {opset}: the torch.export-based ONNX exporter writes opset "
+                f"{DEFAULT_OPSET} or later"
+            )
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give a file name ending in .{fmt}")
+    return fmt
+
+
+def _temp_file(path: Path, fmt: str) -> Path:
+    """An empty file next to ``path`` (same file system, so ``os.replace`` is atomic) with the
+    permissions of a new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{fmt}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the renamed file
+    return tmp
+
+
+def _write_export(
+    model: nn.Module, tmp: Path, result: ExportResult, *, opset: int, channels: int, seed: int
+) -> None:
+    """Trace ``model`` on a seeded batch and write it to ``tmp`` in ``result.format``, durably;
+    records the time taken and the size in ``result``."""
+    start = time.perf_counter()
+    example = _inputs(result.export_batch, result.input_size, channels, seed)
+    try:
+        if result.format == "onnx":
+            _export_onnx(model, example, tmp, opset)
+        else:
+            _export_pt2(model, example, tmp)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            f"could not export {result.arch or type(model).__name__} to {result.format}: "
+            f"{_reason(exc)}"
+        ) from exc
+    result.export_seconds = time.perf_counter() - start
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    result.bytes = tmp.stat().st_size
+
+
+def _verify_export(
+    model: nn.Module, tmp: Path, result: ExportResult, *, channels: int, seed: int
+) -> None:
+    """Run the file at ``tmp`` against the eager model at batches 1 and B + 1; records the
+    differences, the tolerance and the verdict in ``result``."""
+    start = time.perf_counter()
+    batches = [1, result.export_batch + 1]
+    try:
+        diff, peak = verify_file(
+            tmp,
+            model,
+            format=result.format,
+            batches=batches,
+            input_size=result.input_size,
+            channels=channels,
+            seed=seed,
+        )
+    except UserError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            f"the exported {result.format} file of {result.arch or type(model).__name__} "
+            f"does not run: {_reason(exc)}"
+        ) from exc
+    result.verify_seconds = time.perf_counter() - start
+    result.verify_batches = batches
+    result.max_abs_diff, result.max_abs_eager = diff, peak
+    result.tolerance = tolerance(peak, result.rtol)
+    result.passed = bool(diff <= result.tolerance)  # NaN fails
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename the verified file over ``path`` and make the rename itself durable."""
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def export_model(
     model: nn.Module,
     path: str | Path,
@@ -322,30 +416,11 @@ def export_model(
     :class:`ExportError`; a missing ONNX extra :class:`MissingExtraError`.
     """
     path = Path(path)
-    fmt = infer_format(path, format)
-    if batch_size < 2:
-        raise UserError(
-            "the example batch must be 2 or more (torch.export fixes a batch of 1); "
-            "the exported file accepts any batch"
-        )
-    if fmt == "onnx":
-        require_onnx()
-        if opset < DEFAULT_OPSET:
-            raise UserError(
-                f"--opset {opset}: the torch.export-based ONNX exporter writes opset "
-                f"{DEFAULT_OPSET} or later"
-            )
-    if path.is_dir():
-        raise UserError(f"{path} is a folder: give a file name ending in .{fmt}")
-    arch = arch or getattr(model, "arch", None)
+    fmt = _check_export_args(path, format, batch_size, opset)
     model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{fmt}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the renamed file
+    tmp = _temp_file(path, fmt)
     result = ExportResult(
-        arch=arch,
+        arch=arch or getattr(model, "arch", None),
         format=fmt,
         path=str(path),
         written=False,
@@ -357,52 +432,12 @@ def export_model(
         rtol=rtol,
     )
     try:
-        start = time.perf_counter()
-        example = _inputs(batch_size, input_size, channels, seed)
-        try:
-            if fmt == "onnx":
-                _export_onnx(model, example, tmp, opset)
-            else:
-                _export_pt2(model, example, tmp)
-        except UserError:
-            raise
-        except Exception as exc:
-            raise ExportError(
-                f"could not export {arch or type(model).__name__} to {fmt}: {_reason(exc)}"
-            ) from exc
-        result.export_seconds = time.perf_counter() - start
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        result.bytes = tmp.stat().st_size
+        _write_export(model, tmp, result, opset=opset, channels=channels, seed=seed)
         if verify:
-            start = time.perf_counter()
-            batches = [1, batch_size + 1]
-            try:
-                diff, peak = verify_file(
-                    tmp,
-                    model,
-                    format=fmt,
-                    batches=batches,
-                    input_size=input_size,
-                    channels=channels,
-                    seed=seed,
-                )
-            except UserError:
-                raise
-            except Exception as exc:
-                raise ExportError(
-                    f"the exported {fmt} file of {arch or type(model).__name__} does not run: "
-                    f"{_reason(exc)}"
-                ) from exc
-            result.verify_seconds = time.perf_counter() - start
-            result.verify_batches = batches
-            result.max_abs_diff, result.max_abs_eager = diff, peak
-            result.tolerance = tolerance(peak, rtol)
-            result.passed = bool(diff <= result.tolerance)  # NaN fails
+            _verify_export(model, tmp, result, channels=channels, seed=seed)
             if not result.passed:
                 return result
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _publish(tmp, path)
         result.written = True
         return result
     finally:

@@ -131,7 +131,8 @@ def _milestones(value: Any) -> list | str:
 
 
 def _parse_stages(value: Any) -> list[int]:
-    """``--afi-stages``: "1,2" (or "1 2"), a list of stage numbers, or one number -> sorted numbers."""
+    """``--afi-stages``: "1,2" (or "1 2"), a list of stage numbers, or one number -> sorted
+    numbers."""
     if isinstance(value, str):
         items: list[Any] = [s for s in re.split(r"[,\s]+", value.strip()) if s]
         if not all(re.fullmatch(r"\+?\d+", s) for s in items):
@@ -255,8 +256,9 @@ OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
 
 
 def check_option(name: str, value: Any, source: str | None = None) -> Any:
-    """``value`` of option ``name`` normalised, or :class:`UserError`: ``--name must be ..., got ...``
-    (``SOURCE: name must be ...`` for a value read from a config file)."""
+    """``value`` of option ``name`` normalised, or :class:`UserError`:
+    ``--name must be ..., got ...`` (``SOURCE: name must be ...`` for a value read from a
+    config file)."""
     try:
         return OPTION_CHECKS[name](value)
     except _Invalid as exc:

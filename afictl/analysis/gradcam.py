@@ -209,18 +209,9 @@ def _ablation_cam() -> type:
     - The target goes back into the model even when a forward pass fails half-way.
     """
     from pytorch_grad_cam import AblationCAM
-    from pytorch_grad_cam.ablation_layer import AblationLayer
     from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 
-    class TargetAblationLayer(AblationLayer):
-        def __init__(self, target: nn.Module) -> None:
-            super().__init__()
-            self._target = [target]  # in a list: not a submodule of the stand-in
-
-        def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            if args or kwargs:
-                self._target[0](x, *args, **kwargs)
-            return super().__call__(x)
+    stand_in = _target_ablation_layer()
 
     class TargetAblationCAM(AblationCAM):
         def __init__(
@@ -230,7 +221,7 @@ def _ablation_cam() -> type:
             super().__init__(
                 model,
                 target_layers,
-                ablation_layer=TargetAblationLayer(target_layers[0]),
+                ablation_layer=stand_in(target_layers[0]),
                 batch_size=batch_size,
             )
 
@@ -249,15 +240,39 @@ def _ablation_cam() -> type:
             finally:
                 if any(m is self.ablation_layer for m in self.model.modules()):
                     replace_layer_recursive(self.model, self.ablation_layer, target_layer)
-            scores = np.float32(
-                [
-                    target(out).cpu().item()
-                    for target, out in zip(targets, self.outputs, strict=True)
-                ]
-            )
-            return weights * np.sign(scores)[:, None]
+            return weights * _score_signs(targets, self.outputs)[:, None]
 
     return TargetAblationCAM
+
+
+@functools.cache
+def _target_ablation_layer() -> type:
+    """pytorch-grad-cam's AblationLayer called with whatever its target takes.
+
+    Given more than the input it also runs the target on all of it, so that what a building
+    block hands its stage besides its output is still there for the blocks after it.
+    """
+    from pytorch_grad_cam.ablation_layer import AblationLayer
+
+    class TargetAblationLayer(AblationLayer):
+        def __init__(self, target: nn.Module) -> None:
+            super().__init__()
+            self._target = [target]  # in a list: not a submodule of the stand-in
+
+        def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if args or kwargs:
+                self._target[0](x, *args, **kwargs)
+            return super().__call__(x)
+
+    return TargetAblationLayer
+
+
+def _score_signs(targets: Any, outputs: torch.Tensor) -> np.ndarray:
+    """The sign of each image's target score (float32), which the ablation weights are scaled by."""
+    scores = np.float32(
+        [target(out).cpu().item() for target, out in zip(targets, outputs, strict=True)]
+    )
+    return np.sign(scores)
 
 
 @functools.cache

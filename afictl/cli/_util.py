@@ -22,6 +22,8 @@ __all__ = [
     "ArchOpt",
     "DeviceOpt",
     "FormatOpt",
+    "InputSizeOpt",
+    "NumClassesOpt",
     "OutputOpt",
     "absolute_path",
     "resolve_device",
@@ -52,6 +54,15 @@ ArchOpt = Annotated[
     typer.Option(
         "--arch", "-a", help="Registered architecture name (repeatable); see `afictl models`."
     ),
+]
+# One definition for bench and memory, so that their help cannot drift apart
+InputSizeOpt = Annotated[
+    int | None,
+    typer.Option("--input-size", min=8, help="Input resolution (default: the model's)."),
+]
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option("--num-classes", min=1, help="Classes (default: 100 CIFAR, 1000 ImageNet)."),
 ]
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import UserError
 from ..render import Format
 from ._util import OutputOpt
+
+if TYPE_CHECKING:
+    from ..export import ExportResult
 
 
 class ExportFormat(StrEnum):
@@ -42,87 +45,179 @@ def _diff(value: float) -> str:
     return f"{value:.3g}"
 
 
+_COLUMNS = [
+    "arch",
+    "format",
+    "path",
+    "bytes",
+    "opset",
+    "input_shape",
+    "export_batch",
+    "verify_batches",
+    "max_abs_diff",
+    "tolerance",
+    "passed",
+    "export_seconds",
+    "verify_seconds",
+]
+
+ExportCheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="A .pt written by afictl train (or its run folder: best.pt, else last.pt).",
+    ),
+]
+ExpectedArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch", "-a", help="Registered architecture (random weights); with -c: the expected one."
+    ),
+]
+ToOpt = Annotated[
+    ExportFormat | None,
+    typer.Option(
+        "--to",
+        case_sensitive=False,
+        help="File format (default: the suffix of --export-file, else onnx).",
+    ),
+]
+ExportFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--export-file",
+        dir_okay=False,
+        help="The exported model file (default: `./{arch}.{format}`); folders are created.",
+    ),
+]
+OpsetOpt = Annotated[
+    int | None,
+    typer.Option("--opset", min=18, help="ONNX opset (default 18, the exporter's lowest)."),
+]
+ExampleBatchOpt = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        min=2,
+        help="Batch of the example the model is traced with (2 or more); "
+        "the file accepts any batch.",
+    ),
+]
+ExportInputSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--input-size",
+        min=8,
+        help="Input resolution (default: the checkpoint's, else the model's: 32 or 224).",
+    ),
+]
+ExportNumClassesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-classes", min=1, help="Classes with --arch (default: 100 CIFAR, 1000 ImageNet)."
+    ),
+]
+ToleranceOpt = Annotated[
+    float,
+    typer.Option(
+        "--tolerance",
+        min=0.0,
+        help="Relative tolerance: pass when max|diff| <= TOLERANCE * max|eager|.",
+    ),
+]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify/--no-verify", help="Run the file against the eager model before writing it."
+    ),
+]
+# a str, not Format: a file format given here gets its own message (see _results_format)
+ResultsFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        metavar="[table|json|csv|markdown]",
+        help="Results format: table, json, csv or markdown.",
+    ),
+]
+# the old spelling of --format, hidden, kept to point at the new one
+PrintFormatOpt = Annotated[str | None, typer.Option("--print-format", "-p", hidden=True)]
+
+
+def _check_options(
+    print_format: str | None,
+    fmt: str,
+    output: Path | None,
+    to: ExportFormat | None,
+    export_file: Path | None,
+    opset: int | None,
+) -> tuple[Format, str | None]:
+    """The results format and the file format (None: export's default), after refusing
+    options that contradict each other; nothing is built before this."""
+    from ..export import infer_format
+
+    if print_format is not None:
+        raise UserError(f"--print-format is now --format: use --format {print_format}")
+    results_format = _results_format(fmt)
+    _check_results_file(output)
+    file_format = to.value if to is not None else None
+    if export_file is not None:
+        file_format = infer_format(export_file, file_format)
+    if opset is not None and file_format == "pt2":
+        raise UserError("--opset applies to --to onnx only")
+    return results_format, file_format
+
+
+def _check_passed(result: ExportResult) -> None:
+    """A failed verification is an error (exit 2): the file was not written."""
+    if result.passed is False:
+        raise UserError(
+            f"verification failed: {Path(result.path).name} differs from the eager model by "
+            f"{result.max_abs_diff:.3g} at batches {result.verify_batches} "
+            f"(tolerance {result.tolerance:.3g}); "
+            "nothing written (--no-verify writes it unchecked)"
+        )
+
+
+def _render_result(result: ExportResult, results_format: Format, output: Path | None) -> None:
+    """The export's one row, in the results format, to stdout or ``output``."""
+    from ..render import human, render
+
+    render(
+        [result],
+        results_format,
+        output,
+        columns=_COLUMNS,
+        formatters={
+            "bytes": lambda b: human(b, "B"),
+            "max_abs_diff": _diff,
+            "tolerance": _diff,
+            "export_seconds": "{:.1f}".format,
+            "verify_seconds": "{:.1f}".format,
+            "verify_batches": lambda b: ",".join(map(str, b)),
+            "opset": lambda v: str(int(v)),
+        },
+        title=f"exported {result.arch} to {result.path}",
+    )
+
+
 def export_cli(
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            "-c",
-            help="A .pt written by afictl train (or its run folder: best.pt, else last.pt).",
-        ),
-    ] = None,
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            "--arch",
-            "-a",
-            help="Registered architecture (random weights); with -c: the expected one.",
-        ),
-    ] = None,
-    to: Annotated[
-        ExportFormat | None,
-        typer.Option(
-            "--to",
-            case_sensitive=False,
-            help="File format (default: the suffix of --export-file, else onnx).",
-        ),
-    ] = None,
-    export_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--export-file",
-            dir_okay=False,
-            help="The exported model file (default: `./{arch}.{format}`); folders are created.",
-        ),
-    ] = None,
-    opset: Annotated[
-        int | None, typer.Option(min=18, help="ONNX opset (default 18, the exporter's lowest).")
-    ] = None,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size",
-            "-b",
-            min=2,
-            help="Batch of the example the model is traced with (2 or more); "
-            "the file accepts any batch.",
-        ),
-    ] = 2,
-    input_size: Annotated[
-        int | None,
-        typer.Option(
-            min=8, help="Input resolution (default: the checkpoint's, else the model's: 32 or 224)."
-        ),
-    ] = None,
-    num_classes: Annotated[
-        int | None,
-        typer.Option(min=1, help="Classes with --arch (default: 100 CIFAR, 1000 ImageNet)."),
-    ] = None,
-    tolerance: Annotated[
-        float,
-        typer.Option(
-            min=0.0, help="Relative tolerance: pass when max|diff| <= TOLERANCE * max|eager|."
-        ),
-    ] = 1e-4,
-    verify: Annotated[
-        bool,
-        typer.Option(
-            "--verify/--no-verify", help="Run the file against the eager model before writing it."
-        ),
-    ] = True,
-    fmt: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            "-f",
-            metavar="[table|json|csv|markdown]",
-            help="Results format: table, json, csv or markdown.",
-        ),
-    ] = "table",
+    checkpoint: ExportCheckpointOpt = None,
+    arch: ExpectedArchOpt = None,
+    to: ToOpt = None,
+    export_file: ExportFileOpt = None,
+    opset: OpsetOpt = None,
+    batch_size: ExampleBatchOpt = 2,
+    input_size: ExportInputSizeOpt = None,
+    num_classes: ExportNumClassesOpt = None,
+    tolerance: ToleranceOpt = 1e-4,
+    verify: VerifyOpt = True,
+    fmt: ResultsFormatOpt = "table",
     output: OutputOpt = None,
-    print_format: Annotated[
-        str | None, typer.Option("--print-format", "-p", hidden=True)  # the old spelling
-    ] = None,
+    print_format: PrintFormatOpt = None,
 ) -> None:
     """Export a model to ONNX or torch.export (.pt2) with a dynamic batch, and verify the file.
 
@@ -136,18 +231,9 @@ def export_cli(
     --to picks the file format; --format and --output are the results format and file, as in
     every command. ONNX needs the extra: pip install -e ".[export]".
     """
-    from ..export import DEFAULT_OPSET, export, infer_format
-    from ..render import human, render
+    from ..export import DEFAULT_OPSET, export
 
-    if print_format is not None:
-        raise UserError(f"--print-format is now --format: use --format {print_format}")
-    results_format = _results_format(fmt)
-    _check_results_file(output)
-    file_format = to.value if to is not None else None
-    if export_file is not None:
-        file_format = infer_format(export_file, file_format)
-    if opset is not None and file_format == "pt2":
-        raise UserError("--opset applies to --to onnx only")
+    results_format, file_format = _check_options(print_format, fmt, output, to, export_file, opset)
     result = export(
         export_file,
         arch=arch,
@@ -160,40 +246,5 @@ def export_cli(
         verify=verify,
         rtol=tolerance,
     )
-    if result.passed is False:
-        raise UserError(
-            f"verification failed: {Path(result.path).name} differs from the eager model by "
-            f"{result.max_abs_diff:.3g} at batches {result.verify_batches} "
-            f"(tolerance {result.tolerance:.3g}); "
-            "nothing written (--no-verify writes it unchecked)"
-        )
-    render(
-        [result],
-        results_format,
-        output,
-        columns=[
-            "arch",
-            "format",
-            "path",
-            "bytes",
-            "opset",
-            "input_shape",
-            "export_batch",
-            "verify_batches",
-            "max_abs_diff",
-            "tolerance",
-            "passed",
-            "export_seconds",
-            "verify_seconds",
-        ],
-        formatters={
-            "bytes": lambda b: human(b, "B"),
-            "max_abs_diff": _diff,
-            "tolerance": _diff,
-            "export_seconds": "{:.1f}".format,
-            "verify_seconds": "{:.1f}".format,
-            "verify_batches": lambda b: ",".join(map(str, b)),
-            "opset": lambda v: str(int(v)),
-        },
-        title=f"exported {result.arch} to {result.path}",
-    )
+    _check_passed(result)
+    _render_result(result, results_format, output)

@@ -3,45 +3,101 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..render import Format
-from ._util import ArchOpt, DeviceOpt, FormatOpt, OutputOpt
+from ._util import ArchOpt, DeviceOpt, FormatOpt, InputSizeOpt, NumClassesOpt, OutputOpt
+
+if TYPE_CHECKING:
+    from ..profiling.memory import MemoryRow
+
+_COLUMNS = [
+    "arch",
+    "baseline",
+    "batch_size",
+    "train_bytes",
+    "baseline_train_bytes",
+    "train_ratio",
+    "infer_bytes",
+    "baseline_infer_bytes",
+    "infer_ratio",
+    "saved_ratio",
+]
+_CUDA_COLUMNS = [
+    "cuda_train_bytes",
+    "baseline_cuda_train_bytes",
+    "cuda_infer_bytes",
+    "baseline_cuda_infer_bytes",
+]
+_RSS_COLUMNS = [
+    "rss_train_bytes",
+    "baseline_rss_train_bytes",
+    "rss_infer_bytes",
+    "baseline_rss_infer_bytes",
+]
+
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", "-b", min=1, help="Batch size (Table 6: 64).")
+]
+MemoryEfficientOpt = Annotated[
+    bool,
+    typer.Option(
+        "--memory-efficient",
+        help="AFI models recompute [X(i), R(i)] in backward instead of storing it.",
+    ),
+]
+RssOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rss",
+        help="Also measure the peak resident memory of a fresh process "
+        "running one training step / one forward (slow: real tensors).",
+    ),
+]
 
 
 def _mib(value: int) -> str:
+    """A byte count in MiB, for the table."""
     return f"{value / 2**20:,.1f} MiB"
+
+
+def _columns(device: str, rss: bool) -> list[str]:
+    """The columns shown: the CUDA and RSS measurements only where they were taken."""
+    columns = list(_COLUMNS)
+    if device == "cuda":
+        columns += _CUDA_COLUMNS
+    if rss:
+        columns += _RSS_COLUMNS
+    return columns
+
+
+def _measured_rows(archs: list[str], batch_size: int, **options: Any) -> list[MemoryRow]:
+    """:func:`afictl.profiling.memory.memory_report` behind a progress bar on stderr.
+
+    The bar advances once per measured step and is drawn on a terminal only.
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ..profiling.memory import count_steps, memory_report
+
+    with Progress(
+        console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()
+    ) as progress:
+        task = progress.add_task("measuring", total=count_steps(archs))
+        return memory_report(archs, batch_size, progress=lambda: progress.advance(task), **options)
 
 
 def memory_cli(
     arch: ArchOpt = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", min=1, help="Batch size (Table 6: 64).")
-    ] = 64,
-    input_size: Annotated[
-        int | None, typer.Option(min=8, help="Input resolution (default: the model's).")
-    ] = None,
-    num_classes: Annotated[
-        int | None, typer.Option(min=1, help="Classes (default: 100 CIFAR, 1000 ImageNet).")
-    ] = None,
-    memory_efficient: Annotated[
-        bool,
-        typer.Option(
-            "--memory-efficient",
-            help="AFI models recompute [X(i), R(i)] in backward instead of storing it.",
-        ),
-    ] = False,
+    batch_size: BatchSizeOpt = 64,
+    input_size: InputSizeOpt = None,
+    num_classes: NumClassesOpt = None,
+    memory_efficient: MemoryEfficientOpt = False,
     device: DeviceOpt = "auto",
-    rss: Annotated[
-        bool,
-        typer.Option(
-            "--rss",
-            help="Also measure the peak resident memory of a fresh process "
-            "running one training step / one forward (slow: real tensors).",
-        ),
-    ] = False,
+    rss: RssOpt = False,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
@@ -55,54 +111,20 @@ def memory_cli(
     one step adds to the resident memory of a fresh process (rss_train_bytes,
     rss_infer_bytes). Default: afi_resnet50 at batch 64, the paper's Table 6.
     """
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from ..profiling.memory import count_steps, memory_report, resolve_device
+    from ..profiling.memory import resolve_device
     from ..render import render
 
-    archs = arch or ["afi_resnet50"]
     device = resolve_device(device)
-    with Progress(
-        console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()
-    ) as progress:
-        task = progress.add_task("measuring", total=count_steps(archs))
-        rows = memory_report(
-            archs,
-            batch_size,
-            input_size=input_size,
-            num_classes=num_classes,
-            memory_efficient=memory_efficient,
-            device=device,
-            rss=rss,
-            progress=lambda: progress.advance(task),
-        )
-    columns = [
-        "arch",
-        "baseline",
-        "batch_size",
-        "train_bytes",
-        "baseline_train_bytes",
-        "train_ratio",
-        "infer_bytes",
-        "baseline_infer_bytes",
-        "infer_ratio",
-        "saved_ratio",
-    ]
-    if device == "cuda":
-        columns += [
-            "cuda_train_bytes",
-            "baseline_cuda_train_bytes",
-            "cuda_infer_bytes",
-            "baseline_cuda_infer_bytes",
-        ]
-    if rss:
-        columns += [
-            "rss_train_bytes",
-            "baseline_rss_train_bytes",
-            "rss_infer_bytes",
-            "baseline_rss_infer_bytes",
-        ]
+    rows = _measured_rows(
+        arch or ["afi_resnet50"],
+        batch_size,
+        input_size=input_size,
+        num_classes=num_classes,
+        memory_efficient=memory_efficient,
+        device=device,
+        rss=rss,
+    )
+    columns = _columns(device, rss)
     byte_cols = [c for c in columns if c.endswith("_bytes")]
     title = f"Memory at batch {batch_size}" + (
         " (memory-efficient AFI)" if memory_efficient else ""

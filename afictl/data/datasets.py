@@ -9,8 +9,10 @@ Roots: ``--data-root``, else ``$AFICTL_DATA/<name>``, else ``./data/<name>``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -156,40 +158,89 @@ def build_dataset(
     ``decode="gpu"``). Missing files raise :class:`DataMissingError`.
     """
     spec = dataset_spec(name)
-    if split not in ("train", "eval"):
-        raise UserError(f"unknown split {split!r}; use 'train' or 'eval'")
-    if size is not None and size < 1:
-        raise UserError(f"--data-size must be at least 1, got {size}")
+    _check_split_and_size(split, size)
     folder = name in ("imagenet", "imagefolder")
     decode = _check_decode(name, decode, folder)
     input_size = input_size or spec.native_size or 224
     augment = split == "train" if train_transforms is None else train_transforms
-    # bad --aa/--reprob values fail on any split; they augment only
-    train = train_transform(name, input_size, aa=aa, reprob=reprob)
-    transform = train if augment else eval_transform(name, input_size)
+    transform = _transform(name, input_size, augment, aa=aa, reprob=reprob)
     path = resolve_data_root(name, root)
-    if name == "shapes":
-        ds: Dataset = ShapesDataset(
-            size or spec.default_size, seed=seed, split=split, transform=transform
-        )
-    elif name == "synthetic":
-        ds = SyntheticDataset(size or spec.default_size, input_size, seed=seed + (split == "eval"))
-    elif not folder:
-        ds = cifar(name, path, split, transform, download=download)
+    generated = name in ("shapes", "synthetic")
+    if generated:
+        ds = _generated(name, size or spec.default_size, split, transform, input_size, seed)
     else:
-        if download:
-            raise UserError(
-                f"{name} cannot be downloaded; put its train/ and val/ folders in {path}"
-            )
-        # pil-draft keeps both sides >= what the first resize needs (crop size, eval short side)
-        need = input_size if augment or is_small(input_size) else eval_resize(input_size)
-        ds = _folder(name, path, split, transform, decode, need, on_error=on_error)
+        ds = _from_files(
+            name,
+            path,
+            split,
+            transform,
+            download=download,
+            decode=decode,
+            on_error=on_error,
+            input_size=input_size,
+            augment=augment,
+        )
     if not hasattr(ds, "device_transform"):
         ds.device_transform = None
-    if name not in ("shapes", "synthetic") and size is not None and size < len(ds):
-        g = torch.Generator().manual_seed(seed * 2 + (split == "eval"))
-        ds = SubsetWithClasses(ds, sorted(torch.randperm(len(ds), generator=g)[:size].tolist()))
-    return ds
+    return ds if generated else _fixed_subset(ds, size, seed, split)
+
+
+def _check_split_and_size(split: str, size: int | None) -> None:
+    """:class:`UserError` for a split other than train/eval or a size below 1."""
+    if split not in ("train", "eval"):
+        raise UserError(f"unknown split {split!r}; use 'train' or 'eval'")
+    if size is not None and size < 1:
+        raise UserError(f"--data-size must be at least 1, got {size}")
+
+
+def _transform(
+    name: str, input_size: int, augment: bool, *, aa: str | None, reprob: float
+) -> Callable[..., Any]:
+    """The paper's training transform if ``augment``, else its eval transform."""
+    # built on every split so that bad --aa/--reprob values fail there too; they augment only
+    train = train_transform(name, input_size, aa=aa, reprob=reprob)
+    return train if augment else eval_transform(name, input_size)
+
+
+def _generated(
+    name: str, n: int, split: str, transform: Callable[..., Any], input_size: int, seed: int
+) -> Dataset:
+    """``n`` generated images of ``split``: shapes, or synthetic tensors (no transform)."""
+    if name == "shapes":
+        return ShapesDataset(n, seed=seed, split=split, transform=transform)
+    # its own seed for the eval split, so that it does not repeat the train images
+    return SyntheticDataset(n, input_size, seed=seed + (split == "eval"))
+
+
+def _from_files(
+    name: str,
+    path: Path,
+    split: str,
+    transform: Callable[..., Any],
+    *,
+    download: bool,
+    decode: str,
+    on_error: str,
+    input_size: int,
+    augment: bool,
+) -> Dataset:
+    """A split read from ``path``: CIFAR's pickle batches, or ImageFolder files."""
+    if name not in ("imagenet", "imagefolder"):
+        return cifar(name, path, split, transform, download=download)
+    if download:
+        raise UserError(f"{name} cannot be downloaded; put its train/ and val/ folders in {path}")
+    # pil-draft keeps both sides >= what the first resize needs (crop size, eval short side)
+    need = input_size if augment or is_small(input_size) else eval_resize(input_size)
+    return _folder(name, path, split, transform, decode, need, on_error=on_error)
+
+
+def _fixed_subset(ds: Dataset, size: int | None, seed: int, split: str) -> Dataset:
+    """``size`` images of ``ds`` in their order, the same ones for a given ``seed`` and split;
+    ``ds`` itself when it has no more than ``size``."""
+    if size is None or size >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed * 2 + (split == "eval"))
+    return SubsetWithClasses(ds, sorted(torch.randperm(len(ds), generator=g)[:size].tolist()))
 
 
 def _folder(

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -320,43 +321,65 @@ def bench(
     if threads is not None:
         torch.set_num_threads(threads)
     allocator = configure_allocator(allocator_cache) if device == "cpu" else "cuda-caching"
-    from ..layers import aggregation_path
-
-    same = dict(batch_size=batch_size, device=device, channels_last=channels_last)
-    settings = dict(same, repeats=repeats, iters=iters, warmup=warmup, amp=amp)
+    settings = dict(batch_size=batch_size, device=device, channels_last=channels_last)
+    settings |= dict(repeats=repeats, iters=iters, warmup=warmup, amp=amp)
     settings |= dict(compile=compile, memory_efficient=memory_efficient)
     settings |= dict(allocator=allocator, timer=timer)
     rows = []
-    for afi_name, base_name in pairs:
-        size = input_size or get_model_info(afi_name).input_size
-        torch.manual_seed(seed)
-        models, x, y = _pair(
-            afi_name,
-            base_name,
+    for names in pairs:
+        rows += _bench_pair(
+            names,
+            input_size=input_size,
             num_classes=num_classes,
-            memory_efficient=memory_efficient,
-            size=size,
-            **same,
+            seed=seed,
+            modes=modes,
+            clock=clock,
+            progress=progress,
+            settings=settings,
         )
-        for mode in modes:
-            runners = [
-                _Runner(models[n], mode, x, y, amp=amp, compile=compile)
-                for n in (afi_name, base_name)
-            ]
-            warm, times = _interleaved(
-                runners, warmup=warmup, repeats=repeats, iters=iters, clock=clock, progress=progress
-            )
-            path = "plain" if compile else aggregation_path(x, grad=mode == "train")
-            rows.append(
-                _row(
-                    afi_name,
-                    base_name,
-                    mode,
-                    warm,
-                    times,
-                    input_size=size,
-                    aggregation=path,
-                    **settings,
-                )
-            )
+    return rows
+
+
+def _bench_pair(
+    names: tuple[str, str],
+    *,
+    input_size: int | None,
+    num_classes: int | None,
+    seed: int,
+    modes: tuple[str, ...],
+    clock: Callable[[], float],
+    progress: Callable[[], None] | None,
+    settings: dict[str, Any],
+) -> list[BenchRow]:
+    """One row per mode for ``names`` (AFI model, baseline): both built from ``seed``, then
+    timed interleaved on the same batch."""
+    from ..layers import aggregation_path
+
+    afi_name, base_name = names
+    size = input_size or get_model_info(afi_name).input_size
+    torch.manual_seed(seed)
+    models, x, y = _pair(
+        afi_name,
+        base_name,
+        num_classes=num_classes,
+        memory_efficient=settings["memory_efficient"],
+        size=size,
+        batch_size=settings["batch_size"],
+        device=settings["device"],
+        channels_last=settings["channels_last"],
+    )
+    amp, compile = settings["amp"], settings["compile"]
+    rows = []
+    for mode in modes:
+        runners = [_Runner(models[n], mode, x, y, amp=amp, compile=compile) for n in names]
+        warm, times = _interleaved(
+            runners,
+            warmup=settings["warmup"],
+            repeats=settings["repeats"],
+            iters=settings["iters"],
+            clock=clock,
+            progress=progress,
+        )
+        path = "plain" if compile else aggregation_path(x, grad=mode == "train")
+        rows.append(_row(*names, mode, warm, times, input_size=size, aggregation=path, **settings))
     return rows

@@ -124,7 +124,8 @@ def _empty(batch: Batch) -> bool:
 def handle_broken(
     broken: list[BrokenImage], policy: str, warn: Callable[[str], None], seen: list[int]
 ) -> None:
-    """``stop``: raise naming the file. ``skip``: warn (first 10 files by name), count in ``seen``."""
+    """``stop``: raise naming the file. ``skip``: warn (the first 10 files by name) and count
+    them in ``seen``."""
     for b in broken:
         if policy == "stop":
             raise CorruptImageError(

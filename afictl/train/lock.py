@@ -88,7 +88,8 @@ class RunLock:
                 holder = _holder(fd)
                 os.close(fd)
                 raise RunLockedError(
-                    f"{self.run_dir} is in use by another afictl run ({holder}); wait for it to end or "
+                    f"{self.run_dir} is in use by another afictl run ({holder}); "
+                    "wait for it to end or "
                     "stop it, then start or resume the run again"
                 ) from None
             except OSError as exc:  # e.g. a network file system without locks

@@ -46,7 +46,8 @@ SCHEDULES = ("step", "cosine", "inv")
 
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[dict]:
-    """One group, or (backbone at ``lr x backbone_lr_mult``, classifier at ``lr``) for fine-tuning."""
+    """One group, or for fine-tuning two: the backbone at ``lr x backbone_lr_mult`` and the
+    classifier at ``lr``."""
     if backbone_lr_mult == 1.0:
         return [{"params": list(model.parameters()), "lr": lr, "name": "all"}]
     head = {id(p) for p in model.get_classifier().parameters()}

@@ -60,7 +60,8 @@ def deterministic_mode(on: bool) -> Iterator[None]:
 
 
 def _busy_cpus() -> float | None:
-    """Other runnable tasks right now (``/proc/loadavg`` field 4, sampled; this process excluded)."""
+    """Other runnable tasks right now (``/proc/loadavg`` field 4, sampled; this process
+    excluded)."""
     samples = []
     try:
         for _ in range(5):
@@ -92,7 +93,10 @@ def cpu_threads(requested: int | None, auto: bool) -> Iterator[str]:
         if busy is not None and busy > 0:
             n = max(1, min(before, (os.cpu_count() or before) - busy))
             if n < before:
-                note = f"{n} CPU thread{'s' if n > 1 else ''} ({busy} other busy processes; --threads N to choose)"
+                note = (
+                    f"{n} CPU thread{'s' if n > 1 else ''} "
+                    f"({busy} other busy processes; --threads N to choose)"
+                )
     torch.set_num_threads(n)
     try:
         yield note
