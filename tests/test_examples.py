@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from scripts import ROOT, load_script
 
 EXAMPLES = ROOT / "examples"
@@ -35,6 +36,7 @@ def test_analyse_a_checkpoint(tmp_path):
     assert list(out.glob("selectivity-*.csv"))
 
 
+@pytest.mark.slow  # a subprocess or a resumed run: seconds
 def test_multi_gpu_torchrun_demo(tmp_path):
     env = dict(os.environ, DEMO="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     proc = subprocess.run(

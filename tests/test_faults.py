@@ -73,6 +73,7 @@ def test_second_run_or_resume_on_a_held_folder_is_refused(capsys, tmp_path):
     assert run(capsys, "train", "--resume", run_dir, "--epochs", "2")[0] == 0
 
 
+@pytest.mark.slow  # a subprocess or a resumed run: seconds
 def test_live_run_holds_its_folder_and_a_killed_one_leaves_no_lock(capsys, tmp_path):
     run_dir = tmp_path / "r"
     proc = subprocess.Popen(
@@ -117,6 +118,7 @@ def test_live_run_holds_its_folder_and_a_killed_one_leaves_no_lock(capsys, tmp_p
 # -- signals ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess or a resumed run: seconds
 def test_signal_exit_codes(tmp_path):
     """SIGINT: 130 after the checkpoint (SIGTERM's 143 is asserted in test_train_process.py)."""
 

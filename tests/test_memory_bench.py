@@ -190,6 +190,7 @@ def test_allocator_configuration_reports_what_it_did():
     assert configure_allocator(True) in {"glibc-cached", "system"}
 
 
+@pytest.mark.slow  # a subprocess or a resumed run: seconds
 def test_resident_memory_probe_runs_in_a_fresh_process():
     from afictl.profiling.memory import rss_peak
 

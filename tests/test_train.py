@@ -166,6 +166,7 @@ def test_train_writes_run_files_and_json(capsys, tmp_path):
     assert code == 2 and "--resume" in err
 
 
+@pytest.mark.slow  # a subprocess or a resumed run: seconds
 def test_resume_is_exact(capsys, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     args = ["train", "--arch", "afi_resnet20", *TINY, "--workers", "1"]  # augmentation in a worker

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from afictl.checkpoint import load_checkpoint
@@ -17,6 +18,7 @@ def _equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # a subprocess or a resumed run: seconds
 def test_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path):
     args = [
         "train",
@@ -83,6 +85,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_is_exact(tmp_path):
     )
 
 
+@pytest.mark.slow  # a subprocess or a resumed run: seconds
 def test_sigterm_to_the_process_group_with_workers(tmp_path):
     """A scheduler signals every process of the job: the loader workers must not die first."""
     run_dir = tmp_path / "r"
@@ -130,6 +133,7 @@ def test_sigterm_to_the_process_group_with_workers(tmp_path):
     assert load_checkpoint(run_dir / "last.pt")["step"] >= 1
 
 
+@pytest.mark.slow  # a subprocess or a resumed run: seconds
 def test_torchrun_two_processes(tmp_path):
     run_dir, dump = tmp_path / "ddp", tmp_path / "dump"
     cmd = [
