@@ -1,12 +1,12 @@
-"""Compare the implementations of the AFI aggregation against the baseline, interleaved.
+"""Compare variants of an AFI model against its baseline, interleaved.
 
 Every variant of the AFI model and the baseline run in one process, one step each in turn
 (baseline, variant 1, baseline, variant 2, ...), after warm-up; each variant's ratio is the
 median over repeats of (baseline time / variant time) of the steps timed next to each other.
-The switches are the ones the library exposes (``afictl.layers.aggregation``: ``auto``,
-``plain``, ``fused``; ``afictl.layers.narrow_conv.NARROW``); docs/PERFORMANCE.md records results.
-The last variant is not an AFI-Net but an upper bound: AFI shapes with no aggregation at all
-(see :func:`no_aggregation`), the most any implementation of Eq. 2 could reach here.
+The variants are the model as built, the model with ``memory_efficient=True``, and an upper
+bound that is not an AFI-Net: AFI shapes with no aggregation at all (see
+:func:`no_aggregation`), the most any implementation of Eq. 2 could reach here.
+docs/PERFORMANCE.md records results.
 
     python benchmarks/afi_variants.py --arch afi_resnet110 --mode infer --batch-size 64 \\
         --threads 1 --timer cpu
@@ -25,21 +25,10 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn.functional as F
 
-import afictl.layers.narrow_conv as narrow_conv
-from afictl.layers import aggregation
+from afictl.layers import StageFeatures
 from afictl.layers.afi_join import AFIJoin
 from afictl.models import create_model, get_model_info
 from afictl.profiling.bench import configure_allocator
-
-
-@contextmanager
-def no_paired_conv() -> Iterator[None]:
-    old = narrow_conv.NARROW
-    narrow_conv.NARROW = 0
-    try:
-        yield
-    finally:
-        narrow_conv.NARROW = old
 
 
 @contextmanager
@@ -47,30 +36,28 @@ def no_aggregation() -> Iterator[None]:
     """Not an AFI-Net: an upper bound on any implementation of the aggregation.
 
     Each AFI block keeps its shapes (halved first convolution, [X(i), R(i)] into the next
-    one) but takes R(i) = X(i): no earlier feature is read, squeezed or scored. What is left
+    one) but takes R(i) = X(i): no earlier feature is squeezed, scored or weighed. What is left
     is the convolutions, the ReLU and the concatenation, so the ratio measured with it is the
     most that a free Eq. 2 could give on this machine.
     """
-    old = AFIJoin._plain, AFIJoin._fused
+    old = AFIJoin._join, StageFeatures.append, StageFeatures.integrate
 
-    def bound(self, x, feats, first, norm, act, conv, attn=None):
-        xi = act(norm(narrow_conv.conv_narrow(first, x)))
+    def bound(self, xi, r, conv, attn):
         return conv(torch.cat([xi, xi], dim=1))
 
-    AFIJoin._plain = AFIJoin._fused = bound
+    AFIJoin._join = bound
+    StageFeatures.append = lambda self, x: self.features.append(x)
+    StageFeatures.integrate = lambda self, afi, n: self.features[0]
     try:
         yield
     finally:
-        AFIJoin._plain, AFIJoin._fused = old
+        AFIJoin._join, StageFeatures.append, StageFeatures.integrate = old
 
 
 # name -> (model kwargs, contexts to enter around each step)
 VARIANTS = {
-    "default (auto: buffer in training, plain at inference)": ({}, lambda: []),
-    "plain everywhere (no buffer, no paired conv)": ({}, lambda: [aggregation("plain")]),
-    "default, no paired narrow conv": ({}, lambda: [no_paired_conv()]),
-    "fused (buffer also at inference)": ({}, lambda: [aggregation("fused")]),
-    "default, memory_efficient=True": ({"memory_efficient": True}, lambda: []),
+    "the model": ({}, lambda: []),
+    "memory_efficient=True": ({"memory_efficient": True}, lambda: []),
     "bound: no aggregation (R(i) = X(i); not the model)": ({}, lambda: [no_aggregation()]),
 }
 

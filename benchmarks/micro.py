@@ -1,7 +1,8 @@
 """Micro-benchmarks behind docs/PERFORMANCE.md, sections 1-2 (one thread by default).
 
 - ``convs``: 3x3 convolutions of the CIFAR stages at their full and halved widths, plain and
-  as the paired two-group form of ``afictl.layers.narrow_conv``, forward and forward+backward;
+  as a paired two-group form (image pairs side by side in the channels: a 16 -> 8
+  convolution becomes a 2-group 32 -> 16 one), forward and forward+backward;
 - ``sums``: the weighted sum of n features of stage 1 as an ``addcmul_`` chain, one ``bmm``
   over a stacked buffer, and a plain ``sum`` over the same bytes (the bandwidth floor);
 - ``cache``: a 16 -> 16 convolution with warm buffers, after a ``bmm`` over a stage buffer, and
@@ -19,7 +20,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from afictl.layers.narrow_conv import _PairedConv
 from afictl.profiling.bench import configure_allocator
 
 
@@ -37,8 +37,10 @@ def timed(fn: Callable[[], object], n: int = 30) -> float:
 
 
 def paired(x, w):
-    """afictl's paired form: two-group forward over image pairs, plain-kernel backward."""
-    return _PairedConv.apply(x, w, ((1, 1), (1, 1), (1, 1)))
+    """The paired form: (B, C, H, W) viewed as (B/2, 2C, H, W), one two-group convolution."""
+    b, c, h, wd = x.shape
+    out = F.conv2d(x.view(b // 2, 2 * c, h, wd), torch.cat((w, w)), None, 1, 1, 1, 2)
+    return out.view(b, w.shape[0], out.shape[2], out.shape[3])
 
 
 def convs(batch: int) -> None:

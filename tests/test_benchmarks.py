@@ -8,6 +8,7 @@ import sys
 import torch
 from scripts import ROOT, load_script
 
+from afictl.layers import StageFeatures
 from afictl.layers.afi_join import AFIJoin
 from afictl.models import create_model
 
@@ -19,7 +20,7 @@ def test_no_aggregation_bound_skips_eq2_and_restores():
     torch.manual_seed(0)
     model = create_model("afi_resnet20", num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
-    original = AFIJoin._plain, AFIJoin._fused
+    original = AFIJoin._join, StageFeatures.append, StageFeatures.integrate
     calls = []
     # S~ passes through each AFI module's identity ``attention``: count the modules that weigh
     hooks = [
@@ -30,14 +31,14 @@ def test_no_aggregation_bound_skips_eq2_and_restores():
         real = model(x)
         weighed = len(calls)
         with variants.no_aggregation():
-            assert (AFIJoin._plain, AFIJoin._fused) != original
+            assert AFIJoin._join is not original[0]
             bound = model(x)
         again = model(x)
     for h in hooks:
         h.remove()
     assert weighed == len(model.afi_modules()) > 0
     assert len(calls) == 2 * weighed  # none during the bound
-    assert (AFIJoin._plain, AFIJoin._fused) == original
+    assert (AFIJoin._join, StageFeatures.append, StageFeatures.integrate) == original
     assert bound.shape == real.shape
     assert not torch.allclose(bound, real)  # R(i) = X(i) is not Eq. 2
     assert torch.equal(again, real)
@@ -57,7 +58,7 @@ def test_afi_variants_script_prints_every_requested_variant():
             "--threads",
             "1",
             "--only",
-            "default (auto",
+            "the model",
             "bound",
         ],
         capture_output=True,
@@ -66,7 +67,7 @@ def test_afi_variants_script_prints_every_requested_variant():
         check=True,
     ).stdout
     rows = [line for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
-    assert len(rows) == 2 and "default" in rows[0] and "bound" in rows[1]
+    assert len(rows) == 2 and "the model" in rows[0] and "bound" in rows[1]
     for row in rows:
         ratio = float(row.split("|")[3])
         assert ratio > 0

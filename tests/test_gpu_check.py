@@ -16,8 +16,7 @@ TINY_ROWS = [
     "train fp16 + GradScaler resnet20",
     *(f"train {v} {a}" for v in ("channels-last", "compile") for a in ("afi_resnet20", "resnet20")),
     "train ema + mixup afi_resnet20",
-    "afi fused = plain fp32",
-    "afi fused = plain fp64",
+    "afi memory-efficient = stored fp64",
     "memory afi_resnet20 (Table 6)",
     "bench train afi_resnet20",
     "bench infer afi_resnet20",
@@ -41,7 +40,7 @@ def _run(module, tmp_path, *args):
 def test_the_gpu_plan_has_every_row_with_the_imagenet_models(gpu_check, tmp_path):
     plan = gpu_check.make_plan(device="cuda", tiny=False, work=tmp_path)
     names = [name for name, _ in gpu_check.steps(plan)]
-    assert len(names) == 19 and names[0] == "train fp32 afi_resnet50"
+    assert len(names) == 18 and names[0] == "train fp32 afi_resnet50"
     assert {"train compile resnet50", "memory afi_resnet50 (Table 6)"} <= set(names)
     assert {
         f"bench {m} {a}" for m in ("train", "infer") for a in ("afi_resnet50", "afi_resnet110")
@@ -62,14 +61,19 @@ def test_tiny_cpu_run_is_all_ok_or_explained(gpu_check, tmp_path):
         else:  # fp16 autocast with GradScaler: afictl keeps it for CUDA, and says so
             assert "fp16" in name and "needs CUDA" in row["detail"], row
     assert "backend gloo" in rows["torchrun 1 process"]["detail"]
-    assert float(rows["afi fused = plain fp64"]["key"].split()[-1]) <= 1e-9
+    assert float(rows["afi memory-efficient = stored fp64"]["key"].split()[-1]) <= 1e-9
 
 
-def test_a_broken_fused_path_is_a_failed_row_and_exit_1(gpu_check, tmp_path, monkeypatch):
-    fused = AFIJoin._fused
-    monkeypatch.setattr(AFIJoin, "_fused", lambda self, *a: fused(self, *a) * 1.01)
-    code, rows = _run(gpu_check, tmp_path, "--select", "afi fused = plain fp32")
+def test_a_broken_recomputation_is_a_failed_row_and_exit_1(gpu_check, tmp_path, monkeypatch):
+    recomputed = AFIJoin._recomputed
+
+    def broken(self, *args):
+        out, xi = recomputed(self, *args)
+        return out * 1.01, xi
+
+    monkeypatch.setattr(AFIJoin, "_recomputed", broken)
+    code, rows = _run(gpu_check, tmp_path, "--select", "afi memory-efficient = stored fp64")
     assert code == 1
-    row = rows["afi fused = plain fp32"]
-    assert row["status"] == "FAIL" and "fused and plain differ" in row["detail"], row
+    row = rows["afi memory-efficient = stored fp64"]
+    assert row["status"] == "FAIL" and "memory-efficient and stored differ" in row["detail"], row
     assert {r["status"] for n, r in rows.items() if n != row["check"]} == {"skipped"}

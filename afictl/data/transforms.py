@@ -35,6 +35,7 @@ __all__ = [
     "eval_transform",
     "is_small",
     "normalization",
+    "preprocessing",
     "train_transform",
 ]
 
@@ -183,3 +184,23 @@ def eval_transform(dataset: str, input_size: int) -> v2.Compose:
 def eval_resize(input_size: int) -> int:
     """The short side images are resized to before the eval center crop (256 for 224)."""
     return round(input_size * 256 / 224)
+
+
+def preprocessing(dataset: str, input_size: int) -> dict[str, Any]:
+    """:func:`eval_transform` as data, in timm's ``pretrained_cfg`` terms.
+
+    What a model file's metadata, a ``config.json`` and ``pretrained_cfg`` say about the input:
+    ``input_size`` (C, H, W), ``interpolation``, ``crop_pct`` and ``crop_mode`` (``squash``:
+    the whole image resized to H x W; ``center``: the short side resized to H / crop_pct, then a
+    center crop), ``mean`` and ``std`` of the normalisation after scaling pixels to [0, 1].
+    """
+    mean, std = normalization(dataset)
+    small = is_small(input_size)
+    return {
+        "input_size": (3, input_size, input_size),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0 if small else input_size / eval_resize(input_size),
+        "crop_mode": "squash" if small else "center",
+        "mean": tuple(mean),
+        "std": tuple(std),
+    }

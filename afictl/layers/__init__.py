@@ -8,21 +8,16 @@ from contextlib import contextmanager
 from torch import Tensor, nn
 
 from .afi import AFIModule, StageFeatures, integrate, squeeze
-from .afi_fast import AGGREGATIONS, aggregation
-from .afi_join import AFIJoin, aggregation_path, first_conv_width, stage_features
+from .afi_join import AFIJoin, first_conv_width
 
 __all__ = [
     "AFIJoin",
     "AFIModule",
     "StageFeatures",
-    "AGGREGATIONS",
-    "aggregation",
-    "aggregation_path",
     "first_conv_width",
     "integrate",
     "record_attention",
     "squeeze",
-    "stage_features",
 ]
 
 

@@ -8,12 +8,11 @@ channel-wise convex combination R:
     S~   = softmax over j of [s(1..n)]      weights, channel by channel           (weights)
     R    = sum_j S~[j] * X(j)               integrate                             (integrate, Eq. 2)
 
-This file is the definition. Every family builds its AFI blocks from :class:`AFIModule` and
-:class:`StageFeatures` (the features of one stage, each squeezed once) through
-:class:`~afictl.layers.afi_join.AFIJoin`. The accelerated path (layers/afi_fast.py) computes
-the same numbers from these same ``score`` and ``weights``; change Eq. 1-2 here and it follows.
-Everything here is ordinary tensor code, so ``torch.export``, ``torch.jit.trace``,
-``torch.fx``, ONNX export and ``torch.compile`` see it whole.
+This file is the definition, and the only implementation: every family builds its AFI blocks
+from :class:`AFIModule` and :class:`StageFeatures` (the features of one stage, each squeezed
+once) through :class:`~afictl.layers.afi_join.AFIJoin`. Everything here is ordinary tensor
+code, so ``torch.export``, ``torch.jit.trace``, ``torch.fx``, ONNX export and ``torch.compile``
+see it whole.
 """
 
 from __future__ import annotations
@@ -65,13 +64,10 @@ class StageFeatures:
 
     A feature's squeeze does not change between the later blocks that read it, so it is
     computed once, when the feature is appended. A plain container of tensors: tracers see
-    every tensor operation. ``eager``: the forward runs eagerly on ordinary tensors, so kernels
-    chosen for speed may replace modules' own calls where they compute the same numbers
-    (layers/narrow_conv.py).
+    every tensor operation.
     """
 
-    def __init__(self, *, eager: bool = False) -> None:
-        self.eager = eager
+    def __init__(self) -> None:
         self.features: list[Tensor] = []
         self.squeezed: list[Tensor] = []
 

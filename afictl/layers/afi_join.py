@@ -7,40 +7,30 @@ A block hands its input and the modules around its AFI point to its ``AFIJoin`` 
 - outside an AFI stage (``index=None``): conv(act(norm(first(x)))) (baseline block);
 - block 1 of an AFI stage: the same, after seeding the stage's features with X(1), the first
   half of the activation (full width: AFI(1) has no input);
-- block 2: conv([X(2), R(2)]) with R(2) = X(1) (one input needs no weighing);
+- block 2: conv([X(i), R(i)]) with R(2) = X(1) (one input needs no weighing);
 - block i >= 3: conv([X(i), R(i)]) with R(i) = AFI(i)(X(1), ..., X(i-1)).
 
 The tensor that takes R's place passes through the identity ``afi_out`` (in a baseline block
 and in block 1: the activation), the one hook point of the analyses.
 
-The join chooses how: the plain path (layers/afi.py) everywhere, or the fused one
-(layers/afi_fast.py: X(i) written straight into a stage buffer, conv([X(i), R(i)]) from it in
-one autograd Function) when the stage's features are buffered (:func:`stage_features`: eager
-training on ordinary tensors), the activation is a ReLU or ReLU6, no ``attn`` sits on R, and no
-hook is on the modules the fused path bypasses (``first``, ``norm``, ``act``, ``conv``, the
-join, its ``afi_out`` and AFI module). Hooks therefore always see the plain path, and so do
-tracers and every forward without gradients.
+There is one implementation, the plain tensor code of layers/afi.py: what eager mode, hooks,
+tracers, exporters and the compiler all see. ``memory_efficient`` blocks, when training,
+keep nothing of the join for backward but their input and X(i), and recompute the rest there
+(``torch.utils.checkpoint``).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules import module as _module
 from torch.utils.checkpoint import checkpoint
 
 from .afi import AFIModule, StageFeatures, integrate
-from .afi_fast import (
-    BufferedFeatures,
-    accelerated,
-    activation_bound,
-    aggregation_mode,
-    plain_batch_norm,
-)
-from .narrow_conv import conv_narrow
 
-__all__ = ["AFIJoin", "aggregation_path", "first_conv_width", "has_hooks", "stage_features"]
+__all__ = ["AFIJoin", "first_conv_width"]
 
 
 def first_conv_width(full: int, index: int | None) -> int:
@@ -48,42 +38,30 @@ def first_conv_width(full: int, index: int | None) -> int:
     return full // 2 if index is not None and index >= 2 else full
 
 
-def has_hooks(*modules: nn.Module | None) -> bool:
-    """Whether any module (or every module, globally) has forward or backward hooks."""
-    if (
-        _module._global_forward_hooks
-        or _module._global_forward_pre_hooks
-        or _module._global_backward_hooks
-        or _module._global_backward_pre_hooks
-    ):
-        return True
-    for m in modules:  # a plain loop: this runs once per block and forward
-        if m is not None and (
-            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-        ):
-            return True
-    return False
-
-
-def aggregation_path(x: Tensor, *, grad: bool | None = None) -> str:
-    """The path AFI stages take on ``x`` (with gradients on or off; default: as now):
-    ``"fused"`` (the stage buffer of layers/afi_fast.py: eager training, or the ``fused``
-    :func:`~afictl.layers.afi_fast.aggregation`) or ``"plain"``."""
-    grad = torch.is_grad_enabled() if grad is None else grad
-    fused = grad or aggregation_mode() == "fused"
-    return "fused" if fused and accelerated(x) else "plain"
-
-
-def stage_features(stage: nn.Sequential, x: Tensor) -> StageFeatures:
-    """The features container of one forward of ``stage`` (its blocks have ``join``s) on ``x``."""
-    join = getattr(stage[0], "join", None)
-    if join is not None and join.index is not None and aggregation_path(x) == "fused":
-        return BufferedFeatures(len(stage), recompute=join.memory_efficient)
-    return StageFeatures(eager=accelerated(x))
-
-
 def _apply(module: nn.Module | None, x: Tensor) -> Tensor:
     return x if module is None else module(x)
+
+
+def _batch_norm(norm: nn.Module | None, h: Tensor) -> Tensor:
+    """``norm(h)`` recomputed: a training BatchNorm normalises with the batch's statistics
+    again, updating copies of its running statistics (the same operation saves the same
+    tensors, as the checkpoint requires) instead of updating them a second time."""
+    if isinstance(norm, nn.BatchNorm2d) and norm.training and norm.running_mean is not None:
+        mean, var = norm.running_mean.clone(), norm.running_var.clone()
+        return F.batch_norm(h, mean, var, norm.weight, norm.bias, True, 0.0, norm.eps)
+    return _apply(norm, h)
+
+
+class _Recomputing:
+    """Context of a checkpoint's recomputation: ``on`` while it runs."""
+
+    on = False
+
+    def __enter__(self) -> None:
+        self.on = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.on = False
 
 
 class AFIJoin(nn.Module):
@@ -96,9 +74,10 @@ class AFIJoin(nn.Module):
         reduction: r of the scoring function (Eq. 1).
         seed_stride: spatial stride between the first activation and the stage resolution
             (block 1 of a stage whose stride sits in a later convolution).
-        memory_efficient: keep no [X(i), R(i)] for backward and recompute it there (one more
-            weighted sum per block; the paper's remark on [38]); on the fused path also X(i)
-            itself is rebuilt from BN's input.
+        memory_efficient: in training, keep neither the first convolution's output nor
+            [X(i), R(i)] for backward and recompute them there, with the next convolution
+            (the paper's remark on [38]). Forward hooks on the modules of the join then also
+            see the recomputation; BatchNorm running statistics are updated once.
     """
 
     def __init__(
@@ -135,72 +114,51 @@ class AFIJoin(nn.Module):
     ) -> Tensor:
         """conv(join(act(norm(first(x))))): see the module docstring."""
         if self.index is None or self.index == 1 or feats is None:
-            out = _apply(act, _apply(norm, first(x)))
+            xi = _apply(act, _apply(norm, first(x)))
             if self.index == 1 and feats is not None:
-                self._seed(out, feats)
-            return _apply(conv, self.afi_out(out))
-        if self.fuses(feats, first, norm, act, conv, attn):
-            return self._fused(x, feats, first, norm, act, conv)
-        return self._plain(x, feats, first, norm, act, conv, attn)
-
-    def _seed(self, out: Tensor, feats: StageFeatures) -> None:
-        seed = out[:, : self.width // 2]
-        if self.seed_stride > 1:
-            seed = F.avg_pool2d(seed, self.seed_stride)
-        feats.append(seed)
-
-    def fuses(self, feats: StageFeatures | None, first, norm, act, conv, attn=None) -> bool:
-        """Whether the fused path runs for these features and modules (see the module docstring)."""
-        return (
-            isinstance(feats, BufferedFeatures)
-            and attn is None
-            and isinstance(conv, nn.Conv2d)
-            and activation_bound(act) is not None
-            and isinstance(first, nn.Conv2d)
-            and not has_hooks(self, self.afi_out, self.afi, first, norm, act, conv)
-        )
-
-    def _fused(self, x, feats: BufferedFeatures, first, norm, act, conv) -> Tensor:
-        hi = activation_bound(act)
-        h = conv_narrow(first, x)
-        if self.memory_efficient and plain_batch_norm(norm):
-            feats.append_bn_act(h, norm, hi)
-        else:
-            feats.append_act(_apply(norm, h), hi)
-        return feats.integrate_conv(self.afi, conv, memory_efficient=self.memory_efficient)
-
-    def _plain(self, x, feats: StageFeatures, first, norm, act, conv, attn) -> Tensor:
-        # eager: the paired narrow convolution, unless a hook must see ``first`` called
-        narrow = feats.eager and isinstance(first, nn.Conv2d) and not has_hooks(first)
-        first_out = conv_narrow(first, x) if narrow else first(x)
-        xi = _apply(act, _apply(norm, first_out))
+                feats.append(self._seed(xi))
+            return _apply(conv, self.afi_out(xi))
         n = self.index - 1
-        # memory-efficient in eager training (features still listed: the attn variants);
-        # never under hooks, which would see the recomputation run a second time
-        listed = isinstance(feats, BufferedFeatures) and not feats.buffered
-        if (
-            conv is not None
-            and self.memory_efficient
-            and listed
-            and not has_hooks(self.afi_out, self.afi, attn, conv)
-        ):
-            out = self._recomputed(xi, feats, n, conv, attn)
-            feats.append(xi)
-            return out
-        r = _apply(attn, self.afi_out(feats.integrate(self.afi, n)))
+        if self.memory_efficient and conv is not None and self.training and torch.is_grad_enabled():
+            out, xi = self._recomputed(x, feats, n, (first, norm, act, conv, attn))
+        else:
+            xi = _apply(act, _apply(norm, first(x)))
+            out = self._join(xi, feats.integrate(self.afi, n), conv, attn)
         feats.append(xi)
-        return _apply(conv, torch.cat([xi, r], dim=1))
+        return out
 
-    def _recomputed(self, xi, feats: StageFeatures, n: int, conv, attn) -> Tensor:
-        """conv([X(i), R(i)]) recomputed in backward (torch.utils.checkpoint): memory-efficient
-        blocks on the plain path keep only what autograd keeps anyway (X(1..i), the weights)."""
+    def _seed(self, out: Tensor) -> Tensor:
+        seed = out[:, : self.width // 2]
+        return F.avg_pool2d(seed, self.seed_stride) if self.seed_stride > 1 else seed
+
+    def _join(self, xi: Tensor, r: Tensor, conv: nn.Module | None, attn: nn.Module | None):
+        """conv([X(i), R(i)]), R(i) through ``afi_out`` (the probe) and ``attn``."""
+        return _apply(conv, torch.cat([xi, _apply(attn, self.afi_out(r))], dim=1))
+
+    def _recomputed(
+        self, x: Tensor, feats: StageFeatures, n: int, modules
+    ) -> tuple[Tensor, Tensor]:
+        """(conv([X(i), R(i)]), X(i)) with X(i) = act(norm(first(x))), recomputed in backward
+        (keeping x, X(1..i) and the softmax weights, which autograd keeps anyway)."""
+        first, norm, act, conv, attn = modules
         weights = None if self.afi is None else self.afi.weights(feats.squeezed[:n])
+        recomputing = _Recomputing()
 
-        def join(xi: Tensor, weights: Tensor | None, *features: Tensor) -> Tensor:
+        def join(x: Tensor, weights: Tensor | None, *features: Tensor) -> tuple[Tensor, Tensor]:
+            h = first(x)
+            xi = _apply(act, _batch_norm(norm, h) if recomputing.on else _apply(norm, h))
             r = features[0] if weights is None else integrate(features, weights)
-            return conv(torch.cat([xi, _apply(attn, self.afi_out(r))], dim=1))
+            return self._join(xi, r, conv, attn), xi
 
-        return checkpoint(join, xi, weights, *feats.features[:n], use_reentrant=False)
+        return checkpoint(
+            join,
+            x,
+            weights,
+            *feats.features[:n],
+            use_reentrant=False,
+            preserve_rng_state=False,
+            context_fn=lambda: (nullcontext(), recomputing),
+        )
 
     def extra_repr(self) -> str:
         extra = ", memory_efficient=True" if self.memory_efficient else ""

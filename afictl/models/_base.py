@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..errors import StageError
-from ..layers import AFIModule, stage_features
+from ..layers import AFIModule, StageFeatures
 
 __all__ = ["Backbone", "Stage", "StageError", "parse_afi_stages"]
 
@@ -33,9 +33,7 @@ class Stage(nn.Sequential):
     """
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        feats = stage_features(
-            self, x
-        )  # plain lists, or the accelerated buffer (layers/afi_join.py)
+        feats = StageFeatures()
         for block in self:
             x = block(x, feats)
         return x

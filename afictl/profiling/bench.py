@@ -97,7 +97,6 @@ class BenchRow:
     amp: str  # none, bf16 or fp16
     compile: bool
     memory_efficient: bool
-    aggregation: str
     allocator: str
     warmup_seconds: float  # the warm-up steps' time: with compile, compilation included
     baseline_warmup_seconds: float
@@ -353,8 +352,6 @@ def _bench_pair(
 ) -> list[BenchRow]:
     """One row per mode for ``names`` (AFI model, baseline): both built from ``seed``, then
     timed interleaved on the same batch."""
-    from ..layers import aggregation_path
-
     afi_name, base_name = names
     size = input_size or get_model_info(afi_name).input_size
     torch.manual_seed(seed)
@@ -380,6 +377,5 @@ def _bench_pair(
             clock=clock,
             progress=progress,
         )
-        path = "plain" if compile else aggregation_path(x, grad=mode == "train")
-        rows.append(_row(*names, mode, warm, times, input_size=size, aggregation=path, **settings))
+        rows.append(_row(*names, mode, warm, times, input_size=size, **settings))
     return rows

@@ -92,15 +92,27 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+#: Attributes of torch.nn layers that change a count but not a state-dict shape.
+_GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "groups", "output_size", "ceil_mode")
+
+
+def _geometry(m: Any) -> str:
+    """A module's counted geometry in a form no torch release changes: afictl's own modules
+    by their ``extra_repr``, torch's by :data:`_GEOMETRY` (their ``extra_repr`` text has
+    changed between releases, which made the shipped cache look stale on torch 2.6)."""
+    if type(m).__module__.startswith("afictl."):
+        return m.extra_repr()
+    return ",".join(f"{a}={getattr(m, a)!r}" for a in _GEOMETRY if hasattr(m, a))
+
+
 def model_fingerprint(model) -> str:
     """A hash of the model's structure, computed without running it: every module's name,
-    class and ``extra_repr`` (widths, strides, groups, AFI inputs and r) and every state-dict
+    class and geometry (widths, strides, groups, AFI inputs and r) and every state-dict
     entry's name, shape and dtype. A forward that changes while the structure does not is
     not seen; the recomputing tests are the guard for that."""
     h = hashlib.sha256()
     for name, m in model.named_modules():
-        kind = f"{type(m).__module__}.{type(m).__qualname__}"
-        h.update(f"{name}:{kind}({m.extra_repr()})\n".encode())
+        h.update(f"{name}:{type(m).__qualname__}({_geometry(m)})\n".encode())
     for key, value in model.state_dict().items():
         h.update(f"{key}:{tuple(value.shape)}:{value.dtype}\n".encode())
     return h.hexdigest()[:20]
