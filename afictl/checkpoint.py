@@ -46,6 +46,7 @@ __all__ = [
     "CheckpointWriteError",
     "load_checkpoint",
     "model_from_checkpoint",
+    "read_torch_file",
     "save_checkpoint",
     "validate_checkpoint",
 ]
@@ -113,13 +114,37 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    mmap: bool = False,
+    state_dict: bool = False,
+    arch: str | None = None,
 ) -> dict[str, Any]:
     """Read a checkpoint safely; :class:`CheckpointError` (one line) on any problem.
 
     The fields present are checked (:func:`validate_checkpoint`); ``mmap`` maps the tensors
-    instead of reading them (scanning many runs for their metadata).
+    instead of reading them (scanning many runs for their metadata). ``state_dict=True`` also
+    takes a plain state dict or a ``.safetensors`` file, of the model ``arch`` names, as a
+    checkpoint (:func:`afictl.weights.load_weights`).
     """
+    if state_dict:
+        from .weights import load_weights
+
+        return load_weights(path, arch=arch, map_location=map_location)
+    data, path = read_torch_file(path, map_location, mmap=mmap)
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an afictl checkpoint")
+    data["path"] = str(path)
+    return validate_checkpoint(data)
+
+
+def read_torch_file(
+    path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> tuple[Any, Path]:
+    """``torch.load(weights_only=True)`` of a file (a run folder: its best.pt, else last.pt),
+    and the file's path; :class:`CheckpointError` (one line) when it is missing, unsafe or
+    not a torch file."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -134,10 +159,7 @@ def load_checkpoint(
             data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # refused by weights_only, truncated, random bytes, not a torch file
         raise CheckpointError(_refusal(path, exc)) from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an afictl checkpoint")
-    data["path"] = str(path)
-    return validate_checkpoint(data)
+    return data, path
 
 
 #: Pickle opcodes that call or import something: what ``weights_only`` refuses in a stream that
@@ -619,9 +641,10 @@ def model_from_checkpoint(
     """Rebuild the model a checkpoint was trained with and load its weights (eval mode).
 
     ``arch`` (optional) is what the caller expects; a checkpoint of another architecture gives
-    an error naming both.
+    an error naming both. A plain state dict or a ``.safetensors`` file is read as a
+    checkpoint of ``arch`` (:func:`afictl.weights.load_weights`).
     """
-    ckpt = load_checkpoint(path, map_location)
+    ckpt = load_checkpoint(path, map_location, state_dict=True, arch=arch)
     saved = ckpt.get("arch")
     if arch is not None and saved != arch:
         raise CheckpointError(f"{ckpt['path']} holds a {saved} checkpoint, not {arch}")

@@ -24,6 +24,11 @@
 - Atomic: the exporter writes a temporary file in the target folder, which is verified there
   and only then renamed over the target (``os.replace``); an export or a verification that
   fails leaves the target as it was and no temporary file behind.
+- Metadata: what the file's model is and how to feed it (:func:`afictl.weights.model_config`:
+  arch, classes, model options, preprocessing, class names, afictl version). ONNX holds it in
+  ``metadata_props`` (``afictl.arch``, ``afictl.preprocessing`` as JSON, ...), written into the
+  temporary file before verification; a ``.pt2`` gets ``NAME.pt2.json`` beside it, published
+  after the file. ``safetensors`` (the weights alone) is :func:`afictl.weights.export_safetensors`.
 
 ``onnx``, ``onnxruntime`` and ``onnxscript`` are the optional extra ``afictl[export]``;
 ``pt2`` needs nothing beyond torch.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import os
@@ -61,11 +67,15 @@ __all__ = [
     "export_model",
     "infer_format",
     "require_onnx",
+    "pt2_metadata_path",
     "tolerance",
     "verify_file",
+    "write_json_temp",
 ]
 
-EXPORT_FORMATS = ("onnx", "pt2")
+EXPORT_FORMATS = ("onnx", "pt2", "safetensors")
+#: The formats traced into a program and run back; safetensors holds the weights alone.
+TRACED_FORMATS = ("onnx", "pt2")
 #: The lowest opset the torch.export-based ONNX exporter implements; lower opsets would go
 #: through onnx's version converter, which fails on these networks and then silently keeps 18.
 DEFAULT_OPSET = 18
@@ -96,7 +106,7 @@ class ExportResult:
     opset: int | None  # ONNX only
     input_shape: str  # e.g. "batch x 3 x 32 x 32": the batch is dynamic
     input_size: int
-    export_batch: int
+    export_batch: int | None  # None: safetensors, nothing traced
     verify_batches: list[int] = field(default_factory=list)
     max_abs_diff: float | None = None  # over every output element of every verify batch
     max_abs_eager: float | None = None
@@ -105,6 +115,7 @@ class ExportResult:
     passed: bool | None = None  # None: not verified (verify=False)
     export_seconds: float = 0.0
     verify_seconds: float | None = None
+    companions: list[str] = field(default_factory=list)  # metadata/card files written beside it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,7 +135,8 @@ def require_onnx() -> None:
 
 
 def infer_format(path: str | Path, format: str | None = None) -> str:
-    """The export format: ``format`` if given, else the suffix of ``path`` (.onnx or .pt2).
+    """The export format: ``format`` if given, else the suffix of ``path`` (.onnx, .pt2 or
+    .safetensors).
 
     A known suffix that contradicts ``format`` (``model.onnx`` with ``pt2``) is an error.
     """
@@ -132,15 +144,15 @@ def infer_format(path: str | Path, format: str | None = None) -> str:
     if format is not None:
         fmt = str(format).lower()
         if fmt not in EXPORT_FORMATS:
-            raise UserError(f"unknown export format {format!r}: choose onnx or pt2")
+            raise UserError(f"unknown export format {format!r}: choose onnx, pt2 or safetensors")
         if suffix in EXPORT_FORMATS and suffix != fmt:
             raise UserError(f"{Path(path).name} has the suffix .{suffix} but the format is {fmt}")
         return fmt
     if suffix in EXPORT_FORMATS:
         return suffix
     raise UserError(
-        f"cannot tell the export format of {Path(path).name}: "
-        "name it .onnx or .pt2, or give --to onnx|pt2"
+        f"cannot tell the export format of {Path(path).name}: name it .onnx or .pt2 "
+        "(or .safetensors for the weights alone), or give --to onnx|pt2|safetensors"
     )
 
 
@@ -192,34 +204,63 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+#: The largest batch an exported file accepts. A bound is needed: torch 2.6's export refuses an
+#: unbounded batch dimension of the AFI models (a guard against the int64 maximum).
+MAX_BATCH = 1 << 16
+
+
 def _dynamic_batch() -> tuple[dict[int, Any]]:
-    return ({0: torch.export.Dim("batch", min=1)},)
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _dynamo_onnx() -> bool:
+    """Whether ``torch.onnx.export`` takes the torch.export-based exporter (torch >= 2.9, where
+    it is the default). Older releases take the TorchScript exporter: torch 2.6's dynamo
+    exporter fails to translate BatchNorm with current onnxscript releases."""
+    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 9)
+
+
+def _export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """The ONNX file at ``path``, of the opset asked for, with ``metadata`` in its
+    ``metadata_props`` (before verification: what is verified is what is published)."""
     with _quiet():
+        if _dynamo_onnx():
+            kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": _dynamic_batch()}
+            kwargs["external_data"] = False
+        else:
+            axes = {_INPUT_NAME: {0: "batch"}, _OUTPUT_NAME: {0: "batch"}}
+            kwargs = {"dynamo": False, "dynamic_axes": axes}
         torch.onnx.export(
             model,
             (example,),
             str(path),
-            dynamo=True,
             opset_version=opset,
-            dynamic_shapes=_dynamic_batch(),
             input_names=[_INPUT_NAME],
             output_names=[_OUTPUT_NAME],
-            external_data=False,
             verbose=False,
+            **kwargs,
         )
     import onnx
 
-    written = {
-        o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import
-    }
+    proto = onnx.load(str(path), load_external_data=False)
+    written = {o.domain: o.version for o in proto.opset_import}
     if written.get("", written.get("ai.onnx")) != opset:
         raise ExportError(
             f"the exporter wrote opset {written.get('')} instead of {opset}: "
             f"use --opset {DEFAULT_OPSET} or later"
         )
+    if metadata:
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(path))
 
 
 def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -301,6 +342,11 @@ def _check_export_args(path: Path, format: str | None, batch_size: int, opset: i
     """The file format of ``path``, after refusing what the exporters cannot do (before any
     file is created)."""
     fmt = infer_format(path, format)
+    if fmt not in TRACED_FORMATS:
+        raise UserError(
+            f"export_model traces onnx or pt2; {fmt} (the weights alone) is "
+            "afictl.weights.export_safetensors, or export(..., format='safetensors')"
+        )
     if batch_size < 2:
         raise UserError(
             "the example batch must be 2 or more (torch.export fixes a batch of 1); "
@@ -329,8 +375,31 @@ def _temp_file(path: Path, fmt: str) -> Path:
     return tmp
 
 
+def write_json_temp(target: Path, data: dict[str, Any]) -> Path:
+    """``data`` as JSON in a durable temporary file beside ``target``, to publish over it."""
+    tmp = _temp_file(target, "json")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def pt2_metadata_path(path: str | Path) -> Path:
+    """The JSON beside a ``.pt2`` file that says what it holds: ``NAME.pt2.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
 def _write_export(
-    model: nn.Module, tmp: Path, result: ExportResult, *, opset: int, channels: int, seed: int
+    model: nn.Module,
+    tmp: Path,
+    result: ExportResult,
+    *,
+    opset: int,
+    channels: int,
+    seed: int,
+    metadata: dict[str, Any] | None = None,
 ) -> None:
     """Trace ``model`` on a seeded batch and write it to ``tmp`` in ``result.format``, durably;
     records the time taken and the size in ``result``."""
@@ -338,7 +407,9 @@ def _write_export(
     example = _inputs(result.export_batch, result.input_size, channels, seed)
     try:
         if result.format == "onnx":
-            _export_onnx(model, example, tmp, opset)
+            from .weights import flat_metadata
+
+            _export_onnx(model, example, tmp, opset, flat_metadata(metadata) if metadata else None)
         else:
             _export_pt2(model, example, tmp)
     except UserError:
@@ -404,6 +475,7 @@ def export_model(
     rtol: float = DEFAULT_RTOL,
     seed: int = 0,
     arch: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export ``model`` (put in eval mode) to ``path`` with a dynamic batch, and verify the file.
 
@@ -412,13 +484,14 @@ def export_model(
     ``channels x input_size x input_size``. With ``verify`` the file is run at batches 1 and
     ``batch_size + 1`` and compared with the eager model before it replaces ``path``; when the
     difference exceeds ``rtol * max|eager|`` the result says ``passed=False,
-    written=False`` and ``path`` is left as it was. Exporter failures raise
+    written=False`` and ``path`` is left as it was. ``metadata``
+    (:func:`afictl.weights.model_config`) goes into the ONNX file's ``metadata_props``, or
+    beside a ``.pt2`` file (:func:`pt2_metadata_path`). Exporter failures raise
     :class:`ExportError`; a missing ONNX extra :class:`MissingExtraError`.
     """
     path = Path(path)
     fmt = _check_export_args(path, format, batch_size, opset)
     model.eval()
-    tmp = _temp_file(path, fmt)
     result = ExportResult(
         arch=arch or getattr(model, "arch", None),
         format=fmt,
@@ -431,17 +504,49 @@ def export_model(
         export_batch=batch_size,
         rtol=rtol,
     )
+    tmp = _temp_file(path, fmt)
+    companions: dict[Path, Path] = {}  # target -> its temporary file
     try:
-        _write_export(model, tmp, result, opset=opset, channels=channels, seed=seed)
+        _write_export(
+            model, tmp, result, opset=opset, channels=channels, seed=seed, metadata=metadata
+        )
+        if fmt == "pt2" and metadata:
+            companions[pt2_metadata_path(path)] = write_json_temp(pt2_metadata_path(path), metadata)
         if verify:
             _verify_export(model, tmp, result, channels=channels, seed=seed)
             if not result.passed:
                 return result
-        _publish(tmp, path)
-        result.written = True
+        publish_all(tmp, path, companions, result)
         return result
     finally:
-        tmp.unlink(missing_ok=True)
+        for temp in (tmp, *companions.values()):
+            temp.unlink(missing_ok=True)
+
+
+def publish_all(tmp: Path, path: Path, companions: dict[Path, Path], result: ExportResult) -> None:
+    """The verified file first, then the files that describe it (a crash between leaves a
+    file without its description, never a description of a file that is not there)."""
+    _publish(tmp, path)
+    for target, temp in companions.items():
+        _publish(temp, target)
+    result.written, result.companions = True, [str(t) for t in companions]
+
+
+def _source_model(
+    arch: str | None, checkpoint: str | Path | None, num_classes: int | None
+) -> tuple[nn.Module, dict[str, Any] | None, str]:
+    """The model to export (eval mode), the checkpoint it came from (None: random weights of
+    ``arch``) and its architecture."""
+    from .models import create_model
+
+    if checkpoint is None:
+        return create_model(arch, num_classes=num_classes).eval(), None, arch
+    if num_classes is not None:
+        raise UserError("--num-classes applies to --arch only: a checkpoint has its own")
+    from .checkpoint import model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(checkpoint, arch=arch)
+    return model, ckpt, ckpt["arch"]
 
 
 def export(
@@ -454,12 +559,16 @@ def export(
     format: str | None = None,
     **kwargs: Any,
 ) -> ExportResult:
-    """Export a registered architecture (random weights) or a checkpoint; see :func:`export_model`.
+    """Export a registered architecture (random weights) or a checkpoint (an afictl one, a plain
+    state dict of ``arch`` or a ``.safetensors`` file); see :func:`export_model` and
+    :func:`afictl.weights.export_safetensors`.
 
     ``input_size`` defaults to the checkpoint's training resolution, else the registry's (32 or
-    224). ``output`` defaults to ``./<arch>.<format>`` (format default: onnx).
+    224). ``output`` defaults to ``./<arch>.<format>`` (format default: onnx). Every file carries
+    :func:`afictl.weights.model_config` (preprocessing, class names).
     """
-    from .models import create_model, get_model_info
+    from .models import get_model_info
+    from .weights import export_safetensors, model_config
 
     if checkpoint is None and arch is None:
         raise UserError("give --arch NAME (random weights) or --checkpoint FILE")
@@ -468,18 +577,25 @@ def export(
     format = format or "onnx"
     if format == "onnx":
         require_onnx()  # before building anything
-    if checkpoint is not None:
-        if num_classes is not None:
-            raise UserError("--num-classes applies to --arch only: a checkpoint has its own")
-        from .checkpoint import model_from_checkpoint
-
-        model, ckpt = model_from_checkpoint(checkpoint, arch=arch)
-        arch = ckpt["arch"]
-        recorded = (ckpt.get("config") or {}).get("input_size") or ckpt.get("input_size")
-        size = input_size or int(recorded or get_model_info(arch).input_size)
-    else:
-        info = get_model_info(arch)
-        model = create_model(arch, num_classes=num_classes).eval()
-        size = input_size or info.input_size
+    model, ckpt, arch = _source_model(arch, checkpoint, num_classes)
+    ckpt = ckpt or {}
+    config = ckpt.get("config") or {}
+    recorded = config.get("input_size") or ckpt.get("input_size")
+    size = input_size or int(recorded or get_model_info(arch).input_size)
+    metadata = model_config(
+        arch,
+        ckpt.get("num_classes") or num_classes or get_model_info(arch).num_classes,
+        model_kwargs=ckpt.get("model_kwargs"),
+        dataset=config.get("dataset"),
+        input_size=size,
+        class_names=ckpt.get("class_names"),
+    )
     output = Path(output) if output is not None else Path(f"{arch}.{format}")
-    return export_model(model, output, format=format, input_size=size, arch=arch, **kwargs)
+    if format == "safetensors":
+        run = ckpt if ckpt.get("source") is None and ckpt.get("config") else None
+        return export_safetensors(
+            model, output, metadata, checkpoint=run, verify=kwargs.get("verify", True)
+        )
+    return export_model(
+        model, output, format=format, input_size=size, arch=arch, metadata=metadata, **kwargs
+    )

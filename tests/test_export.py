@@ -279,6 +279,8 @@ class _DataDependent(torch.nn.Module):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_real_exporter_failure_is_one_quiet_error(capsys, tmp_path, fmt):
+    if fmt == "onnx" and not export_mod._dynamo_onnx():
+        pytest.skip("torch < 2.9 exports ONNX by tracing, which bakes the branch in: no failure")
     with pytest.raises(export_mod.ExportError, match="could not export _DataDependent") as info:
         export_model(_DataDependent(), tmp_path / f"m.{fmt}", input_size=8)
     assert "\n" not in str(info.value) and "\x1b" not in str(info.value)

@@ -195,6 +195,7 @@ def run_features(
     checkpoint: str | Path,
     image: str | Path | None = None,
     *,
+    arch: str | None = None,
     stage: str | None = None,
     block: int | None = None,
     data: str | None = None,
@@ -203,10 +204,11 @@ def run_features(
     batch_size: int = 128,
     progress: Any = None,
 ) -> AFIFeatures:
-    """Everything ``afictl features`` shows, for one AFI checkpoint."""
+    """Everything ``afictl features`` shows, for one AFI checkpoint (``arch``: the model of a
+    plain state dict or ``.safetensors``, or the expected one)."""
     if image is None and data is None:
         raise UserError("give an IMAGE (feature maps) and/or --data DATASET (averaged attention)")
-    model, ckpt = model_from_checkpoint(checkpoint)
+    model, ckpt = model_from_checkpoint(checkpoint, arch=arch)
     stage_name, block_no, module_name, module = afi_block(model, stage, block)
     result = AFIFeatures(str(checkpoint), ckpt["arch"], stage_name, block_no, module_name)
     per_module: dict[str, np.ndarray] = {}

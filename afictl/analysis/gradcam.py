@@ -348,11 +348,16 @@ def _load_images(images: Sequence[str | Path], errors: list[str]) -> dict[str, I
 
 
 def _load_model(
-    ckpt_path: str | Path, cam: CamMethod, layer: str | None, target_class: str | None
+    ckpt_path: str | Path,
+    cam: CamMethod,
+    layer: str | None,
+    target_class: str | None,
+    arch: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any], nn.Module | None, str, int | None]:
-    """(model, checkpoint, target layer, its name, target class index) of one checkpoint."""
+    """(model, checkpoint, target layer, its name, target class index) of one checkpoint
+    (``arch``: the model of a plain state dict, or the expected one)."""
     try:
-        model, ckpt = model_from_checkpoint(ckpt_path)
+        model, ckpt = model_from_checkpoint(ckpt_path, arch=arch)
     except KeyError as exc:  # an afictl checkpoint missing a field
         raise UserError(
             f"{ckpt_path} is not a complete afictl checkpoint (no {exc} field)"
@@ -411,6 +416,7 @@ def run_gradcam(
     images: Sequence[str | Path],
     checkpoints: Sequence[str | Path],
     *,
+    archs: Sequence[str | None] | None = None,
     target_class: str | None = None,
     layer: str | None = None,
     method: str = "gradcam",
@@ -419,6 +425,7 @@ def run_gradcam(
     """A CAM (``method``, Grad-CAM by default) of every image under every checkpoint; bad inputs
     become error lines. An unknown method, or ``layer`` with FullGrad, is a :class:`UserError`.
 
+    ``archs`` (one per checkpoint) names the model of a plain state dict or ``.safetensors``.
     ``progress(description, total)`` (optional) returns a callback ticked once per checkpoint.
     """
     cam = resolve_method(method)
@@ -432,10 +439,10 @@ def run_gradcam(
     tick = progress(cam.title, len(checkpoints)) if progress else None
     results: list[CamResult] = []
     used: list[str] = []
-    for ckpt_path in checkpoints:
+    for ckpt_path, arch in zip(checkpoints, archs or [None] * len(checkpoints), strict=True):
         try:
             model, ckpt, target_layer, layer_name, target = _load_model(
-                ckpt_path, cam, layer, target_class
+                ckpt_path, cam, layer, target_class, arch
             )
         except (UserError, UnknownModelError) as exc:
             errors.append(str(exc))

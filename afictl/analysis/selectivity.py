@@ -222,6 +222,7 @@ def run_selectivity(
     checkpoints: Sequence[str | Path],
     stage: str,
     *,
+    archs: Sequence[str | None] | None = None,
     data: str | None = None,
     data_root: str | Path | None = None,
     max_batches: int | None = None,
@@ -231,12 +232,13 @@ def run_selectivity(
 ) -> list[SelectivityResult]:
     """Selectivity of every probed channel of ``stage`` for each checkpoint, on its eval data.
 
+    ``archs`` (one per checkpoint) names the model of a plain state dict or ``.safetensors``.
     ``progress(description, total)`` (optional) returns a per-batch callback.
     """
     # Load and resolve every checkpoint first: a bad stage name fails before any data is read.
     loaded = []
-    for path in checkpoints:
-        model, ckpt = model_from_checkpoint(path)
+    for path, arch in zip(checkpoints, archs or [None] * len(checkpoints), strict=True):
+        model, ckpt = model_from_checkpoint(path, arch=arch)
         loaded.append((str(path), model, ckpt, model.resolve_stage(stage)))
     results = []
     for path, model, ckpt, paper_stage in loaded:

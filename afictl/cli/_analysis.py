@@ -18,6 +18,7 @@ from ..errors import UserError
 
 __all__ = [
     "FIGURE_SUFFIXES",
+    "ArchsOpt",
     "BatchSizeOpt",
     "CheckpointOpt",
     "DataOpt",
@@ -27,6 +28,7 @@ __all__ = [
     "check_results_file",
     "choose_checkpoints",
     "figure_option",
+    "pair_archs",
     "progress_bar",
     "progress_factory",
 ]
@@ -37,8 +39,19 @@ CheckpointOpt = Annotated[
     typer.Option(
         "--checkpoint",
         "-c",
-        help="Checkpoint file or run folder (repeatable). Default: the newest run under ./runs/ "
-        "with best.pt, and the newest run of its counterpart on the same dataset.",
+        help="Checkpoint file or run folder (repeatable), a plain state dict (.pth/.pt, with "
+        "--arch) or a .safetensors file. Default: the newest run under ./runs/ with best.pt, "
+        "and the newest run of its counterpart on the same dataset.",
+    ),
+]
+ArchsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arch",
+        "-a",
+        help="The model of each plain state dict or .safetensors file among --checkpoint: one "
+        "name for all, or one per --checkpoint in order (repeatable); with an afictl "
+        "checkpoint, the expected one.",
     ),
 ]
 DataOpt = Annotated[
@@ -109,6 +122,20 @@ def choose_checkpoints(given: list[Path] | None, *, afi_only: bool = False) -> l
     chosen = default_checkpoints(afi_only=afi_only)
     print(f"using checkpoints: {', '.join(str(p) for p in chosen)}", file=sys.stderr)
     return chosen
+
+
+def pair_archs(checkpoints: list[Path], archs: list[str] | None) -> list[str | None]:
+    """``--arch`` for each checkpoint: none, one name for all, or one per checkpoint."""
+    if not archs:
+        return [None] * len(checkpoints)
+    if len(archs) == 1:
+        return archs * len(checkpoints)
+    if len(archs) != len(checkpoints):
+        raise UserError(
+            f"{len(archs)} --arch for {len(checkpoints)} --checkpoint: give one name for all, "
+            "or one per --checkpoint in order"
+        )
+    return list(archs)
 
 
 def progress_factory(progress: Any) -> Callable[[str, int], Callable[[], None]]:

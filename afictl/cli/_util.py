@@ -23,8 +23,10 @@ __all__ = [
     "DeviceOpt",
     "FormatOpt",
     "InputSizeOpt",
+    "ModelArchOpt",
     "NumClassesOpt",
     "OutputOpt",
+    "WEIGHTS_HELP",
     "absolute_path",
     "resolve_device",
 ]
@@ -53,6 +55,20 @@ ArchOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--arch", "-a", help="Registered architecture name (repeatable); see `afictl models`."
+    ),
+]
+#: What ``--checkpoint`` takes, in every command that takes one (afictl/weights.py).
+WEIGHTS_HELP = (
+    "A .pt written by afictl train (or its run folder: best.pt, else last.pt), a plain state "
+    "dict (.pth/.pt; name its model with --arch) or a .safetensors file."
+)
+ModelArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        "-a",
+        help="The model of a plain state dict or .safetensors file given to --checkpoint; "
+        "with an afictl checkpoint, the expected one (another is an error).",
     ),
 ]
 # One definition for bench and memory, so that their help cannot drift apart

@@ -10,21 +10,19 @@ from typing import Annotated, Any
 import typer
 
 from ..render import Format
-from ._util import AmpOpt, DeviceOpt, FormatOpt, OutputOpt
+from ._util import WEIGHTS_HELP, AmpOpt, DeviceOpt, FormatOpt, ModelArchOpt, OutputOpt
 
 _COLUMNS = ["arch", "dataset", "split", "images", "top1", "top5", "loss", "epoch"]
 
-CheckpointOpt = Annotated[
-    Path,
-    typer.Option(
-        "--checkpoint",
-        "-c",
-        help="A .pt written by afictl train (or its run folder: best.pt, else last.pt).",
-    ),
-]
+CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", "-c", help=WEIGHTS_HELP)]
 DataOpt = Annotated[
     str | None,
-    typer.Option("--data", "-d", help="Dataset (default: the one the checkpoint was trained on)."),
+    typer.Option(
+        "--data",
+        "-d",
+        help="Dataset (default: the one the checkpoint was trained on; for a plain state dict "
+        "the architecture's home dataset).",
+    ),
 ]
 DataRootOpt = Annotated[
     Path | None,
@@ -36,12 +34,6 @@ DataRootOpt = Annotated[
 ]
 SplitOpt = Annotated[
     str, typer.Option("--split", help="eval (val/ or test/; CIFAR's test set) or train.")
-]
-ExpectedArchOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--arch", "-a", help="Expected architecture: a checkpoint of another one is an error."
-    ),
 ]
 DataSizeOpt = Annotated[
     int | None,
@@ -99,7 +91,7 @@ def eval_cli(
     data: DataOpt = None,
     data_root: DataRootOpt = None,
     split: SplitOpt = "eval",
-    arch: ExpectedArchOpt = None,
+    arch: ModelArchOpt = None,
     data_size: DataSizeOpt = None,
     batch_size: BatchSizeOpt = 256,
     workers: WorkersOpt = None,
@@ -110,6 +102,9 @@ def eval_cli(
     output: OutputOpt = None,
 ) -> None:
     """Evaluate a checkpoint (paper's eval transforms): top-1, top-5, loss, images.
+
+    The checkpoint is a run's .pt (or folder), or weights alone: a plain state dict of the
+    model --arch names (num_classes read from its classifier), or a .safetensors file.
 
     With --format json: one JSON object with arch, top1, top5 (percent), loss and images.
     A progress bar runs on stderr while it evaluates; stdout carries the results only.

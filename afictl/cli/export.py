@@ -1,4 +1,5 @@
-"""``afictl export``: a model to ONNX or ``.pt2`` with a dynamic batch, verified against eager."""
+"""``afictl export``: a model to ONNX or ``.pt2`` with a dynamic batch, verified against eager,
+or its weights to ``.safetensors``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import typer
 
 from ..errors import UserError
 from ..render import Format
-from ._util import OutputOpt
+from ._util import WEIGHTS_HELP, OutputOpt
 
 if TYPE_CHECKING:
     from ..export import ExportResult
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 class ExportFormat(StrEnum):
     onnx = "onnx"
     pt2 = "pt2"
+    safetensors = "safetensors"
 
 
 def _results_format(value: str) -> Format:
@@ -61,18 +63,14 @@ _COLUMNS = [
     "verify_seconds",
 ]
 
-ExportCheckpointOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--checkpoint",
-        "-c",
-        help="A .pt written by afictl train (or its run folder: best.pt, else last.pt).",
-    ),
-]
+ExportCheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", "-c", help=WEIGHTS_HELP)]
 ExpectedArchOpt = Annotated[
     str | None,
     typer.Option(
-        "--arch", "-a", help="Registered architecture (random weights); with -c: the expected one."
+        "--arch",
+        "-a",
+        help="Registered architecture (random weights); with -c: the model of a plain state "
+        "dict, or the expected one.",
     ),
 ]
 ToOpt = Annotated[
@@ -80,7 +78,8 @@ ToOpt = Annotated[
     typer.Option(
         "--to",
         case_sensitive=False,
-        help="File format (default: the suffix of --export-file, else onnx).",
+        help="File format: onnx, pt2, or safetensors (the weights alone, with NAME.config.json "
+        "beside them). Default: the suffix of --export-file, else onnx.",
     ),
 ]
 ExportFileOpt = Annotated[
@@ -166,7 +165,7 @@ def _check_options(
     file_format = to.value if to is not None else None
     if export_file is not None:
         file_format = infer_format(export_file, file_format)
-    if opset is not None and file_format == "pt2":
+    if opset is not None and file_format in ("pt2", "safetensors"):
         raise UserError("--opset applies to --to onnx only")
     return results_format, file_format
 
@@ -219,14 +218,21 @@ def export_cli(
     output: OutputOpt = None,
     print_format: PrintFormatOpt = None,
 ) -> None:
-    """Export a model to ONNX or torch.export (.pt2) with a dynamic batch, and verify the file.
+    """Export a model to ONNX or torch.export (.pt2) with a dynamic batch, and verify the file;
+    or its weights alone to .safetensors.
 
-    The model is --arch NAME with random weights (eval mode) or a checkpoint (-c). ONNX uses the
+    The model is --arch NAME with random weights (eval mode) or a checkpoint (-c: a run's .pt,
+    a plain state dict with --arch, or a .safetensors file). ONNX uses the
     torch.export-based exporter (onnxscript; weights inside the file) and is run back with
     ONNX Runtime; .pt2 is torch.export.save, run back with torch.export.load. Before the file
     replaces --export-file it runs at batches 1 and B+1 (B: --batch-size), which differ from the
     traced batch, and its outputs are compared with the eager model in fp32: it passes when
     max|diff| <= TOLERANCE * max|eager|. A failure writes nothing and exits with 2.
+
+    Every file says what it holds (arch, classes, preprocessing, class names): ONNX in its
+    metadata_props (afictl.*), .pt2 in NAME.pt2.json beside it. --to safetensors writes
+    NAME.safetensors (read back and compared tensor by tensor), NAME.config.json beside it and,
+    from a run's checkpoint, a model card NAME.README.md.
 
     --to picks the file format; --format and --output are the results format and file, as in
     every command. ONNX needs the extra: pip install -e ".[export]".

@@ -21,7 +21,7 @@ from ._analysis import (
     progress_bar,
     progress_factory,
 )
-from ._util import FormatOpt, OutputOpt
+from ._util import FormatOpt, ModelArchOpt, OutputOpt
 
 __all__ = ["features_cli"]
 
@@ -46,7 +46,8 @@ AfiCheckpointOpt = Annotated[
     typer.Option(
         "--checkpoint",
         "-c",
-        help="An AFI model's checkpoint (default: the newest AFI run under ./runs/).",
+        help="An AFI model's checkpoint: a run's .pt or folder, a plain state dict (with "
+        "--arch) or a .safetensors file (default: the newest AFI run under ./runs/).",
     ),
 ]
 StageOpt = Annotated[
@@ -71,6 +72,7 @@ ChannelsOpt = Annotated[
 def features_cli(
     image: ImageArg = None,
     checkpoint: AfiCheckpointOpt = None,
+    arch: ModelArchOpt = None,
     stage: StageOpt = None,
     block: BlockOpt = None,
     data: DataOpt = None,
@@ -103,6 +105,7 @@ def features_cli(
         result = run_features(
             ckpt,
             image,
+            arch=arch,
             stage=stage,
             block=block,
             data=data,

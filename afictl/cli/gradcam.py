@@ -12,11 +12,13 @@ import typer
 from ..analysis.cam_methods import METHOD_NAMES, METHODS, resolve_method
 from ..render import Format
 from ._analysis import (
+    ArchsOpt,
     CheckpointOpt,
     check_figure,
     check_results_file,
     choose_checkpoints,
     figure_option,
+    pair_archs,
     progress_bar,
     progress_factory,
 )
@@ -73,6 +75,7 @@ DpiOpt = Annotated[
 def gradcam_cli(
     images: ImagesArg,
     checkpoint: CheckpointOpt = None,
+    arch: ArchsOpt = None,
     output: OutputOpt = None,
     fmt: FormatOpt = Format.table,
     figure: GradcamFigureOpt = None,
@@ -94,6 +97,7 @@ def gradcam_cli(
     check_figure(figure)
     check_results_file(output)
     ckpts = choose_checkpoints(checkpoint)
+    archs = pair_archs(ckpts, arch)
     from ..analysis.gradcam import run_gradcam
     from ..analysis.labels import percent
     from ..analysis.plots import gradcam_figure
@@ -104,6 +108,7 @@ def gradcam_cli(
         report = run_gradcam(
             images,
             ckpts,
+            archs=archs,
             target_class=target_class,
             layer=layer,
             method=spec.name,

@@ -12,6 +12,7 @@ import typer
 from ..errors import UserError
 from ..render import Format
 from ._analysis import (
+    ArchsOpt,
     BatchSizeOpt,
     CheckpointOpt,
     DataOpt,
@@ -19,6 +20,7 @@ from ._analysis import (
     MaxBatchesOpt,
     check_results_file,
     choose_checkpoints,
+    pair_archs,
     progress_bar,
     progress_factory,
 )
@@ -65,6 +67,7 @@ FigureFormatOpt = Annotated[
 def selectivity_cli(
     stage: StageOpt = "conv3",
     checkpoint: CheckpointOpt = None,
+    arch: ArchsOpt = None,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
     max_batches: MaxBatchesOpt = None,
@@ -97,6 +100,7 @@ def selectivity_cli(
         results = run_selectivity(
             ckpts,
             stage,
+            archs=pair_archs(ckpts, arch),
             data=data,
             data_root=data_root,
             max_batches=max_batches,
@@ -111,8 +115,7 @@ def selectivity_cli(
         out_dir / f"selectivity-{paper_stage}.{figure_format.lower()}",
         kind=plot.value,
     )
-    print(f"wrote {fig_path}", file=sys.stderr)
-    print(f"wrote {csv_path}", file=sys.stderr)
+    print(f"wrote {fig_path}\nwrote {csv_path}", file=sys.stderr)
     render(
         [row for r in results for row in r.summary()],
         fmt,

@@ -9,12 +9,12 @@ import typer
 
 from ..errors import UserError
 from ..render import Format
-from ._util import DeviceOpt, FormatOpt, OutputOpt
+from ._util import WEIGHTS_HELP, DeviceOpt, FormatOpt, ModelArchOpt, OutputOpt
 
 
 def transfer_cli(
     checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", "-c", help="ImageNet-trained checkpoint (afictl train).")
+        Path, typer.Option("--checkpoint", "-c", help=f"ImageNet-trained weights. {WEIGHTS_HELP}")
     ],
     data_root: Annotated[
         Path, typer.Option(help="Folder holding the domains (Art, Clipart, Product, Real World).")
@@ -23,6 +23,7 @@ def transfer_cli(
         str | None, typer.Option(help="Source domain to fine-tune on (name or Ar/Cl/Pr/Rw).")
     ] = None,
     target: Annotated[str | None, typer.Option(help="Target domain to evaluate on.")] = None,
+    arch: ModelArchOpt = None,
     all_pairs_: Annotated[
         bool, typer.Option("--all-pairs", help="All 12 ordered pairs of the four domains.")
     ] = False,
@@ -66,10 +67,10 @@ def transfer_cli(
         "seed": seed,
     }
     pairs = None if all_pairs_ else [(source, target)]
-    _run_pairs(checkpoint, data_root, pairs, run_root, overrides, fmt, output)
+    _run_pairs(checkpoint, data_root, pairs, run_root, overrides, fmt, output, arch=arch)
 
 
-def _run_pairs(checkpoint, data_root, pairs, run_root, overrides, fmt, output) -> None:
+def _run_pairs(checkpoint, data_root, pairs, run_root, overrides, fmt, output, *, arch) -> None:
     """Check everything, fine-tune each pair (``None``: all 12) and print the results."""
     from ..checkpoint import load_checkpoint, validate_checkpoint
     from ..render import check_writable, render
@@ -79,13 +80,18 @@ def _run_pairs(checkpoint, data_root, pairs, run_root, overrides, fmt, output) -
     pairs = all_pairs(data_root) if pairs is None else pairs
     for src, tgt in pairs:  # every pair's domains and classes, before any training
         check_pair(data_root, src, tgt)
-    validate_checkpoint(load_checkpoint(checkpoint), model=True)  # and the checkpoint
+    pre = load_checkpoint(checkpoint, state_dict=True, arch=arch)  # and the checkpoint
+    validate_checkpoint(pre, model=True)
+    if arch is not None and pre["arch"] != arch:
+        raise UserError(f"{pre['path']} holds a {pre['arch']} checkpoint, not {arch}")
     if output is not None:
         check_writable(output)  # before the training, not after it
     results = []
     for i, (src, tgt) in enumerate(pairs, 1):
         typer.echo(f"[{i}/{len(pairs)}] fine-tune on {src}, evaluate on {tgt}", err=True)
-        results.append(transfer_pair(checkpoint, data_root, src, tgt, run_root, overrides))
+        results.append(
+            transfer_pair(checkpoint, data_root, src, tgt, run_root, overrides, arch=arch)
+        )
     if fmt in (Format.json, Format.csv):
         render(results, fmt, output)
     else:

@@ -21,14 +21,12 @@ keep nothing of the join for backward but their input and X(i), and recompute th
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .afi import AFIModule, StageFeatures, integrate
+from .recompute import recomputed
 
 __all__ = ["AFIJoin", "first_conv_width"]
 
@@ -40,28 +38,6 @@ def first_conv_width(full: int, index: int | None) -> int:
 
 def _apply(module: nn.Module | None, x: Tensor) -> Tensor:
     return x if module is None else module(x)
-
-
-def _batch_norm(norm: nn.Module | None, h: Tensor) -> Tensor:
-    """``norm(h)`` recomputed: a training BatchNorm normalises with the batch's statistics
-    again, updating copies of its running statistics (the same operation saves the same
-    tensors, as the checkpoint requires) instead of updating them a second time."""
-    if isinstance(norm, nn.BatchNorm2d) and norm.training and norm.running_mean is not None:
-        mean, var = norm.running_mean.clone(), norm.running_var.clone()
-        return F.batch_norm(h, mean, var, norm.weight, norm.bias, True, 0.0, norm.eps)
-    return _apply(norm, h)
-
-
-class _Recomputing:
-    """Context of a checkpoint's recomputation: ``on`` while it runs."""
-
-    on = False
-
-    def __enter__(self) -> None:
-        self.on = True
-
-    def __exit__(self, *exc: object) -> None:
-        self.on = False
 
 
 class AFIJoin(nn.Module):
@@ -142,23 +118,13 @@ class AFIJoin(nn.Module):
         (keeping x, X(1..i) and the softmax weights, which autograd keeps anyway)."""
         first, norm, act, conv, attn = modules
         weights = None if self.afi is None else self.afi.weights(feats.squeezed[:n])
-        recomputing = _Recomputing()
 
         def join(x: Tensor, weights: Tensor | None, *features: Tensor) -> tuple[Tensor, Tensor]:
-            h = first(x)
-            xi = _apply(act, _batch_norm(norm, h) if recomputing.on else _apply(norm, h))
+            xi = _apply(act, _apply(norm, first(x)))
             r = features[0] if weights is None else integrate(features, weights)
             return self._join(xi, r, conv, attn), xi
 
-        return checkpoint(
-            join,
-            x,
-            weights,
-            *feats.features[:n],
-            use_reentrant=False,
-            preserve_rng_state=False,
-            context_fn=lambda: (nullcontext(), recomputing),
-        )
+        return recomputed(join, x, weights, *feats.features[:n], modules=modules)
 
     def extra_repr(self) -> str:
         extra = ", memory_efficient=True" if self.memory_efficient else ""

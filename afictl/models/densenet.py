@@ -12,6 +12,8 @@ Stages are the dense blocks (conv1..conv3); a block of a stage is one dense laye
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -64,34 +66,39 @@ class DenseNet(Backbone):
         n = (depth - 4) // 3
         self.conv1 = nn.Conv2d(3, stem, 3, padding=1, bias=False)
         channels = stem
-        self.stage_attrs = []
         for k in range(1, 4):
             layers = [DenseLayer(channels + i * growth, growth) for i in range(n)]
-            setattr(self, f"dense{k}", Stage(*layers))
-            self.stage_attrs.append(f"dense{k}")
             channels += n * growth
+            self.add_stage(f"dense{k}", Stage(*layers), channels, 2 ** (k - 1))
             if k < 3:
                 setattr(self, f"trans{k}", Transition(channels, channels))
         self.norm = nn.BatchNorm2d(channels)
         self.num_features = channels
         self.num_classes = num_classes
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = self.new_classifier(num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.fc.bias)
+        if isinstance(self.fc, nn.Linear):
+            nn.init.zeros_(self.fc.bias)
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.conv1(x)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_between(self, index: int, x: Tensor) -> Tensor:
         # Transitions sit between the stages, outside them: a stage's blocks are dense layers.
-        x = self.forward_stem(x)
-        for k, attr in enumerate(self.stage_attrs, start=1):
-            x = getattr(self, attr)(x)
-            if k < len(self.stage_attrs):
-                x = getattr(self, f"trans{k}")(x)
+        return getattr(self, f"trans{index + 1}")(x)
+
+    def forward_post(self, x: Tensor) -> Tensor:
         return F.relu(self.norm(x))
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """As the base's, with each transition in the group of the dense block before it."""
+        if coarse:
+            return {"stem": r"^conv1\.", "blocks": r"^(?:dense|trans)(\d+)\."}
+        # (99999,): timm's MATCH_PREV_GROUP, "same group as the previous one"
+        blocks = [(r"^dense(\d+)\.(\d+)\.", None), (r"^trans(\d+)\.", (99999,))]
+        return {"stem": r"^conv1\.", "blocks": blocks}
 
 
 # --- builders -------------------------------------------------------------------------------

@@ -166,6 +166,9 @@ def mobilenetv2_stages(cifar: bool) -> list[list[tuple[int, int, int, int]]]:
 class MobileNetV2(Backbone):
     """MobileNetV2 / AFI-MobileNetV2 (see the module docstring for stages and variants)."""
 
+    first_conv_path = "stem.0"
+    classifier_path = "classifier.1"  # after the classifier's own dropout
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -190,7 +193,7 @@ class MobileNetV2(Backbone):
         self.memory_efficient = memory_efficient
         self.attn = attn
         self.stem = ConvBNAct(3, _STEM, 3, 1 if cifar else 2, act=act)
-        self.stage_attrs = []
+        stride_so_far = 1 if cifar else 2  # the stem's
         for k, specs in enumerate(stages, start=1):
             on = k in self.afi_stages
             blocks = [
@@ -207,13 +210,14 @@ class MobileNetV2(Backbone):
                 )
                 for i, (inp, oup, s, t) in enumerate(specs, start=1)
             ]
-            setattr(self, f"stage{k}", Stage(*blocks))
-            self.stage_attrs.append(f"stage{k}")
+            for _, _, stride, _ in specs:
+                stride_so_far *= stride
+            self.add_stage(f"stage{k}", Stage(*blocks), specs[-1][1], stride_so_far)
         self.head = ConvBNAct(_CFG[-1][1], _LAST, 1, act=act)
         self.num_features = _LAST
         self.num_classes = num_classes
         p = (0.0 if cifar else 0.2) if dropout is None else dropout
-        self.classifier = nn.Sequential(nn.Dropout(p), nn.Linear(_LAST, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(p), self.new_classifier(num_classes))
         self._init_weights()
         self._tv_keys = self._torchvision_key_map()
         self.register_load_state_dict_pre_hook(_accept_torchvision_keys)
@@ -228,8 +232,9 @@ class MobileNetV2(Backbone):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.classifier[1].weight, 0, 0.01)
-        nn.init.zeros_(self.classifier[1].bias)
+        if isinstance(self.classifier[1], nn.Linear):
+            nn.init.normal_(self.classifier[1].weight, 0, 0.01)
+            nn.init.zeros_(self.classifier[1].bias)
 
     def _torchvision_key_map(self) -> dict[str, str]:
         """torchvision's ``features.N.`` prefixes -> ours (stem, stageK.i, head)."""
@@ -247,17 +252,6 @@ class MobileNetV2(Backbone):
 
     def forward_post(self, x: Tensor) -> Tensor:
         return self.head(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.classifier(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[1] = nn.Linear(self.num_features, num_classes)
-        self.num_classes = num_classes
 
 
 _TV_KEY = re.compile(r"features\.\d+\.")

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UnknownModelError, UserError
+from ..errors import UnknownModelError
+from ._base import ModelOptionError
+from .features import FeatureNet
 
 __all__ = [
     "AFI_OPTIONS",
@@ -26,6 +29,7 @@ __all__ = [
     "create_model",
     "get_model_info",
     "list_models",
+    "pretrained_cfg",
     "register_model",
 ]
 
@@ -150,19 +154,86 @@ def counterpart(name: str) -> str | None:
     return sorted(afi, key=len)[0] if afi else None
 
 
-def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
-    """Build a registered model; ``num_classes`` defaults to its home dataset's.
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    *,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    in_chans: int = 3,
+    drop_rate: float | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model, with its ``pretrained_cfg`` (its eval preprocessing).
 
-    Options other than the registered ones are refused with one line naming those it takes.
+    ``num_classes``: None, the home dataset's; 0, no classifier (the model returns pooled
+    features of size ``num_features``). ``features_only``: a
+    :class:`~afictl.models.features.FeatureNet` returning the feature maps of the stages
+    ``out_indices`` (timm's convention; default all). ``in_chans``: input channels (a fresh
+    first convolution). ``drop_rate``: dropout before the classifier (the family's own
+    ``dropout`` option where it has one). Options other than the registered ones are refused
+    with one line naming those it takes.
     """
     info = get_model_info(name)
+    kwargs = _model_options(info, kwargs, drop_rate)
+    if out_indices is not None and not features_only:
+        raise ModelOptionError(f"out_indices applies to features_only=True models ({name})")
+    num_classes = info.num_classes if num_classes is None else num_classes
+    if num_classes < 0:
+        raise ModelOptionError(f"num_classes must be >= 0 (0: no classifier), got {num_classes}")
+    model = info.builder(num_classes=num_classes, **kwargs)
+    model.arch = name  # type: ignore[assignment]
+    if drop_rate and "dropout" not in info.options:
+        model.drop_rate = drop_rate
+    if in_chans != 3:
+        model.set_in_chans(in_chans)
+    return FeatureNet(model, out_indices) if features_only else model
+
+
+def _model_options(info: ModelInfo, kwargs: dict[str, Any], drop_rate: float | None) -> dict:
+    """The builder's options: the registered ones only; ``drop_rate`` as ``dropout`` where the
+    family has that option."""
     unknown = sorted(set(kwargs) - set(info.options))
     if unknown:
         takes = ", ".join(info.options) if info.options else "no options besides num_classes"
-        raise UserError(f"{name} does not take {', '.join(unknown)}; it takes {takes}")
-    model = info.builder(num_classes=num_classes or info.num_classes, **kwargs)
-    model.arch = name  # type: ignore[assignment]
-    return model
+        raise ModelOptionError(f"{info.name} does not take {', '.join(unknown)}; it takes {takes}")
+    if drop_rate is None:
+        return kwargs
+    if not 0.0 <= drop_rate < 1.0:
+        raise ModelOptionError(f"drop_rate must be in [0, 1), got {drop_rate}")
+    if "dropout" in info.options:
+        if kwargs.get("dropout", drop_rate) != drop_rate:
+            raise ModelOptionError("give drop_rate or dropout, not both with different values")
+        return {**kwargs, "dropout": drop_rate}
+    return kwargs
+
+
+def pretrained_cfg(model: nn.Module) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` of a model made by :func:`create_model`: the input side is
+    afictl's eval pipeline for its home dataset (:func:`~afictl.data.transforms.preprocessing`),
+    the rest the model's (``Backbone.pretrained_cfg`` makes it on first use)."""
+    # imported here: the data package imports torchvision (~1.5 s), which counting does not need
+    from ..data.transforms import preprocessing
+
+    if getattr(model, "arch", None) is None:
+        raise AttributeError("pretrained_cfg: the model was not made by create_model")
+    info = get_model_info(model.arch)
+    cfg = preprocessing(info.home_dataset, info.input_size)
+    if model.in_chans != 3:
+        # afictl has statistics for RGB only: each channel gets the average of the three
+        cfg["input_size"] = (model.in_chans, *cfg["input_size"][1:])
+        for key in ("mean", "std"):
+            cfg[key] = (sum(cfg[key]) / 3,) * model.in_chans
+    pool = info.input_size // model.feature_info[-1]["reduction"]
+    return {
+        "architecture": info.name,
+        **cfg,
+        "fixed_input_size": False,
+        "num_classes": model.num_classes,
+        "pool_size": (pool, pool),
+        "first_conv": model.first_conv_path,
+        "classifier": model.classifier_path,
+    }
 
 
 #: ``torch.nn.init`` functions the families call; ``create_meta_model`` makes them no-ops.

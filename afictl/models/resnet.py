@@ -155,16 +155,15 @@ class ResNet(Backbone):
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(3, stride=2, padding=1)
-        self.stage_attrs = []
+        stride_so_far = 1 if cifar else 4  # the stem's
         for i, (w, n) in enumerate(zip(widths, layers, strict=True), start=1):
-            stage = self._make_stage(
-                block, w, n, stride=1 if i == 1 else 2, afi=i in self.afi_stages
-            )
-            setattr(self, f"layer{i}", stage)
-            self.stage_attrs.append(f"layer{i}")
+            stride = 1 if i == 1 else 2
+            stride_so_far *= stride
+            stage = self._make_stage(block, w, n, stride=stride, afi=i in self.afi_stages)
+            self.add_stage(f"layer{i}", stage, w * block.expansion, stride_so_far)
         self.num_features = widths[-1] * block.expansion
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = self.new_classifier(num_classes)
         self._init_weights()
 
     def _make_stage(self, block, planes: int, blocks: int, stride: int, afi: bool) -> Stage:

@@ -126,7 +126,6 @@ class ShuffleNetV2(Backbone):
         self.conv1 = nn.Conv2d(3, 24, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         self.relu = nn.ReLU(inplace=True)
-        self.stage_attrs = []
         inp = 24
         for k, (w, n) in enumerate(zip(widths, BLOCKS, strict=True), start=1):
             on = k in self.afi_stages
@@ -135,13 +134,12 @@ class ShuffleNetV2(Backbone):
             units += [
                 ShuffleUnit(w, w, 1, afi_index=i if on else None, **kw) for i in range(2, n + 1)
             ]
-            setattr(self, f"layer{k}", Stage(*units))
-            self.stage_attrs.append(f"layer{k}")
+            self.add_stage(f"layer{k}", Stage(*units), w, 2**k)  # each stage opens with stride 2
             inp = w
         self.head = nn.Sequential(*_conv_bn(inp, last, 1), nn.ReLU(inplace=True))
         self.num_features = last
         self.num_classes = num_classes
-        self.fc = nn.Linear(last, num_classes)
+        self.fc = self.new_classifier(num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -82,7 +82,8 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
     _O(
         "pretrained",
         ("--pretrained",),
-        "Initial weights (all but the classifier) from this checkpoint (fine-tuning).",
+        "Initial weights from a checkpoint, plain state dict or .safetensors: every tensor "
+        "that fits; an AFI model adapts its baseline's (docs/EXPORT.md).",
         MODEL,
         "path",
     ),

@@ -114,10 +114,15 @@ def transfer_pair(
     target: str,
     out_dir: Path,
     overrides: dict[str, Any] | None = None,
+    *,
+    arch: str | None = None,
 ) -> TransferResult:
-    """Fine-tune ``checkpoint`` on ``source``, evaluate on ``target`` (resuming if started)."""
+    """Fine-tune ``checkpoint`` on ``source``, evaluate on ``target`` (resuming if started).
+
+    ``checkpoint`` may be a plain state dict or a ``.safetensors`` file of ``arch``."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    pre = validate_checkpoint(load_checkpoint(checkpoint), model=True)  # before any folder is made
+    pre = load_checkpoint(checkpoint, state_dict=True, arch=arch)  # before any folder is made
+    validate_checkpoint(pre, model=True)
     arch = pre["arch"]
     input_size = int((pre.get("config") or {}).get("input_size") or get_model_info(arch).input_size)
     train_ds, eval_ds = _pair_datasets(data_root, source, target, input_size)
