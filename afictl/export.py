@@ -375,6 +375,19 @@ def _temp_file(path: Path, fmt: str) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def staged(path: Path, fmt: str) -> Iterator[tuple[Path, dict[Path, Path]]]:
+    """A temporary file for ``path`` and a dict of companions (target -> its temporary file),
+    every temporary removed on exit: what was published has been renamed away by then."""
+    tmp = _temp_file(path, fmt)
+    companions: dict[Path, Path] = {}
+    try:
+        yield tmp, companions
+    finally:
+        for temp in (tmp, *companions.values()):
+            temp.unlink(missing_ok=True)
+
+
 def write_json_temp(target: Path, data: dict[str, Any]) -> Path:
     """``data`` as JSON in a durable temporary file beside ``target``, to publish over it."""
     tmp = _temp_file(target, "json")
@@ -504,9 +517,7 @@ def export_model(
         export_batch=batch_size,
         rtol=rtol,
     )
-    tmp = _temp_file(path, fmt)
-    companions: dict[Path, Path] = {}  # target -> its temporary file
-    try:
+    with staged(path, fmt) as (tmp, companions):
         _write_export(
             model, tmp, result, opset=opset, channels=channels, seed=seed, metadata=metadata
         )
@@ -518,9 +529,6 @@ def export_model(
                 return result
         publish_all(tmp, path, companions, result)
         return result
-    finally:
-        for temp in (tmp, *companions.values()):
-            temp.unlink(missing_ok=True)
 
 
 def publish_all(tmp: Path, path: Path, companions: dict[Path, Path], result: ExportResult) -> None:

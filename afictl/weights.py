@@ -568,7 +568,7 @@ def export_safetensors(
     compared with the model's tensor by tensor (``verify``: they must be equal), then renamed
     over the targets (the weights first).
     """
-    from .export import ExportResult, _temp_file, publish_all
+    from .export import ExportResult, publish_all, staged
 
     path = Path(path)
     config = config | {"weights": path.name}
@@ -586,11 +586,9 @@ def export_safetensors(
         rtol=0.0,
     )
     start = time.perf_counter()
-    tmp = _temp_file(path, "safetensors")
-    companions: dict[Path, Path] = {}
-    try:
+    with staged(path, "safetensors") as (tmp, companions):
         state = _save_tensors(model, tmp, config)
-        companions = _companions(path, config, checkpoint)
+        companions.update(_companions(path, config, checkpoint))
         result.export_seconds, result.bytes = time.perf_counter() - start, tmp.stat().st_size
         if verify:
             start = time.perf_counter()
@@ -601,6 +599,3 @@ def export_safetensors(
                 return result
         publish_all(tmp, path, companions, result)
         return result
-    finally:
-        for temp in (tmp, *companions.values()):
-            temp.unlink(missing_ok=True)
