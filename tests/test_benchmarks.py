@@ -85,3 +85,34 @@ def test_profile_ops_reports_the_aggregation_only_for_the_afi_model(capsys):
     assert "| `aten::mkldnn_convolution` |" in out and out.splitlines()[-1].startswith(
         "| total profiled |"
     )
+
+
+def test_public_aggregations_equal_the_plain_path_and_restore_it():
+    """The two rejected public-API aggregations of docs/PERFORMANCE.md compute the plain
+    path's numbers (float64), and leave the model's own path in place after timing."""
+    script = load_script(BENCHMARKS / "public_aggregations.py")
+    from afictl.layers import afi as afi_core
+    from afictl.models import Stage
+
+    before = afi_core.integrate, Stage.forward
+    model, x = create_model("afi_resnet20", num_classes=3), torch.randn(2, 3, 16, 16)
+    for name, node in (("function", "_WeightedSumBackward"), ("buffer", "_BufferSumBackward")):
+        assert script.check("afi_resnet20", name) < 1e-12
+        with script.variant(name):
+            assert node in _graph_nodes(model(x).grad_fn)  # the variant is what ran
+    assert not {"_WeightedSumBackward", "_BufferSumBackward"} & _graph_nodes(model(x).grad_fn)
+    medians = script.main(["--arch", "afi_resnet20", "--batch-size", "2", "--repeats", "1"])
+    assert set(medians) == {"baseline", "plain", "function", "buffer"}
+    assert all(v > 0 for v in medians.values())
+    assert (afi_core.integrate, Stage.forward) == before
+
+
+def _graph_nodes(fn) -> set[str]:
+    """Class names of every node of an autograd graph."""
+    seen, todo = set(), [fn]
+    while todo:
+        f = todo.pop()
+        if f is not None and f not in seen:
+            seen.add(f)
+            todo.extend(g for g, _ in f.next_functions)
+    return {type(f).__name__ for f in seen}

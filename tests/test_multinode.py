@@ -192,7 +192,10 @@ def test_a_preempted_node_stops_both_and_resume_is_exact(straight, tmp_path):
         results = _finish(procs)
     codes = [code for code, _, _ in results]
     errs = "".join(err for _, _, err in results)
-    assert codes == [1, 1], errs[-3000:]  # torchrun's code; its workers exited 143
+    # torchrun's code (its workers exited 143); the signalled agent itself sometimes aborts in
+    # C++ while shutting down under load ("terminate called without an active exception",
+    # -6): torch's agent, after afictl's worker has stopped and saved
+    assert codes[0] == 1 and codes[1] in (1, -signal.SIGABRT), errs[-3000:]
     assert "exitcode  : 143" in errs and "interrupted by" in errs
     (report,) = _reports(results)
     assert report["completed"] is False and report["interrupted"] is not None
