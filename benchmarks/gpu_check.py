@@ -233,6 +233,71 @@ def joins_step(plan: Plan) -> tuple[str, str]:
     return f"rel diff {worst:.2g}", f"{plan.afi} outputs and gradients, fp64, <= {tol:g}"
 
 
+#: unit roundoff of each precision: the size of the perturbation whose effect sets the tolerance
+_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+#: how many times the model's own sensitivity a lower precision's outputs may differ from fp64
+#: (measured on the CPU over 8 inputs: fp32 5.5-9.6x, bf16 1.6-2.5x; GPU convolution
+#: algorithms round differently, hence the room)
+_SLACK = 50.0
+
+
+def _precision_step(plan: Plan, dtype: torch.dtype, x64: torch.Tensor, perturb: bool = False):
+    """One training step of the AFI model (seeded weights) in ``dtype`` (fp32: the model and
+    input in fp32; bf16/fp16: autocast, as ``--amp`` trains) or in fp64 with the input
+    perturbed elementwise by +-(the unit roundoff of ``dtype``)."""
+    torch.manual_seed(0)
+    model = create_model(plan.afi, num_classes=10).to(plan.device)
+    target = torch.arange(x64.shape[0], device=x64.device) % 10
+    if dtype == torch.float64:
+        model = model.double()
+        sign = torch.randint(0, 2, x64.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        x = x64 * (1 + _ROUNDOFF[perturb] * sign.to(x64)) if perturb else x64
+        return _step_of(model, x, target)
+    if dtype == torch.float32:
+        return _step_of(model, x64.float(), target)
+    with torch.autocast(plan.device, dtype=dtype):
+        return _step_of(model, x64.float(), target)
+
+
+def _distance(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
+    """Relative distance (norm) of the outputs. Not the gradients: a ReLU whose input rounds
+    to the other side of 0 changes a step's gradients discontinuously (fp32 on the CPU, 3 of
+    8 inputs: 8,000-47,000 x the sensitivity, while the outputs stayed within 10 x)."""
+    a, b = got["output"].double(), want["output"].double()
+    return ((a - b).norm() / b.norm().clamp_min(torch.finfo(torch.float64).tiny)).item()
+
+
+def precision_step(plan: Plan, dtype: torch.dtype) -> tuple[str, str]:
+    """fp32 / bf16 / fp16 against fp64: the outputs of one training step differ from the
+    fp64 step's by at most _SLACK times what the fp64 model itself does when its input moves
+    by the precision's rounding (measured here, in the same run), so that a row fails when the
+    code is wrong, not when the model's conditioning magnifies rounding."""
+    if dtype == torch.float16 and not plan.cuda:
+        raise NotApplicable("the fp16 comparison needs CUDA (afictl trains fp16 on CUDA only)")
+    # 32 px, batch 8: train-mode BatchNorm over maps of 8 x 8 or more (over 2 x 2 maps it
+    # magnifies any rounding a hundredfold, and every precision would pass)
+    size = 32 if plan.tiny else 128
+    noise = torch.Generator().manual_seed(0)
+    x64 = torch.randn(8, 3, size, size, dtype=torch.float64, generator=noise).to(plan.device)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        ref = _precision_step(plan, torch.float64, x64)
+        sensitivity = _distance(_precision_step(plan, torch.float64, x64, perturb=dtype), ref)
+        got = _distance(_precision_step(plan, dtype, x64), ref)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    ratio = got / max(sensitivity, torch.finfo(torch.float64).tiny)
+    name = str(dtype).removeprefix("torch.")
+    detail = (
+        f"outputs {got:.2g} from fp64; the fp64 model's move {sensitivity:.2g} under a "
+        f"{name}-rounding perturbation of the input"
+    )
+    if not ratio <= _SLACK:
+        raise CheckFailed(f"{ratio:.3g} x the model's own sensitivity > {_SLACK:g}: {detail}")
+    return f"{ratio:.2g} x sensitivity", f"{plan.afi}: {detail} (<= {_SLACK:g} x)"
+
+
 def memory_step(plan: Plan) -> tuple[str, str]:
     """``afictl memory`` (Table 6: the AFI model beside its baseline at batch 64): the exact
     account everywhere, and on CUDA the allocator's peaks, which must be there."""
@@ -349,6 +414,10 @@ def steps(plan: Plan) -> list[tuple[str, Callable[[], tuple[str, str]]]]:
     rows += [
         (f"train ema + mixup {plan.afi}", functools.partial(ema_mixup_step, plan)),
         ("afi memory-efficient = stored fp64", functools.partial(joins_step, plan)),
+        *(
+            (f"afi {n} = fp64", functools.partial(precision_step, plan, d))
+            for n, d in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
+        ),
         (f"memory {plan.afi} (Table 6)", functools.partial(memory_step, plan)),
     ]
     for arch in (plan.afi, plan.deep_afi) if not plan.tiny else (plan.afi,):
