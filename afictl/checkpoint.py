@@ -434,16 +434,21 @@ def _check_scheduler_and_scaler(where: str, ckpt: dict[str, Any], scheduler: Any
 
 
 def _check_rng(where: str, ckpt: dict[str, Any]) -> None:
-    """Each process's RNG state restores: tried for real, then the current state put back."""
-    from .train.state import get_rng_state, set_rng_state  # training imports this module
+    """Each process's RNG state restores: the CUDA part checked by type and shape (it cannot be
+    tried where there is no CUDA), the rest tried for real, then the current state put back."""
+    from .train.state import CUDA_KEYS, cuda_state_problem, get_rng_state, set_rng_state
 
     rngs = ckpt.get("rng") or []
     if not isinstance(rngs, list):
         raise CheckpointError(f"{where}: the RNG state must be a list (one per process)")
+    for rank, rng in enumerate(rngs):
+        problem = cuda_state_problem(rng) if isinstance(rng, dict) else None
+        if problem:
+            raise CheckpointError(f"{where}: the CUDA RNG state of process {rank} {problem}")
     before = get_rng_state()
     try:
         for rng in rngs:  # restored exactly as the run will, then put back
-            set_rng_state({k: v for k, v in rng.items() if k != "cuda"})
+            set_rng_state({k: v for k, v in rng.items() if k not in CUDA_KEYS})
     except Exception:
         raise CheckpointError(f"{where}: the RNG state is not one afictl train writes") from None
     finally:

@@ -99,6 +99,11 @@ class AFIFeatures:
         return w
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (inputs go there; results come back to the CPU)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def image_features(
     model: nn.Module, module_name: str, module: AFIModule, x: torch.Tensor
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -108,18 +113,19 @@ def image_features(
     """
     captured: dict[str, Any] = {}
 
+    # .cpu() before .numpy(): the model may be on a GPU (a copy there, a no-op on the CPU)
     def hook(_m, args, out):
-        captured["inputs"] = [t.detach()[0].numpy().copy() for t in args[0]]
-        captured["output"] = out.detach()[0].numpy().copy()
+        captured["inputs"] = [t.detach()[0].cpu().numpy().copy() for t in args[0]]
+        captured["output"] = out.detach()[0].cpu().numpy().copy()
 
     handle = module.register_forward_hook(hook)
     try:
         with torch.no_grad(), record_attention(model) as records:
-            model(x)
+            model(x.to(_device_of(model)))
     finally:
         handle.remove()
-    attention = records[module_name][0][0].numpy()
-    every = {name: rec[0][0].numpy() for name, rec in records.items() if rec}
+    attention = records[module_name][0][0].cpu().numpy()
+    every = {name: rec[0][0].cpu().numpy() for name, rec in records.items() if rec}
     return captured["inputs"], captured["output"], attention, every
 
 
@@ -131,15 +137,16 @@ def dataset_attention(
     progress: Any = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Mean S~ (n, C) of every AFI module over a dataset, and the number of images."""
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] = {}  # on the model's device: no copy per batch
     images = 0
+    device = _device_of(model)
     model.eval()
     with torch.no_grad(), record_attention(model) as records:
         for step, batch in enumerate(batches):
             if max_batches is not None and step >= max_batches:
                 break
             x = batch[0] if isinstance(batch, list | tuple) else batch
-            model(x)
+            model(x.to(device, non_blocking=True))
             images += x.shape[0]
             for name, recs in records.items():
                 for s in recs:
@@ -150,7 +157,7 @@ def dataset_attention(
                 progress()
     if images == 0:
         raise UserError("the dataset is empty: no attention to average")
-    return {n: (s / images).numpy() for n, s in sums.items()}, images
+    return {n: (s / images).cpu().numpy() for n, s in sums.items()}, images
 
 
 def _stage_alpha(

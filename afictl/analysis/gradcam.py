@@ -126,7 +126,8 @@ def grad_cam(
     method: str | CamMethod = "gradcam",
     batch_size: int = CAM_BATCH_SIZE,
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """Heatmaps (B, S, S) in [0, 1] and the logits, for ``targets`` or the predicted classes.
+    """Heatmaps (B, S, S) in [0, 1] and the logits (on the CPU), for ``targets`` or the
+    predicted classes.
 
     ``method`` is a :data:`METHODS` name; FullGrad ignores ``layer`` (it may be None). Score-CAM
     and Ablation-CAM run ``batch_size`` images per forward pass, one image at a time. The model
@@ -166,7 +167,7 @@ def grad_cam(
                     )
                 except IndexError as exc:  # the CAM's __exit__ would print and swallow it
                     raise RuntimeError(f"{spec.title} failed: {exc}") from exc
-                logits.append(cam.outputs.detach())
+                logits.append(cam.outputs.detach().cpu())  # the model may be on a GPU
     finally:
         model.train(training)
     heat = np.concatenate(heats).astype(np.float32)

@@ -100,11 +100,13 @@ def class_means(
 
     def make_hook(i: int):
         def hook(_m, _inp, out):
-            current[i] = out.detach().mean(dim=(2, 3)).double()
+            # to the CPU, where the per-class sums are kept (the model may be on a GPU)
+            current[i] = out.detach().mean(dim=(2, 3)).double().cpu()
 
         return hook
 
     handles = [p.register_forward_hook(make_hook(i)) for i, p in enumerate(probes)]
+    device = next(model.parameters(), torch.empty(0)).device  # inputs go where the model is
     model.eval()
     try:
         with torch.no_grad():
@@ -112,8 +114,8 @@ def class_means(
                 if max_batches is not None and step >= max_batches:
                     break
                 current.clear()
-                model(x)
-                y = torch.as_tensor(y, dtype=torch.long)
+                model(x.to(device, non_blocking=True))
+                y = torch.as_tensor(y, dtype=torch.long).cpu()
                 counts += torch.bincount(y, minlength=num_classes).double()
                 for i in range(len(probes)):
                     act = current[i]

@@ -96,9 +96,10 @@ DeviceOpt = Annotated[
     str,
     typer.Option(
         "--device",
-        metavar="[auto|cpu|cuda]",
+        metavar="[auto|cpu|cuda|cuda:N]",
         callback=_checked("device"),
-        help="auto (cuda when available, else cpu), cpu or cuda.",
+        help="auto (cuda when available, else cpu), cpu, cuda (under torchrun: the GPU of "
+        "LOCAL_RANK, or the one GPU a rank sees) or cuda:N (one process only).",
     ),
 ]
 AmpOpt = Annotated[

@@ -13,7 +13,12 @@
   differ from ``pil`` by about one grey level).
 - ``gpu``: workers only read the bytes; batches are decoded on the GPU by
   ``decode_jpeg(list, device="cuda")`` (nvjpeg) and transformed there (:func:`on_device` with the
-  dataset's ``device_transform``), one image at a time since their sizes differ.
+  dataset's ``device_transform``), one image at a time since their sizes differ. The JPEG
+  bytes go to ``decode_jpeg`` from host memory (it copies what it needs itself). JPEGs nvjpeg
+  may refuse are screened in the worker from their header alone (:func:`gpu_decodable`: CMYK
+  and YCCK, RGB-coded, 12-bit, arithmetic-coded or lossless; ImageNet's train set holds about
+  20 CMYK files) and decoded there on the CPU, as other formats are, so one such file does not
+  stop the run; a file that fails that decode is handled by ``--bad-images`` like any other.
 - ``auto``: :data:`AUTO_DECODE`, the fastest CPU choice measured by
   benchmarks/input_pipeline.py (docs/PERFORMANCE.md, "Input pipeline").
 
@@ -36,6 +41,7 @@ from .errors import CorruptImageError
 __all__ = [
     "AUTO_DECODE",
     "DECODE_CHOICES",
+    "gpu_decodable",
     "is_encoded",
     "is_raw",
     "make_loader_fn",
@@ -97,8 +103,50 @@ def torchvision_load(path: str) -> torch.Tensor:
     return _tensor_from_bytes(read_file(path))
 
 
+#: Start-of-frame markers nvjpeg decodes: baseline, extended and progressive Huffman coding.
+_NVJPEG_SOF = (0xC0, 0xC1, 0xC2)
+#: Markers that are not frame headers although in the SOF range: DHT, JPG, DAC.
+_NOT_SOF = (0xC4, 0xC8, 0xCC)
+
+
+def gpu_decodable(data: bytes | memoryview) -> bool:
+    """Whether nvjpeg takes this JPEG: 8-bit Huffman-coded, gray or YCbCr.
+
+    Read from the markers before the first scan, no pixel decoded: the frame header's
+    precision and component count, and the Adobe APP14 colour transform (0 on 3 components:
+    RGB-coded; 4 components: CMYK, or YCCK with transform 2). False for anything else,
+    malformed headers included (the CPU decoder then names the fault).
+    """
+    i, frame, adobe = 2, None, None
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        seg = data[i + 4 : i + 2 + length]
+        if marker == 0xDA:  # start of scan: the header is over
+            break
+        if marker == 0xEE and len(seg) >= 12 and bytes(seg[:5]) == b"Adobe":
+            adobe = seg[11]
+        elif 0xC0 <= marker <= 0xCF and marker not in _NOT_SOF:
+            if marker not in _NVJPEG_SOF or len(seg) < 6:
+                return False
+            frame = (seg[0], seg[5])  # (precision, components)
+        i += 2 + length
+    if frame is None or frame[0] != 8:
+        return False
+    return frame[1] == 1 or (frame[1] == 3 and adobe != 0)
+
+
 def encoded_load(path: str) -> torch.Tensor:
-    """A JPEG's bytes (1-D uint8, decoded later on the device); other formats decoded here.
+    """A JPEG's bytes (1-D uint8, decoded later on the device); other formats, and JPEGs
+    nvjpeg may refuse (:func:`gpu_decodable`), decoded here as uint8 (3, H, W).
 
     The header is parsed here (cheap, no pixel is decoded) so that a file that is no image at
     all is caught in the worker, where the dataset can mark and skip it."""
@@ -107,9 +155,12 @@ def encoded_load(path: str) -> torch.Tensor:
     data = read_file(path).clone()
     if bytes(data[:3].tolist()) != _JPEG:
         return _tensor_from_bytes(data)
-    with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+    raw = data.numpy().tobytes()
+    with Image.open(io.BytesIO(raw)) as img:
         if img.format != "JPEG":
             raise OSError("not a JPEG file")
+    if not gpu_decodable(raw):
+        return _tensor_from_bytes(data)  # libjpeg-turbo converts CMYK/YCCK to RGB
     return data
 
 
@@ -159,7 +210,8 @@ def on_device(
         return images.to(device, non_blocking=True)
     device = torch.device(device)
     encoded = [i for i, x in enumerate(images) if is_encoded(x)]
-    decoded: list[torch.Tensor] = [x.to(device, non_blocking=True) for x in images]
+    # JPEG bytes stay on the host: decode_jpeg takes CPU data for any device
+    decoded = [x if is_encoded(x) else x.to(device, non_blocking=True) for x in images]
     if encoded:
         try:
             out = decode_jpeg([images[i] for i in encoded], mode=ImageReadMode.RGB, device=device)

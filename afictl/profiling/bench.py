@@ -10,7 +10,10 @@ Timing two models on a shared machine is noisy; what makes the comparison fair:
 - **medians** of ``repeats`` repeats, each of ``iters`` steps; images/second = batch x iters /
   median time;
 - the same settings for both models: device, dtype (AMP), memory format, compilation, threads,
-  and the allocator configuration (see :func:`configure_allocator`).
+  and the allocator configuration (see :func:`configure_allocator`);
+- training's cuDNN settings (:func:`afictl.train.state.deterministic_mode` off: autotuning on),
+  so that a convolution runs the kernels it runs in ``afictl train``; each row says which
+  (``cudnn_benchmark``).
 
 A training step is zero_grad + forward + cross-entropy + backward + SGD (momentum 0.9) step;
 inference is one forward in eval mode under ``torch.inference_mode``.
@@ -37,6 +40,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import counterpart, create_model, get_model_info
+from ..train.state import deterministic_mode  # training's cuDNN settings, declared once
 from .memory import resolve_device  # the same --device rules in memory and bench
 
 __all__ = ["AMP_CHOICES", "BenchRow", "bench", "configure_allocator", "pair_of", "resolve_device"]
@@ -102,6 +106,7 @@ class BenchRow:
     baseline_warmup_seconds: float
     timer: str
     torch_version: str
+    cudnn_benchmark: bool  # cuDNN autotuning, as in training (no effect on CPU)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -325,17 +330,19 @@ def bench(
     settings |= dict(compile=compile, memory_efficient=memory_efficient)
     settings |= dict(allocator=allocator, timer=timer)
     rows = []
-    for names in pairs:
-        rows += _bench_pair(
-            names,
-            input_size=input_size,
-            num_classes=num_classes,
-            seed=seed,
-            modes=modes,
-            clock=clock,
-            progress=progress,
-            settings=settings,
-        )
+    with deterministic_mode(False):  # what afictl train runs under without --deterministic
+        settings["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        for names in pairs:
+            rows += _bench_pair(
+                names,
+                input_size=input_size,
+                num_classes=num_classes,
+                seed=seed,
+                modes=modes,
+                clock=clock,
+                progress=progress,
+                settings=settings,
+            )
     return rows
 
 

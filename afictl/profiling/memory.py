@@ -9,7 +9,10 @@ Three measurements, each answering a different question:
   excluded) = ``train_bytes``; parameters plus the peak of live tensors during one no-grad
   forward (the input included) = ``infer_bytes``. Independent of allocators and devices.
 - **CUDA peaks** (``device="cuda"``): ``torch.cuda.max_memory_allocated`` around one training
-  step (SGD with momentum, after one warm-up step) and around one no-grad forward.
+  step (SGD with momentum, after one warm-up step) and around one no-grad forward (after a
+  warm-up one, which autotunes), under training's cuDNN settings (autotuning on: the peaks
+  include the workspaces of the kernels ``afictl train`` runs); each row says which
+  (``cudnn_benchmark``).
 - **resident memory** (``rss=True``): in a fresh Python process that builds the model and the
   input, how far the resident set grows above that during one training step (or one forward):
   the peak (``VmHWM``, reset through ``/proc/self/clear_refs`` first) minus the RSS before the
@@ -29,7 +32,7 @@ import sys
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -41,6 +44,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import UserError
 from ..models import create_meta_model, create_model, get_model_info
+from ..train.state import deterministic_mode  # training's cuDNN settings, declared once
 
 __all__ = [
     "MemoryAccount",
@@ -226,7 +230,8 @@ def cuda_peaks(
     memory_efficient: bool = False,
     **model_kwargs,
 ) -> tuple[int, int]:
-    """``torch.cuda.max_memory_allocated`` of one training step and of one no-grad forward."""
+    """``torch.cuda.max_memory_allocated`` of one training step and of one no-grad forward,
+    under the caller's cuDNN settings (:func:`memory_report`: training's)."""
     if not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     info = get_model_info(arch)
@@ -236,6 +241,8 @@ def cuda_peaks(
     x = torch.randn(batch_size, 3, size, size, device="cuda")
     target = torch.randint(0, model.num_classes, (batch_size,), device="cuda")
     model.eval()
+    with torch.no_grad():
+        model(x)  # warm-up: cuDNN autotuning tries (and frees) workspaces on a first call
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
@@ -361,6 +368,7 @@ class MemoryRow:
     baseline_rss_train_bytes: int | None = None
     rss_infer_bytes: int | None = None
     baseline_rss_infer_bytes: int | None = None
+    cudnn_benchmark: bool | None = None  # cuDNN autotuning while measuring, as in training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -457,20 +465,25 @@ def memory_report(
         get_model_info(arch)
     common = dict(input_size=input_size, num_classes=num_classes)
     rows = []
-    for arch in archs:
-        info = get_model_info(arch)
-        efficient = memory_efficient and info.is_afi
-        base_name = info.baseline if info.is_afi else None
-        measured = {}
-        for name, eff in [(arch, efficient)] + ([(base_name, False)] if base_name else []):
-            measured[name] = _measure(
-                name, batch_size, efficient=eff, device=device, rss=rss, common=common
+    # training's cuDNN settings (autotuning on unless --deterministic): the CUDA peaks then
+    # include the workspaces of the kernels training picks
+    with deterministic_mode(False):
+        cudnn_benchmark = torch.backends.cudnn.benchmark
+        for arch in archs:
+            info = get_model_info(arch)
+            efficient = memory_efficient and info.is_afi
+            base_name = info.baseline if info.is_afi else None
+            measured = {}
+            for name, eff in [(arch, efficient)] + ([(base_name, False)] if base_name else []):
+                measured[name] = _measure(
+                    name, batch_size, efficient=eff, device=device, rss=rss, common=common
+                )
+                if progress is not None:
+                    progress()
+            row = _row(
+                arch, base_name, measured, batch_size=batch_size, device=device, eff=efficient
             )
-            if progress is not None:
-                progress()
-        rows.append(
-            _row(arch, base_name, measured, batch_size=batch_size, device=device, eff=efficient)
-        )
+            rows.append(replace(row, cudnn_benchmark=cudnn_benchmark))
     return rows
 
 

@@ -24,7 +24,7 @@ from .config import TrainConfig, default_workers
 from .engine import TrainParts, optimizer_steps_per_epoch
 from .optim import build_optimizer, build_scheduler
 from .pretrained import load_pretrained
-from .state import seed_all, set_rng_state
+from .state import DeviceLayoutError, seed_all, set_rng_state
 
 __all__ = ["build_datasets", "build_model", "build_parts", "runtime_config"]
 
@@ -140,7 +140,8 @@ def build_parts(
         scaler=scaler,
         ema=ema,
         mixer=mixer,
-        device_transform=getattr(datasets[0], "device_transform", None),
+        train_device_transform=getattr(datasets[0], "device_transform", None),
+        eval_device_transform=getattr(datasets[1], "device_transform", None),
         batches_per_epoch=batches,
     )
     if resume is not None:
@@ -174,8 +175,24 @@ def _restore(parts: TrainParts, ckpt: TrainCheckpoint) -> None:
 def _seed_rngs(cfg: TrainConfig, ctx: D.DistContext, resume: TrainCheckpoint | None) -> None:
     if resume is not None:
         if len(resume.rng) == ctx.world:
-            set_rng_state(resume.rng[ctx.rank])
+            _restore_rng(resume.rng[ctx.rank], ctx)
         else:  # resumed on another number of processes: fresh, distinct streams
             seed_all(cfg.seed + 1000 * ctx.rank + resume.epoch)
     elif ctx.rank:
         seed_all(cfg.seed + 1000 * ctx.rank)  # distinct augmentation per rank
+
+
+def _restore_rng(state: dict, ctx: D.DistContext) -> None:
+    """This rank's saved RNG states; the CUDA one onto this rank's device. A rank whose device
+    has no saved state (an old checkpoint, another layout) fails, and so does every rank with
+    it: the others would wait for it forever at the next collective."""
+    problem = None
+    try:
+        set_rng_state(state, ctx.device)
+    except DeviceLayoutError as exc:
+        problem = exc
+    if D.any_rank(problem is not None, ctx.device):
+        raise problem or DeviceLayoutError(
+            "another process found no CUDA RNG state for its GPU in the checkpoint: the device "
+            "layout changed; resume with the GPUs each process saw when it was written"
+        )

@@ -7,6 +7,7 @@ Backends: NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "cleanup",
+    "pick_device",
     "setup",
     "sync_buffers",
 ]
@@ -43,19 +45,51 @@ class DistContext:
         return self.world > 1
 
 
-def pick_device(device: str, local_rank: int = 0) -> torch.device:
-    """``cpu``, ``cuda`` (``cuda:<local rank>`` under torchrun) or ``auto`` (CUDA when present)."""
+def pick_device(device: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The device of this process (``cpu``, ``cuda``, ``cuda:N`` or ``auto``: CUDA when present),
+    made CUDA's current device (``torch.cuda.set_device``) when it is one.
+
+    ``cuda`` follows torchrun's and SLURM's conventions: ``local_rank`` indexes the visible
+    devices when there are enough, and a process that sees one device (a scheduler giving each
+    rank one GPU, e.g. SLURM ``--gpus-per-task=1``) takes it. ``cuda:N`` is for one process:
+    under torchrun (``world`` > 1) it would put every rank on the same GPU, a one-line error.
+    """
+    device = device.lower()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
+    if device == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but torch sees no CUDA device; use cpu")
+    dev = _cuda_device(device, local_rank, world, torch.cuda.device_count())
+    # Always, not only under DDP: pinned-memory copies, NCCL and the caching allocator act on
+    # the current device, which stays cuda:0 unless set.
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def _cuda_device(device: str, local_rank: int, world: int, count: int) -> torch.device:
+    """The CUDA device ``device`` (``cuda`` or ``cuda:N``) means for this rank."""
+    if device != "cuda":
+        index = int(device.partition(":")[2])
+        if world > 1:
             raise UserError(
-                "--device cuda asked for, but torch sees no CUDA device; use --device cpu"
+                f"--device {device} under torchrun would put all {world} ranks on one GPU; "
+                "use --device cuda (each rank takes cuda:LOCAL_RANK)"
             )
-        return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
-    if device != "cpu":
-        raise UserError(f"unknown device {device!r}; use cpu, cuda or auto")
-    return torch.device("cpu")
+        if index >= count:
+            raise UserError(f"--device {device}: torch sees {count} CUDA device(s)")
+        return torch.device("cuda", index)
+    if local_rank < count:
+        return torch.device("cuda", local_rank)
+    if count == 1:  # one GPU made visible to this rank alone (CUDA_VISIBLE_DEVICES per task)
+        return torch.device("cuda", 0)
+    raise UserError(
+        f"LOCAL_RANK {local_rank} but this process sees {count} CUDA devices; start at most "
+        f"{count} processes per node, or give each one GPU"
+    )
 
 
 def setup(device: str = "auto") -> DistContext:
@@ -63,10 +97,8 @@ def setup(device: str = "auto") -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device, local_rank)
+    dev = pick_device(device, local_rank, world)  # sets the current CUDA device, before NCCL
     if world > 1 and not dist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
     return DistContext(rank, world, local_rank, dev)
 

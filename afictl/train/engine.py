@@ -62,7 +62,9 @@ class TrainParts:
     scaler: torch.amp.GradScaler
     ema: Any | None = None  # afictl.train.ema.ModelEma with --model-ema
     mixer: Callable | None = None  # (images, labels) -> (images, soft targets) with mixup/cutmix
-    device_transform: Callable | None = None  # --decode gpu: transforms applied on the GPU
+    # --decode gpu: each split's transforms, applied on the GPU (augmentation: train only)
+    train_device_transform: Callable | None = None
+    eval_device_transform: Callable | None = None
     batches_per_epoch: int = 0  # of the whole epoch (the loader's length without a resume skip)
 
     @property
@@ -177,16 +179,30 @@ def _forward_backward(parts: TrainParts, cfg, x, y, divide: int, sync: bool):
     return loss, logits, labels
 
 
-def optimizer_step(parts: TrainParts, cfg) -> None:
-    """Clip (after unscaling), step, update the scaler, the schedule and the EMA."""
+def optimizer_step(parts: TrainParts, cfg) -> bool:
+    """Clip (after unscaling), step, update the scaler, the schedule and the EMA; returns
+    whether the optimizer stepped.
+
+    Under ``--amp fp16`` the scaler skips the step when a gradient is inf/NaN (common in the
+    first steps, at scale 65536) and halves its scale: the schedule and the EMA then stay where
+    they are, so the learning rate follows the steps actually taken (and torch does not warn
+    that the scheduler stepped before the optimizer).
+    """
+    scaler = parts.scaler
     if cfg.clip_grad:
-        parts.scaler.unscale_(parts.optimizer)
+        scaler.unscale_(parts.optimizer)
         torch.nn.utils.clip_grad_norm_(parts.module.parameters(), cfg.clip_grad)
-    parts.scaler.step(parts.optimizer)
-    parts.scaler.update()
+    # A skipped step is seen the public way: update() lowers the scale exactly then (backoff
+    # factor < 1). Read only when enabled: scaler.step() syncs for found-inf anyway then.
+    before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(parts.optimizer)
+    scaler.update()
+    if before is not None and scaler.get_scale() < before:
+        return False
     parts.scheduler.step()
     if parts.ema is not None:
         parts.ema.update(parts.module)
+    return True
 
 
 class _Running:
@@ -251,7 +267,7 @@ def train_epoch(
         if not _empty(batch):
             if not pending:
                 parts.optimizer.zero_grad(set_to_none=True)
-            x, y = _to_device(batch, ctx.device, cfg.channels_last, parts.device_transform)
+            x, y = _to_device(batch, ctx.device, cfg.channels_last, parts.train_device_transform)
             div = group_size(step, total, accum)
             run.add(*_forward_backward(parts, cfg, x, y, div, boundary))
             pending = True

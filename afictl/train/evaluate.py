@@ -58,6 +58,21 @@ def _dataset(ckpt: dict, data: str | None, opts: dict, data_root: Any, download:
     return data, dataset
 
 
+#: What evaluation reads of a checkpoint besides the model's weights (small metadata).
+_KEPT = ("arch", "path", "epoch", "num_classes", "config", "input_size", "class_names")
+
+
+def _model_on(checkpoint: str | Path, arch: str | None, dev: Any) -> tuple[Any, dict]:
+    """The checkpoint's model on ``dev`` and its metadata; the rest is dropped.
+
+    Loaded on the CPU: mapping the file onto the GPU would put the optimizer state and the EMA
+    weights there too, held as long as the checkpoint dict lives; only the model is moved.
+    """
+    model, ckpt = model_from_checkpoint(checkpoint, arch=arch, map_location="cpu")
+    model.to(dev)
+    return model, {k: ckpt[k] for k in _KEPT if k in ckpt}
+
+
 def _result(ckpt: dict, data: str, split: str, sums: Any) -> dict[str, Any]:
     def r(x: float) -> float | None:
         return None if math.isnan(x) else round(x, 4)
@@ -111,7 +126,7 @@ def evaluate_checkpoint(
         )
     )
     dev = pick_device(opts["device"])
-    model, ckpt = model_from_checkpoint(checkpoint, arch=arch, map_location=dev)
+    model, ckpt = _model_on(checkpoint, arch, dev)
     data, dataset = _dataset(ckpt, data, opts, data_root, download)
     workers = opts["workers"]
     loader = make_loader(

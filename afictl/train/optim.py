@@ -9,7 +9,9 @@ parameter, the lr divided by 10 at milestones.
 The schedule is a function of the iteration, so it is exact at any point of an epoch (a run
 resumed mid-epoch gets the same learning rate it would have had) and a warm-up can last a
 fraction of an epoch. The scheduler is a ``LambdaLR`` over a closure: its ``state_dict`` holds
-only the step count and the lrs, and a resumed run continues the same sequence.
+only the step count and the lrs, and a resumed run continues the same sequence. The count is of
+optimizer steps taken: under ``--amp fp16`` a step the GradScaler skips (inf/NaN gradients) is
+not counted (afictl/train/engine.py), so such a run ends its schedule that many steps short.
 """
 
 from __future__ import annotations

@@ -390,7 +390,8 @@ class _Run:
 
     def save_interrupted(self, out: EpochOutcome) -> None:
         """last.pt in the middle of an epoch (every rank's RNG and running sums)."""
-        rngs, sums = _gather(self.ctx, get_rng_state()), _gather(self.ctx, out.sums.as_list())
+        rngs = _gather(self.ctx, get_rng_state(self.ctx.device))
+        sums = _gather(self.ctx, out.sums.as_list())
         if self.ctx.is_main:
             data = self.checkpoint(out.steps, sums, out.seconds, rngs)
             save_checkpoint(self.run_dir / "last.pt", data.to_dict())
@@ -422,7 +423,7 @@ class _Run:
                 progress=self.progress,
                 bad_images=cfg.bad_images,
                 warn=self.log,
-                device_transform=parts.device_transform,
+                device_transform=parts.eval_device_transform,  # not the train augmentation
             )
             row |= {
                 f"eval_loss{suffix}": ev.mean_loss(),
@@ -460,7 +461,7 @@ class _Run:
         self.log(self.summary(row, improved))
 
     def save_epoch(self, row: dict, score: float, improved: bool) -> None:
-        rngs = _gather(self.ctx, get_rng_state())
+        rngs = _gather(self.ctx, get_rng_state(self.ctx.device))
         if self.ctx.is_main:
             world = self.ctx.world
             data = self.checkpoint(0, [Sums().as_list()] * world, 0.0, rngs)

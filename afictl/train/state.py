@@ -1,7 +1,10 @@
 """Seeding, RNG state capture/restore, and the stop flag set by SIGINT/SIGTERM.
 
 RNG states are stored as tensors and plain ints so that checkpoints load with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. Each process saves the CUDA generator of its own device only
+(``cuda``: one state, ``cuda_device``: that device's index) and restores it onto its own
+device, whatever the node's layout at resume; checkpoints written before hold every visible
+device's state (a list): the entry of the process's device is taken.
 """
 
 from __future__ import annotations
@@ -17,8 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint import CheckpointError
+
 __all__ = [
+    "CUDA_KEYS",
+    "DeviceLayoutError",
     "StopFlag",
+    "cuda_state_problem",
     "cpu_threads",
     "deterministic_mode",
     "get_rng_state",
@@ -104,8 +112,28 @@ def cpu_threads(requested: int | None, auto: bool) -> Iterator[str]:
         torch.set_num_threads(before)
 
 
-def get_rng_state() -> dict[str, Any]:
-    """Every RNG the loop draws from, as tensors and plain types."""
+#: The keys of a process's RNG state that hold its CUDA generator (absent without CUDA).
+CUDA_KEYS = ("cuda", "cuda_device")
+#: Sizes of the byte tensor torch's CUDA generator gets and sets: seed and offset, 8 bytes each,
+#: or the seed alone (what ``set_rng_state`` accepts besides); other sizes would fail there.
+_CUDA_STATE_BYTES = (16, 8)
+
+
+class DeviceLayoutError(CheckpointError):
+    """The checkpoint holds no CUDA RNG state for this process's device (the GPUs visible to
+    each process changed since it was written): one line, exit 2."""
+
+
+def _own_cuda_index(device: torch.device | None) -> int:
+    """The CUDA device this process draws from: the run's device, else the current one."""
+    if device is not None and device.type == "cuda" and device.index is not None:
+        return device.index
+    return torch.cuda.current_device()
+
+
+def get_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG the loop draws from, as tensors and plain types; of the CUDA generators only
+    that of ``device`` (the run's; the current CUDA device when it is None or the CPU)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": list(random.getstate()[1]),
@@ -117,19 +145,65 @@ def get_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        index = _own_cuda_index(device)
+        state["cuda"] = torch.cuda.get_rng_state(index)
+        state["cuda_device"] = index
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` captured."""
+def _cuda_state_for(state: dict[str, Any], index: int) -> torch.Tensor:
+    """The saved CUDA generator state that device ``index`` continues."""
+    saved = state["cuda"]
+    if isinstance(saved, torch.Tensor):  # the process's own stream, whichever device it was on
+        return saved.cpu()
+    if index < len(saved):  # written before: every visible device's state, this one's by index
+        return saved[index].cpu()
+    raise DeviceLayoutError(
+        f"the checkpoint's CUDA RNG states are of {len(saved)} GPU(s) per process (written by "
+        f"an older afictl) and none is of this process's GPU cuda:{index} "
+        f"({torch.cuda.device_count()} visible): the device layout changed; resume with the "
+        "GPUs each process saw when it was written (CUDA_VISIBLE_DEVICES)"
+    )
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`get_rng_state` captured; the CUDA generator onto ``device`` (as
+    :func:`get_rng_state` picks it). Raises :class:`DeviceLayoutError` for an old checkpoint
+    without a state of that device."""
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     has_gauss, gauss = state["numpy_gauss"]
     keys = state["numpy"].numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, state["numpy_pos"], int(has_gauss), float(gauss)))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        index = _own_cuda_index(device)
+        torch.cuda.set_rng_state(_cuda_state_for(state, index), index)
+
+
+def _is_cuda_state(value: Any) -> bool:
+    return (
+        isinstance(value, torch.Tensor)
+        and value.dtype == torch.uint8
+        and value.dim() == 1
+        and value.numel() in _CUDA_STATE_BYTES
+    )
+
+
+def cuda_state_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the CUDA part of a saved RNG state (None: nothing, or no CUDA part):
+    checked before a resume, since it cannot be tried on a machine without CUDA."""
+    if "cuda" not in state:
+        return None if "cuda_device" not in state else "has a device index but no state"
+    saved = state["cuda"]
+    if isinstance(saved, list):  # written before: one per visible device
+        ok = bool(saved) and all(map(_is_cuda_state, saved)) and "cuda_device" not in state
+        return None if ok else "is not a list of CUDA generator states"
+    if not _is_cuda_state(saved):
+        return "is not a CUDA generator state (a byte tensor of 8 or 16 bytes)"
+    index = state.get("cuda_device")
+    if type(index) is not int or index < 0:
+        return "has no device index (cuda_device, a non-negative integer)"
+    return None
 
 
 class StopFlag:
