@@ -23,7 +23,9 @@
   convolution scaled by 1.001 (6e-4 to 1e-3; resnet20, densenet40, mobilenet_v2).
 - Atomic: the exporter writes a temporary file in the target folder, which is verified there
   and only then renamed over the target (``os.replace``); an export or a verification that
-  fails leaves the target as it was and no temporary file behind.
+  fails leaves the target as it was and no temporary file behind. Every file is serialised in
+  memory and written with plain Python I/O; a full disk or quota (ENOSPC, EDQUOT anywhere in
+  the error's chain) is :class:`DiskFullError`, one line naming the folder.
 - Metadata: what the file's model is and how to feed it (:func:`afictl.weights.model_config`:
   arch, classes, model options, preprocessing, class names, afictl version). ONNX holds it in
   ``metadata_props`` (``afictl.arch``, ``afictl.preprocessing`` as JSON, ...), written into the
@@ -37,6 +39,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -59,6 +62,7 @@ from .errors import UserError
 __all__ = [
     "DEFAULT_OPSET",
     "DEFAULT_RTOL",
+    "DiskFullError",
     "EXPORT_FORMATS",
     "ExportError",
     "ExportResult",
@@ -70,6 +74,7 @@ __all__ = [
     "pt2_metadata_path",
     "tolerance",
     "verify_file",
+    "write_bytes",
     "write_json_temp",
 ]
 
@@ -92,6 +97,46 @@ class ExportError(UserError):
 
 class MissingExtraError(UserError):
     """An optional dependency of ``afictl[export]`` is not installed."""
+
+
+class DiskFullError(ExportError):
+    """The target folder's disk (or the user's quota) is full: one line naming the folder."""
+
+
+#: The OS errors that mean "no room left": a full disk and an exhausted quota.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full_error(exc: BaseException) -> OSError | None:
+    """The ``OSError`` with errno ENOSPC or EDQUOT in ``exc``'s chain (causes and contexts),
+    or None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def full_disk(folder: Path, exc: OSError) -> DiskFullError:
+    """The one-line error for a write into ``folder`` that found no room."""
+    reason = exc.strerror or os.strerror(exc.errno or errno.ENOSPC)
+    return DiskFullError(
+        f"cannot write to {folder}: the disk is full ({reason}); the folder is as it was"
+    )
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` with plain Python I/O, durably (written, flushed, fsynced)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @dataclass
@@ -221,6 +266,28 @@ def _dynamo_onnx() -> bool:
     return (major, minor) >= (2, 9)
 
 
+def _onnx_proto(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> Any:
+    """The exported ``onnx.ModelProto``: kept in memory by the torch.export-based exporter; the
+    TorchScript one (older torch) writes ``path`` and it is read back."""
+    common: dict[str, Any] = {
+        "opset_version": opset,
+        "input_names": [_INPUT_NAME],
+        "output_names": [_OUTPUT_NAME],
+        "verbose": False,
+    }
+    with _quiet():
+        if _dynamo_onnx():
+            program = torch.onnx.export(
+                model, (example,), None, dynamo=True, dynamic_shapes=_dynamic_batch(), **common
+            )
+            return program.model_proto
+        axes = {_INPUT_NAME: {0: "batch"}, _OUTPUT_NAME: {0: "batch"}}
+        torch.onnx.export(model, (example,), str(path), dynamo=False, dynamic_axes=axes, **common)
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
 def _export_onnx(
     model: nn.Module,
     example: torch.Tensor,
@@ -229,44 +296,29 @@ def _export_onnx(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """The ONNX file at ``path``, of the opset asked for, with ``metadata`` in its
-    ``metadata_props`` (before verification: what is verified is what is published)."""
-    with _quiet():
-        if _dynamo_onnx():
-            kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": _dynamic_batch()}
-            kwargs["external_data"] = False
-        else:
-            axes = {_INPUT_NAME: {0: "batch"}, _OUTPUT_NAME: {0: "batch"}}
-            kwargs = {"dynamo": False, "dynamic_axes": axes}
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            opset_version=opset,
-            input_names=[_INPUT_NAME],
-            output_names=[_OUTPUT_NAME],
-            verbose=False,
-            **kwargs,
-        )
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
+    ``metadata_props`` (before verification: what is verified is what is published). The
+    proto is serialised in memory and written with plain Python I/O."""
+    proto = _onnx_proto(model, example, path, opset)
     written = {o.domain: o.version for o in proto.opset_import}
     if written.get("", written.get("ai.onnx")) != opset:
         raise ExportError(
             f"the exporter wrote opset {written.get('')} instead of {opset}: "
             f"use --opset {DEFAULT_OPSET} or later"
         )
-    if metadata:
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, str(path))
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    write_bytes(path, proto.SerializeToString())
 
 
 def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """The ``.pt2`` program at ``path``: saved into memory, then written with plain Python I/O
+    (a zip writer on the file itself could not finish on a full disk and abort the process)."""
+    buffer = io.BytesIO()
     with _quiet():
         program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
-        torch.export.save(program, str(path))
+        torch.export.save(program, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def _runner(path: Path, format: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
@@ -378,23 +430,35 @@ def _temp_file(path: Path, fmt: str) -> Path:
 @contextlib.contextmanager
 def staged(path: Path, fmt: str) -> Iterator[tuple[Path, dict[Path, Path]]]:
     """A temporary file for ``path`` and a dict of companions (target -> its temporary file),
-    every temporary removed on exit: what was published has been renamed away by then."""
-    tmp = _temp_file(path, fmt)
+    every temporary removed on exit: what was published has been renamed away by then.
+
+    A full disk (ENOSPC or EDQUOT anywhere in the error's chain) becomes :class:`DiskFullError`,
+    one line naming the folder.
+    """
+    tmp: Path | None = None
     companions: dict[Path, Path] = {}
     try:
+        tmp = _temp_file(path, fmt)
         yield tmp, companions
+    except Exception as exc:
+        full = disk_full_error(exc)
+        if full is None:
+            raise
+        raise full_disk(path.parent, full) from exc
     finally:
         for temp in (tmp, *companions.values()):
-            temp.unlink(missing_ok=True)
+            if temp is not None:
+                temp.unlink(missing_ok=True)
 
 
 def write_json_temp(target: Path, data: dict[str, Any]) -> Path:
     """``data`` as JSON in a durable temporary file beside ``target``, to publish over it."""
     tmp = _temp_file(target, "json")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        write_bytes(tmp, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,24 @@ __all__ = [
     "BAD_IMAGES_CHOICES",
     "BEST_OF_CHOICES",
     "DECODE_CHOICES",
+    "EXPORT_MAX_BATCH",
     "INPUT_SIZE_RANGE",
+    "LR_MAX",
     "LR_SCHEDULES",
+    "MIX_ALPHA_RANGE",
+    "NUMERIC_BOUNDS",
     "OPTIMIZERS",
     "OPTION_CHECKS",
+    "RECIPE_NAMES",
+    "SEED_MAX",
+    "THREADS_MAX",
+    "Bound",
+    "BENCH_BATCH",
+    "EXPORT_BATCH",
+    "EXPORT_TOLERANCE",
     "check_option",
     "check_options",
+    "check_value",
     "check_stages_of",
 ]
 
@@ -43,7 +56,24 @@ AA_FIXED = ("trivial", "autoaugment", "autoaugment-imagenet", "autoaugment-cifar
 _AA_RAND = re.compile(r"rand(-m\d+(\.\d+)?|-n\d+|-mstd\d+(\.\d+)?)+")
 #: inputs smaller than 8 pixels vanish in the first strided layers; larger than 4096 exhaust memory
 INPUT_SIZE_RANGE = (8, 4096)
-_SEED_LIMIT = 2**63
+#: the recipes of afictl/train/config.py (listed here so that --help and the checks need no
+#: import of it; tests/test_option_bounds.py checks that the two agree)
+RECIPE_NAMES = ("paper-cifar", "paper-imagenet", "modern-cifar", "modern-imagenet", "office-home")
+RECIPE_NAMES += ("quick",)
+#: --seed: the loader reseeds with seed x 100003 + epoch and DDP ranks with seed + 1000 x rank;
+#: up to 2^32 - 1 (NumPy's range) these stay far inside torch.manual_seed's 64 bits
+SEED_MAX = 2**32 - 1
+#: --lr, --min-lr and the scaled lr: finite in float32 once multiplied by gradients and the
+#: schedule (1e39 overflowed to inf in SGD's update)
+LR_MAX = 1000.0
+#: --mixup/--cutmix alphas other than 0 (off): Beta(alpha, alpha) needs alpha > 0 in float32
+#: (1e-50 is 0 there), and a huge alpha is inf
+MIX_ALPHA_RANGE = (1e-6, 1000.0)
+#: --threads: torch.set_num_threads of more fails (100000 raised inside OpenMP)
+THREADS_MAX = 1024
+#: afictl export/bench --batch-size: the export's dynamic batch dimension ends at 2^16
+#: (afictl.export.MAX_BATCH, equal: a test checks) and verification runs batch + 1
+EXPORT_MAX_BATCH = 1 << 16
 
 
 class _Invalid(Exception):
@@ -73,6 +103,55 @@ def _number(value: Any, lo: float = 0.0, *, zero: bool = True, hi: float | None 
     if hi is not None and value > hi:
         raise _Invalid(f"must be <= {hi:g}, got {value:g}")
     return value
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range of a numeric option, declared once: ``lo``..``hi`` (``None``: no upper end),
+    each end included unless ``*_open``; ``integer``: integers only; ``off``: a value below
+    ``lo`` that switches the option off (0 for the mixing alphas)."""
+
+    lo: float
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    off: float | None = None
+
+    def text(self) -> str:
+        """The range as the messages state it, e.g. ``[0, 1)`` or ``0 (off) or [1e-06, 1000]``."""
+        num = (lambda v: str(int(v))) if self.integer else (lambda v: f"{v:g}")
+        left = f"{'(' if self.lo_open else '['}{num(self.lo)}, "
+        right = "inf)" if self.hi is None else f"{num(self.hi)}{')' if self.hi_open else ']'}"
+        return (f"{self.off:g} (off) or " if self.off is not None else "") + left + right
+
+    def __call__(self, value: Any) -> int | float:
+        """``value`` normalised, or :class:`_Invalid` naming the range."""
+        if self.integer:
+            try:
+                return _integer(value, int(self.lo), None if self.hi is None else int(self.hi))
+            except _Invalid as exc:
+                if self.hi is None:
+                    raise
+                allowed = f" (allowed {self.text()}), got"
+                raise _Invalid(str(exc).replace(", got", allowed)) from None
+        value = _number(value, float("-inf"))
+        if self.off is not None and value == self.off:
+            return value
+        low = self.off if self.off is not None and value < self.off else self.lo
+        low_open = self.lo_open and low == self.lo
+        if value < low or (value == low and low_open):
+            side = f"{'>' if low_open else '>='} {low:g}"
+        elif self.hi is not None and (value > self.hi or (value == self.hi and self.hi_open)):
+            side = f"{'below' if self.hi_open else '<='} {self.hi:g}"
+        else:
+            return value
+        return self._refuse(side, value)
+
+    def _refuse(self, side: str, value: float) -> float:
+        two_sided = self.hi is not None or self.off is not None
+        allowed = f" (allowed {self.text()})" if two_sided else ""
+        raise _Invalid(f"must be {side}{allowed}, got {value:g}")
 
 
 def _text(value: Any) -> str:
@@ -177,82 +256,97 @@ def _aa(value: Any) -> str:
     )
 
 
-def _ema_decay(value: Any) -> float:
-    value = _number(value, zero=False)
-    if value >= 1:
-        raise _Invalid(f"must be below 1 (e.g. 0.9998), got {value:g}")
-    return value
-
-
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else check(value)
 
 
-def _positive(value: Any) -> int:
-    return _integer(value, 1)
+_UNIT = Bound(0.0, 1.0)  # a probability
+_BELOW_ONE = Bound(0.0, 1.0, hi_open=True)
+_ALPHA = Bound(*MIX_ALPHA_RANGE, off=0.0)
+_POSITIVE = Bound(1, integer=True)
+_COUNT = Bound(0, integer=True)
 
-
-def _count(value: Any) -> int:
-    return _integer(value, 0)
-
+#: every numeric option's range (its check is the bound itself; ``None`` stays "not given" for
+#: the optional ones of :data:`OPTION_CHECKS`)
+NUMERIC_BOUNDS: dict[str, Bound] = {
+    "data_size": _POSITIVE,
+    "input_size": Bound(*INPUT_SIZE_RANGE, integer=True),
+    "epochs": _POSITIVE,
+    "batch_size": _POSITIVE,
+    "lr": Bound(0.0, LR_MAX, lo_open=True),
+    "lr_reference_batch": _POSITIVE,
+    "lr_gamma": Bound(0.0, lo_open=True),
+    "warmup_epochs": Bound(0.0),
+    "min_lr": Bound(0.0, LR_MAX),
+    "backbone_lr_mult": Bound(0.0),
+    "momentum": _BELOW_ONE,
+    "weight_decay": Bound(0.0),
+    "label_smoothing": _BELOW_ONE,
+    "smoothing": _BELOW_ONE,
+    "mixup": _ALPHA,
+    "cutmix": _ALPHA,
+    "mixup_prob": _UNIT,
+    "reprob": _UNIT,
+    "model_ema_decay": Bound(0.0, 1.0, lo_open=True, hi_open=True),
+    "clip_grad": Bound(0.0),  # 0: off (so that it can override a recipe)
+    "grad_accum_steps": _POSITIVE,  # and at most the batches of an epoch (config.py)
+    "checkpoint_hist": _COUNT,
+    "reduction": _POSITIVE,
+    "seed": Bound(0, SEED_MAX, integer=True),
+    "workers": _COUNT,
+    "threads": Bound(1, THREADS_MAX, integer=True),
+}
+#: options that may be None (not given: the recipe, the data or the machine decides)
+_OPTIONAL = {"data_size", "input_size", "lr_reference_batch", "clip_grad", "reduction"}
+_OPTIONAL |= {"workers", "threads"}
 
 #: option (a :class:`~afictl.train.TrainConfig` field, or an option of eval) -> its check
 OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "arch": _text,
     "dataset": _text,
-    "recipe": _text,
+    "recipe": _choice(*RECIPE_NAMES),
     "data_root": _optional(_path),
     "download": _flag,
-    "data_size": _optional(_positive),
-    "input_size": _optional(lambda v: _integer(v, *INPUT_SIZE_RANGE)),
     "eval_split": _choice("eval"),
     "split": _choice("eval", "train"),
-    "epochs": _positive,
-    "batch_size": _positive,
-    "lr": lambda v: _number(v, zero=False),
-    "lr_reference_batch": _optional(_positive),
     "lr_milestones": _milestones,
-    "lr_gamma": lambda v: _number(v, zero=False),
-    "warmup_epochs": _number,
     "sched": _choice(*LR_SCHEDULES),
     "lr_schedule": _choice(*LR_SCHEDULES),  # the name of --sched before 0.3 (config files)
-    "min_lr": _number,
     "opt": _choice(*OPTIMIZERS),
     "wd_norm_bias": _flag,
-    "backbone_lr_mult": _number,
     "pretrained": _optional(_path),
-    "momentum": _number,
-    "weight_decay": _number,
     "nesterov": _flag,
-    "label_smoothing": lambda v: _number(v, hi=1.0),
-    "smoothing": lambda v: _number(v, hi=1.0),
-    "mixup": _number,
-    "cutmix": _number,
-    "mixup_prob": lambda v: _number(v, hi=1.0),
     "aa": _optional(_aa),
-    "reprob": lambda v: _number(v, hi=1.0),
     "model_ema": _flag,
-    "model_ema_decay": _ema_decay,
     "best_of": _choice(*BEST_OF_CHOICES),
-    "clip_grad": _optional(_number),  # 0: off (so that it can override a recipe)
-    "grad_accum_steps": _positive,
-    "checkpoint_hist": _count,
     "decode": _choice(*DECODE_CHOICES),
     "afi_stages": _optional(_stages),
-    "reduction": _optional(_positive),
-    "seed": lambda v: _integer(v, 0, _SEED_LIMIT - 1),
     "deterministic": _flag,
     "device": _device,
     "amp": _choice(*AMP_CHOICES),
     "channels_last": _flag,
     "compile": _flag,
     "sync_bn": _flag,
-    "workers": _optional(_count),
-    "threads": _optional(_positive),
     "bad_images": _choice(*BAD_IMAGES_CHOICES),
     "tensorboard": _optional(_flag),
     "run_dir": _optional(_path),
-}
+} | {k: _optional(b) if k in _OPTIONAL else b for k, b in NUMERIC_BOUNDS.items()}
+
+
+#: options of afictl export and afictl bench (not of a run's configuration)
+EXPORT_BATCH = Bound(2, EXPORT_MAX_BATCH - 1, integer=True)  # verified at batch + 1 too
+BENCH_BATCH = Bound(1, EXPORT_MAX_BATCH, integer=True)
+#: export --tolerance: relative, finite and above 0 (nan passed every comparison before)
+EXPORT_TOLERANCE = Bound(0.0, lo_open=True)
+
+
+def check_value(flag: str, check: Callable[[Any], Any], value: Any) -> Any:
+    """``value`` of option ``flag`` (``--batch-size``) through ``check`` (e.g. a
+    :class:`Bound`), or :class:`UserError`: ``--flag must be ..., got ...``."""
+    try:
+        return check(value)
+    except _Invalid as exc:
+        raise UserError(f"{flag} {exc}") from None
 
 
 def check_option(name: str, value: Any, source: str | None = None) -> Any:

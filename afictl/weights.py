@@ -23,7 +23,6 @@ arch, classes, model options, preprocessing, class names) goes into ONNX and ``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -513,13 +512,14 @@ def model_card(config: dict[str, Any], ckpt: dict[str, Any], weights: Path) -> s
 
 def _save_tensors(model: nn.Module, tmp: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The model's state dict written to ``tmp`` (own storage per tensor: safetensors refuses
-    shared memory), the config in the header; returns what was written."""
-    from safetensors.torch import save_file
+    shared memory), the config in the header; returns what was written. Serialised in memory
+    and written with plain Python I/O, so a full disk is an ``OSError`` with its errno."""
+    from safetensors.torch import save
+
+    from .export import write_bytes
 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"format": "pt", **flat_metadata(config)})
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
+    write_bytes(tmp, save(state, metadata={"format": "pt", **flat_metadata(config)}))
     return state
 
 
@@ -540,16 +540,18 @@ def _same_tensors(tmp: Path, state: dict[str, torch.Tensor]) -> float:
     return diff
 
 
-def _companions(path: Path, config: dict[str, Any], run: dict[str, Any] | None) -> dict:
-    """Temporary files of ``NAME.config.json`` and, from a run, ``NAME.README.md``."""
-    from .export import _temp_file, write_json_temp
+def _companions(
+    path: Path, config: dict[str, Any], run: dict[str, Any] | None, files: dict[Path, Path]
+) -> None:
+    """Temporary files of ``NAME.config.json`` and, from a run, ``NAME.README.md``, added to
+    ``files`` (target -> temporary) as each is made, so a failed write leaves none behind."""
+    from .export import _temp_file, write_bytes, write_json_temp
 
-    files = {config_path(path): write_json_temp(config_path(path), config)}
+    files[config_path(path)] = write_json_temp(config_path(path), config)
     if run is not None:
         card = path.with_suffix(".README.md")
         files[card] = _temp_file(card, "md")
-        files[card].write_text(model_card(config, run, path), encoding="utf-8")
-    return files
+        write_bytes(files[card], model_card(config, run, path).encode("utf-8"))
 
 
 def export_safetensors(
@@ -588,7 +590,7 @@ def export_safetensors(
     start = time.perf_counter()
     with staged(path, "safetensors") as (tmp, companions):
         state = _save_tensors(model, tmp, config)
-        companions.update(_companions(path, config, checkpoint))
+        _companions(path, config, checkpoint, companions)
         result.export_seconds, result.bytes = time.perf_counter() - start, tmp.stat().st_size
         if verify:
             start = time.perf_counter()

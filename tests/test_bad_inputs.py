@@ -180,7 +180,7 @@ CASES = [
     (
         "train-label-smoothing-2",
         ["train", "-a", "afi_resnet20", *SHAPES, "--label-smoothing", "2"],
-        "<= 1",
+        "below 1",
     ),
     (
         "train-device-cuda-x",

@@ -116,3 +116,14 @@ def _graph_nodes(fn) -> set[str]:
             seen.add(f)
             todo.extend(g for g, _ in f.next_functions)
     return {type(f).__name__ for f in seen}
+
+
+def test_header_check_benchmark_times_every_file_kind():
+    rows = load_script(BENCHMARKS / "header_check.py").main(["--files", "3"])
+    assert [(r["format"], r["size"]) for r in rows] == [
+        ("PNG", "32x32"),
+        ("JPEG", "32x32"),
+        ("JPEG", "500x375"),
+    ]
+    for r in rows:
+        assert r["check_us"] > 0 and r["pil_decode_us"] > 0 and r["torchvision_decode_us"] > 0

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
 from ..data import eval_transform
+from ..data.loaders import GuardedLoader
 from ..data.transforms import is_small
 from ..errors import UserError
 from ..models import get_model_info
@@ -163,4 +164,5 @@ def eval_loader(
             f"{data} has {len(classes)} classes but {ckpt['path']} was trained for "
             f"{ckpt['num_classes']}; pass the dataset it was trained on with --data"
         )
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    # guarded: a worker that dies is one line and exit 2, as in training (data/loaders.py)
+    return GuardedLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)

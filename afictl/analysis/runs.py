@@ -77,7 +77,7 @@ def default_checkpoints(root: str | Path = RUNS_DIR, *, afi_only: bool = False) 
     if afi_only:
         runs = [r for r in runs if r.is_afi]
     if not runs:
-        what = "an AFI model's run" if afi_only else "a run"
+        what = "AFI model's run" if afi_only else "run"
         raise UserError(
             f"no checkpoint given and no {what} with best.pt under {Path(root)}/; "
             "pass --checkpoint FILE or train first (afictl train)"

@@ -153,11 +153,14 @@ def _check_options(
     to: ExportFormat | None,
     export_file: Path | None,
     opset: int | None,
+    numbers: tuple[int, float, int | None, str | None] = (2, 1e-4, None, None),
 ) -> tuple[Format, str | None]:
     """The results format and the file format (None: export's default), after refusing
-    options that contradict each other; nothing is built before this."""
+    options out of range (``numbers``: batch, tolerance, input size, arch) or that contradict
+    each other; nothing is built before this."""
     from ..export import infer_format
 
+    _check_numbers(*numbers)
     if print_format is not None:
         raise UserError(f"--print-format is now --format: use --format {print_format}")
     results_format = _results_format(fmt)
@@ -168,6 +171,20 @@ def _check_options(
     if opset is not None and file_format in ("pt2", "safetensors"):
         raise UserError("--opset applies to --to onnx only")
     return results_format, file_format
+
+
+def _check_numbers(batch: int, tolerance: float, input_size: int | None, arch: str | None) -> None:
+    """--batch-size within the file's dynamic batch, --tolerance finite and above 0, and
+    --input-size at least the total stride of --arch (a checkpoint's model: checked by export)."""
+    from ..validate import EXPORT_BATCH, EXPORT_TOLERANCE, check_value
+
+    check_value("--batch-size", EXPORT_BATCH, batch)
+    check_value("--tolerance", EXPORT_TOLERANCE, tolerance)
+    if input_size is not None and arch is not None:
+        from ..models import get_model_info
+        from ..train.config import check_model_input_size
+
+        check_model_input_size(get_model_info(arch).name, input_size)
 
 
 def _check_passed(result: ExportResult) -> None:
@@ -239,7 +256,10 @@ def export_cli(
     """
     from ..export import DEFAULT_OPSET, export
 
-    results_format, file_format = _check_options(print_format, fmt, output, to, export_file, opset)
+    numbers = (batch_size, tolerance, input_size, arch if checkpoint is None else None)
+    results_format, file_format = _check_options(
+        print_format, fmt, output, to, export_file, opset, numbers
+    )
     result = export(
         export_file,
         arch=arch,

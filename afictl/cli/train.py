@@ -128,19 +128,38 @@ def _run(options: dict[str, Any], config: Path | None, resume: Path | None, over
     from ..train import load_resume, resolve_config, train
 
     if resume is None:
-        return train(resolve_config(options, config), overwrite=overwrite)
-    if config is not None:
-        from ..errors import UserError
+        cfg = resolve_config(options, config)
+        if options.get("model_ema_decay") is not None and not cfg.model_ema:
+            from ..errors import UserError
 
-        raise UserError(
-            "--config cannot be combined with --resume (the run keeps its configuration)"
-        )
+            raise UserError("--model-ema-decay applies to --model-ema only; add --model-ema")
+        return train(cfg, overwrite=overwrite)
+    _check_resume(options, config, overwrite)
     from ..validate import check_options
 
     arch = options.pop("arch")
     options.pop("run_dir")
     cfg, ckpt = load_resume(resume, check_options(options), arch=arch)
     return train(cfg, resume=ckpt)
+
+
+def _check_resume(options: dict[str, Any], config: Path | None, overwrite: bool) -> None:
+    """Options that --resume cannot honour: the run keeps its folder and its configuration."""
+    from ..errors import UserError
+
+    if config is not None:
+        raise UserError(
+            "--config cannot be combined with --resume (the run keeps its configuration)"
+        )
+    if options.get("run_dir") is not None:
+        raise UserError(
+            "--run-dir cannot be combined with --resume (the run continues in its own folder)"
+        )
+    if overwrite:
+        raise UserError(
+            "--overwrite cannot be combined with --resume (it continues the run; to start "
+            "afresh, drop --resume and give --run-dir with --overwrite)"
+        )
 
 
 def _report(result, fmt: Format, output: Path | None) -> None:

@@ -58,6 +58,8 @@ def transfer_cli(
         raise UserError("give either --source and --target, or --all-pairs")
     if not all_pairs_ and (source is None or target is None):
         raise UserError("--source needs --target (and the other way round)")
+    if not all_pairs_:
+        _check_distinct(source, target)
     overrides = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -68,6 +70,17 @@ def transfer_cli(
     }
     pairs = None if all_pairs_ else [(source, target)]
     _run_pairs(checkpoint, data_root, pairs, run_root, overrides, fmt, output, arch=arch)
+
+
+def _check_distinct(source: str, target: str) -> None:
+    """--source and --target name two domains (Ar and Art are one)."""
+    from ..transfer.protocol import domain_code
+
+    if domain_code(source) == domain_code(target):
+        raise UserError(
+            f"--source {source} and --target {target} are the same domain; transfer needs two "
+            "distinct domains"
+        )
 
 
 def _run_pairs(checkpoint, data_root, pairs, run_root, overrides, fmt, output, *, arch) -> None:

@@ -23,6 +23,21 @@
   benchmarks/input_pipeline.py (docs/PERFORMANCE.md, "Input pipeline").
 
 Files that are not JPEGs (PNG, BMP, ...) load under every choice: ``decode_image`` or PIL.
+
+No file can take the process down (docs/TRAINING.md, "What survives what"):
+
+- PNGs are decoded by PIL under every choice. torchvision's ``decode_image`` crashes the
+  process (SIGSEGV) on any libpng error met while reading rows: truncated or corrupt IDAT data
+  ("Not enough image data", "incorrect data check"), which no header check can rule out; PIL
+  raises an error instead. PNG is lossless: the pixels are the same.
+- Every file's claimed size is read from its header before any pixel is decoded (PNG IHDR,
+  JPEG SOF, else PIL's lazy ``Image.open``) and a file claiming more than
+  :func:`pixel_limit` pixels (PIL's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``,
+  about 89 million) is refused: a JPEG claiming 60000x60000 would otherwise make libjpeg
+  allocate 10.8 GB. The check costs under 5 us per file (docs/PERFORMANCE.md, "What safe
+  decoding costs").
+
+Either way the loader raises, and the dataset handles the file by ``--bad-images``.
 """
 
 from __future__ import annotations
@@ -41,11 +56,14 @@ from .errors import CorruptImageError
 __all__ = [
     "AUTO_DECODE",
     "DECODE_CHOICES",
+    "check_claim",
+    "claimed_size",
     "gpu_decodable",
     "is_encoded",
     "is_raw",
     "make_loader_fn",
     "on_device",
+    "pixel_limit",
     "resolve_decode",
 ]
 
@@ -56,7 +74,9 @@ DECODE_CHOICES = ("auto", "pil", "pil-draft", "torchvision", "gpu")
 AUTO_DECODE = "torchvision"
 
 _JPEG = b"\xff\xd8\xff"
-_TORCH_DECODES = (b"\x89PNG", b"GIF8", b"RIFF")  # formats decode_image reads besides JPEG
+_PNG = b"\x89PNG\r\n\x1a\n"
+#: Formats decode_image reads besides JPEG; not PNG, whose errors crash it (module docstring).
+_TORCH_DECODES = (b"GIF8", b"RIFF")
 
 
 def resolve_decode(decode: str) -> str:
@@ -69,7 +89,24 @@ def resolve_decode(decode: str) -> str:
     return AUTO_DECODE if decode == "auto" else decode
 
 
+def pixel_limit() -> int | None:
+    """The most pixels an image may claim: PIL's ``Image.MAX_IMAGE_PIXELS`` (read at each call,
+    so a program that changes it is followed; ``None``: no limit)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def check_claim(size: tuple[int, int] | None) -> None:
+    """Raise ``OSError`` when a header's ``(width, height)`` exceeds :func:`pixel_limit`."""
+    limit = pixel_limit()
+    if size is not None and limit is not None and size[0] * size[1] > limit:
+        raise OSError(
+            f"claims {size[0]}x{size[1]} pixels, over the {limit:,} of "
+            "PIL.Image.MAX_IMAGE_PIXELS: a decompression bomb?"
+        )
+
+
 def _pil_rgb(img: Image.Image) -> Image.Image:
+    check_claim(img.size)  # PIL itself refuses only twice its limit, and only warns below
     return img.convert("RGB")
 
 
@@ -83,19 +120,41 @@ def draft_load(path: str, size: int) -> Image.Image:
     """A JPEG decoded at the smallest DCT scale whose both sides are at least ``size``."""
     with open(path, "rb") as f:
         img = Image.open(f)
+        check_claim(img.size)
         if img.format == "JPEG":
             img.draft("RGB", (size, size))  # PIL keeps both sides >= the requested ones
         return _pil_rgb(img)
 
 
-def _tensor_from_bytes(data: torch.Tensor) -> torch.Tensor:
-    """uint8 (3, H, W) from a file's bytes: libjpeg-turbo / libpng via torchvision, else PIL."""
-    head = bytes(data[:4].tolist())
+def claimed_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """``(width, height)`` from a file's header, no pixel decoded: PNG IHDR, JPEG SOF, else
+    PIL's lazy ``Image.open``; ``None`` where the header does not say (the decoder then
+    raises)."""
+    head = bytes(data[:24])
+    if head.startswith(_PNG):
+        if head[12:16] != b"IHDR":
+            return None
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     if head.startswith(_JPEG):
+        frame = _jpeg_frame(data)[0]
+        return None if frame is None else (frame[2], frame[1])
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - not an image PIL knows: the decoder names the fault
+        return None
+
+
+def _tensor_from_bytes(data: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) from a file's bytes, its claimed size checked first (:func:`check_claim`):
+    JPEGs by libjpeg-turbo, GIF and WebP by torchvision, PNGs and the rest by PIL."""
+    raw = data.numpy().tobytes()
+    check_claim(claimed_size(raw))
+    if raw.startswith(_JPEG):
         return decode_jpeg(data, mode=ImageReadMode.RGB)
-    if head.startswith(_TORCH_DECODES):
+    if raw.startswith(_TORCH_DECODES):
         return decode_image(data, mode=ImageReadMode.RGB)
-    return pil_to_tensor(_pil_rgb(Image.open(io.BytesIO(data.numpy().tobytes()))))
+    return pil_to_tensor(_pil_rgb(Image.open(io.BytesIO(raw))))
 
 
 def torchvision_load(path: str) -> torch.Tensor:
@@ -109,18 +168,16 @@ _NVJPEG_SOF = (0xC0, 0xC1, 0xC2)
 _NOT_SOF = (0xC4, 0xC8, 0xCC)
 
 
-def gpu_decodable(data: bytes | memoryview) -> bool:
-    """Whether nvjpeg takes this JPEG: 8-bit Huffman-coded, gray or YCbCr.
+_Frame = tuple[int, int, int, int]  # (precision, height, width, components)
 
-    Read from the markers before the first scan, no pixel decoded: the frame header's
-    precision and component count, and the Adobe APP14 colour transform (0 on 3 components:
-    RGB-coded; 4 components: CMYK, or YCCK with transform 2). False for anything else,
-    malformed headers included (the CPU decoder then names the fault).
-    """
-    i, frame, adobe = 2, None, None
+
+def _jpeg_frame(data: bytes | memoryview) -> tuple[_Frame | None, int | None, bool]:
+    """A JPEG's frame header, Adobe APP14 transform, and whether nvjpeg codes it (SOF0-2);
+    read from the markers before the first scan. No frame: malformed or not found."""
+    i, frame, adobe, nv = 2, None, None, True
     while i + 4 <= len(data):
         if data[i] != 0xFF:
-            return False
+            return None, adobe, False
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -135,13 +192,27 @@ def gpu_decodable(data: bytes | memoryview) -> bool:
         if marker == 0xEE and len(seg) >= 12 and bytes(seg[:5]) == b"Adobe":
             adobe = seg[11]
         elif 0xC0 <= marker <= 0xCF and marker not in _NOT_SOF:
-            if marker not in _NVJPEG_SOF or len(seg) < 6:
-                return False
-            frame = (seg[0], seg[5])  # (precision, components)
+            if len(seg) < 6:
+                return None, adobe, False
+            nv = nv and marker in _NVJPEG_SOF
+            size = (int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"))
+            frame = (seg[0], *size, seg[5])
         i += 2 + length
-    if frame is None or frame[0] != 8:
+    return frame, adobe, nv
+
+
+def gpu_decodable(data: bytes | memoryview) -> bool:
+    """Whether nvjpeg takes this JPEG: 8-bit Huffman-coded, gray or YCbCr.
+
+    Read from the markers before the first scan, no pixel decoded: the frame header's
+    precision and component count, and the Adobe APP14 colour transform (0 on 3 components:
+    RGB-coded; 4 components: CMYK, or YCCK with transform 2). False for anything else,
+    malformed headers included (the CPU decoder then names the fault).
+    """
+    frame, adobe, nv = _jpeg_frame(data)
+    if not nv or frame is None or frame[0] != 8:
         return False
-    return frame[1] == 1 or (frame[1] == 3 and adobe != 0)
+    return frame[3] == 1 or (frame[3] == 3 and adobe != 0)
 
 
 def encoded_load(path: str) -> torch.Tensor:
@@ -159,6 +230,7 @@ def encoded_load(path: str) -> torch.Tensor:
     with Image.open(io.BytesIO(raw)) as img:
         if img.format != "JPEG":
             raise OSError("not a JPEG file")
+        check_claim(img.size)
     if not gpu_decodable(raw):
         return _tensor_from_bytes(data)  # libjpeg-turbo converts CMYK/YCCK to RGB
     return data

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 
-__all__ = ["BrokenImage", "CorruptImageError", "DataMissingError", "UnsafeDataError"]
+__all__ = [
+    "BrokenImage",
+    "CorruptImageError",
+    "DataMissingError",
+    "DataWorkerError",
+    "UnsafeDataError",
+]
 
 
 class DataMissingError(UserError):
@@ -29,6 +35,11 @@ class CorruptImageError(UserError):
                 if "CorruptImageError: " in line:
                     return line.split("CorruptImageError: ", 1)[1]
         return text
+
+
+class DataWorkerError(UserError):
+    """A DataLoader worker process that died (a native crash, the OOM killer): one line, exit 2,
+    instead of torch's traceback or a hang."""
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,21 @@
   caller, which counts them or stops (``--bad-images``).
 - Datasets read with ``--decode gpu`` yield encoded JPEGs: their batches carry a list of
   tensors, decoded by :func:`afictl.data.decode.on_device` in the main process.
+- A worker process that dies (a native crash in a decoder, the OOM killer) ends the run with
+  one line (:class:`DataWorkerError`, exit 2) within torch's liveness check (5 s); the other
+  workers are killed, since they ignore SIGTERM (:func:`_worker_init`) and would otherwise
+  keep the interpreter's exit waiting for them forever.
 - Defaults measured by benchmarks/input_pipeline.py (docs/PERFORMANCE.md, "Input pipeline"):
   :data:`PREFETCH_FACTOR` batches per worker; persistent workers for evaluation only.
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import re
 import signal
+import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -24,11 +32,12 @@ from torch.utils.data import default_collate as _default_collate
 
 from ..errors import UserError
 from .decode import is_raw
-from .errors import BrokenImage
+from .errors import BrokenImage, DataWorkerError
 
 __all__ = [
     "PREFETCH_FACTOR",
     "Batch",
+    "GuardedLoader",
     "ResumableSampler",
     "ShardSampler",
     "collate_skip_broken",
@@ -107,6 +116,72 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+#: torch's messages for a worker that died (its liveness check, its SIGCHLD handler).
+_WORKER_DIED = re.compile(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\) (.*)")
+
+
+def _kill_workers() -> None:
+    """SIGKILL this process's live daemonic children: DataLoader workers, which ignore SIGTERM,
+    the signal ``multiprocessing`` stops them with at exit (the exit would wait forever)."""
+    if threading.current_thread() is threading.main_thread():
+        # torch's SIGCHLD handler raises in the main thread for each worker that dies, and
+        # these are killed on purpose: it would interrupt the joins below at random
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
+def _worker_death(exc: BaseException) -> str | None:
+    """The one-line reason when ``exc`` is torch's report of a dead worker, else ``None``; the
+    signal that killed it (the cause torch chains on) preferred to "exited unexpectedly"."""
+    reasons = []
+    for err in (exc.__cause__, exc):
+        for line in str(err or "").splitlines():
+            found = _WORKER_DIED.search(line)
+            if found:
+                reasons.append(f"worker {found.group(1).strip()} {found.group(2).strip()}")
+    return reasons[0].rstrip(". ") if reasons else None
+
+
+class GuardedLoader(DataLoader):
+    """A ``DataLoader`` whose iteration turns a dead worker into :class:`DataWorkerError`
+    (one line, exit 2) after killing the surviving workers, instead of a traceback or a hang."""
+
+    def __iter__(self) -> Iterator:
+        return self._guarded(super().__iter__())
+
+    @staticmethod
+    def _guarded(batches: Iterator) -> Iterator:
+        try:
+            yield from batches
+            return
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            # a worker dying while it sends a batch can surface as a reset connection instead
+            lost = isinstance(exc, (ConnectionError, EOFError))
+            reason = f"worker lost ({type(exc).__name__})" if lost else _worker_death(exc)
+            if reason is None:
+                raise
+        _kill_workers()
+        raise DataWorkerError(
+            f"a data loader {reason} while reading images; a file that crashes a native decoder "
+            "(try --decode pil, which raises on such files) or memory running out (fewer "
+            "--workers or a smaller batch)"
+        )
+
+
+_EXIT_HOOKED: list[bool] = []
+
+
+def _hook_exit() -> None:
+    """Once: kill leftover workers at exit, before ``multiprocessing``'s own exit hook (atexit
+    runs the last registered first), whatever exception ended the run."""
+    if not _EXIT_HOOKED:
+        atexit.register(_kill_workers)
+        _EXIT_HOOKED.append(True)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -135,7 +210,9 @@ def make_loader(
         drop_last = len(sampler) >= batch_size
     else:
         sampler, drop_last = ShardSampler(len(dataset), world, rank), False
-    return DataLoader(
+    if workers > 0:
+        _hook_exit()
+    return GuardedLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,

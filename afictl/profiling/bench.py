@@ -41,6 +41,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import counterpart, create_model, get_model_info
 from ..train.state import deterministic_mode  # training's cuDNN settings, declared once
+from ..validate import BENCH_BATCH, check_option, check_value
 from .memory import resolve_device  # the same --device rules in memory and bench
 
 __all__ = ["AMP_CHOICES", "BenchRow", "bench", "configure_allocator", "pair_of", "resolve_device"]
@@ -205,9 +206,22 @@ def _check(
     if timer == "cpu" and device == "cuda":
         raise UserError("--timer cpu measures the host only; use the wall clock on CUDA")
     repeats, iters, warmup, batch_size = counts
-    if repeats < 1 or iters < 1 or warmup < 0 or batch_size < 1:
-        raise UserError("--repeats, --iters and --batch-size must be positive, --warmup >= 0")
+    if repeats < 1 or iters < 1 or warmup < 0:
+        raise UserError("--repeats and --iters must be positive, --warmup >= 0")
+    check_value("--batch-size", BENCH_BATCH, batch_size)
     return device
+
+
+def _check_sizes(archs: list[str], input_size: int | None, threads: int | None) -> None:
+    """--threads within torch's reach and --input-size at least each model's total stride."""
+    from ..train.config import check_model_input_size
+
+    if threads is not None:
+        check_option("threads", threads)
+    if input_size is not None:
+        check_option("input_size", input_size)
+        for name in dict.fromkeys(n for a in archs for n in pair_of(a)):
+            check_model_input_size(name, input_size)
 
 
 def _pair(
@@ -320,6 +334,7 @@ def bench(
         timer=timer,
         counts=(repeats, iters, warmup, batch_size),
     )
+    _check_sizes(archs, input_size, threads)
     clock = time.perf_counter if timer == "wall" else time.process_time
     pairs = [pair_of(a) for a in archs]
     if threads is not None:

@@ -296,7 +296,8 @@ def make_report(
     progress = progress or _no_progress
     memory_rows = read_json_rows(opts.memory_files, MEMORY_FIELDS, "memory")  # bad input first
     transfer_rows = read_json_rows(opts.transfer_files, TRANSFER_FIELDS, "transfer")
-    runs = collect_runs(opts.runs_dir)
+    skipped: list[str] = []  # damaged runs, one line each (file and field)
+    runs = collect_runs(opts.runs_dir, skipped)
     used = opts.runs_filter.apply(runs)
     chosen, notes = _dataset_notes(opts, used)
     datasets = {n: chosen[f] for f, numbers in FAMILY_TABLES.items() for n in numbers}
@@ -315,7 +316,7 @@ def make_report(
         datasets={n: d for n, d in datasets.items() if n in built},
         runs_read=len(runs),
         runs_used=len(used),
-        notes=notes + _filter_notes(opts, runs, used),
+        notes=skipped + notes + _filter_notes(opts, runs, used),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_tables(report, out_dir, opts.file_formats)

@@ -9,6 +9,7 @@ resumed with a larger ``--epochs`` and not yet done, is unfinished. Both files a
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +17,14 @@ import pandas as pd
 
 __all__ = [
     "RUN_COLUMNS",
+    "RunConfig",
+    "RunDamage",
     "RunFilter",
     "choose_dataset",
     "collect_runs",
     "dataset_family",
     "normalise_stages",
+    "parse_metrics",
     "read_run",
 ]
 
@@ -65,8 +69,79 @@ def normalise_stages(value) -> str | None:
     return ",".join(str(int(p)) for p in sorted(set(int(p) for p in parts)))
 
 
-def _model_kwargs(config: dict) -> dict:
-    kw = dict(config.get("model_kwargs") or {})
+class RunDamage(ValueError):
+    """A run folder's file holds a field that cannot be what ``afictl train`` wrote."""
+
+    def __init__(self, file: Path, field: str, problem: str) -> None:
+        super().__init__(f"{file}: field {field!r} {problem}")
+        self.file, self.field = file, field
+
+
+#: (lowest, highest) accepted for each whole-number config field
+_COUNT_BOUNDS = {
+    "data_size": (0, 10**12),
+    "input_size": (1, 2**16),
+    "num_classes": (1, 10**7),
+    "params": (0, 10**13),
+    "epochs": (1, 10**7),
+    "reduction": (1, 2**16),
+}
+_TEXT_FIELDS = ("arch", "dataset", "recipe")
+#: the largest stage number a model has (sanity bound: no model here has more)
+_MAX_STAGE = 16
+#: (lowest, highest) accepted for each metrics.csv column the report reads
+_METRIC_BOUNDS = {
+    "eval_top1": (0.0, 100.0),
+    "eval_top5": (0.0, 100.0),
+    "images_per_sec": (0.0, 1e12),
+}
+_MAX_EPOCH = 10**7
+
+
+def _count(value: object, file: Path, key: str) -> int | None:
+    """A whole number within ``_COUNT_BOUNDS[key]``, or None when absent."""
+    if value is None:
+        return None
+    low, high = _COUNT_BOUNDS[key]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value) and value.is_integer()
+    if not ok or not low <= value <= high:
+        raise RunDamage(file, key, f"is {value!r}, not a whole number in {low}..{high}")
+    return int(value)
+
+
+def _text(value: object, file: Path, key: str) -> str | None:
+    """A string, or None when absent."""
+    if value is not None and not isinstance(value, str):
+        raise RunDamage(file, key, f"is {value!r}, not a string")
+    return value
+
+
+def _stages(value: object, file: Path, key: str) -> str | None:
+    """afi_stages (a list of stage numbers, or a '1,2' string) as :func:`normalise_stages`."""
+    if value is None or value == "":
+        return None
+    parts = value.replace(" ", ",").split(",") if isinstance(value, str) else value
+    bad = f"is {value!r}, not a list of stage numbers in 1..{_MAX_STAGE}"
+    if not isinstance(parts, list):
+        raise RunDamage(file, key, bad)
+    numbers = []
+    for p in (p for p in parts if p != ""):
+        if isinstance(p, str) and p.strip().isdigit():
+            p = int(p)
+        if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= _MAX_STAGE:
+            raise RunDamage(file, key, bad)
+        numbers.append(p)
+    return ",".join(str(n) for n in sorted(set(numbers))) or None
+
+
+def _model_kwargs(config: dict, file: Path) -> dict:
+    """model_kwargs with afi_stages and reduction folded in from the config's top level."""
+    raw = config.get("model_kwargs")
+    if raw is not None and not isinstance(raw, dict):
+        raise RunDamage(file, "model_kwargs", f"is {type(raw).__name__}, not an object")
+    kw = dict(raw or {})
     if "afi_stages" not in kw and config.get("afi_stages") is not None:
         kw["afi_stages"] = config["afi_stages"]
     if "r" in kw:  # checkpoints and configs written before the option was named ``reduction``
@@ -78,54 +153,127 @@ def _model_kwargs(config: dict) -> dict:
     return kw
 
 
-def _int_or_none(value) -> int | None:
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None
+@dataclass(frozen=True)
+class RunConfig:
+    """The fields of a run's config.json that a report reads, each validated."""
+
+    arch: str | None
+    dataset: str | None
+    recipe: str | None
+    counts: dict[str, int | None]
+    model_kwargs: dict
+    afi_stages: str | None
+    reduction: int | None
+
+    @classmethod
+    def parse(cls, config: object, file: Path) -> RunConfig:
+        """Validate ``config`` (config.json's content); :class:`RunDamage` names a bad field."""
+        if not isinstance(config, dict):
+            raise RunDamage(file, "(top level)", "is not a JSON object")
+        texts = {k: _text(config.get(k), file, k) for k in _TEXT_FIELDS}
+        counts = {k: _count(config.get(k), file, k) for k in _COUNT_BOUNDS if k != "reduction"}
+        kw = _model_kwargs(config, file)
+        stages = _stages(kw.get("afi_stages"), file, "afi_stages")
+        reduction = _count(kw.get("reduction"), file, "reduction")
+        try:
+            kwargs_text = json.dumps(kw, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise RunDamage(file, "model_kwargs", f"cannot be written back ({exc})") from None
+        return cls(
+            **texts,
+            counts=counts,
+            model_kwargs=json.loads(kwargs_text),
+            afi_stages=stages,
+            reduction=reduction,
+        )
+
+
+def _metric_column(metrics: pd.DataFrame, key: str, file: Path) -> None:
+    """Check that column ``key`` holds finite numbers within ``_METRIC_BOUNDS[key]`` (or NaN:
+    an epoch not evaluated); it is made float."""
+    low, high = _METRIC_BOUNDS[key]
+    values = pd.to_numeric(metrics[key], errors="coerce")
+    bad = (values.isna() & metrics[key].notna()) | ~(values.between(low, high) | values.isna())
+    if bad.any():
+        line = int(bad.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header
+        value = metrics[key][bad].iloc[0]
+        raise RunDamage(file, key, f"is {value!r} on line {line}, not a number in {low}..{high}")
+    metrics[key] = values.astype(float)
+
+
+def parse_metrics(metrics: pd.DataFrame, file: Path) -> pd.DataFrame:
+    """Validate metrics.csv (read as text); :class:`RunDamage` names a bad field. Returns the
+    evaluated epochs, numbers as numbers."""
+    if "eval_top1" not in metrics:
+        raise RunDamage(file, "eval_top1", "is missing")
+    metrics = metrics.copy()
+    if "epoch" in metrics:
+        epochs = pd.to_numeric(metrics["epoch"], errors="coerce")
+        bad = ~(epochs.between(1, _MAX_EPOCH) & (epochs.fillna(0.5) % 1 == 0))
+        if bad.any():
+            line = int(bad.to_numpy().nonzero()[0][0]) + 2
+            value = metrics["epoch"][bad].iloc[0]
+            raise RunDamage(file, "epoch", f"is {value!r} on line {line}, not an epoch number")
+        metrics["epoch"] = epochs.astype(int)
+    for key in _METRIC_BOUNDS:
+        if key in metrics:
+            _metric_column(metrics, key, file)
+    return metrics.dropna(subset=["eval_top1"])
 
 
 def _metric(row: pd.Series, key: str) -> float | None:
+    """The row's ``key`` as a float; None when the column is absent or the cell empty."""
     return float(row[key]) if key in row and pd.notna(row[key]) else None
 
 
-def _read(run_dir: Path) -> tuple[dict, pd.DataFrame] | None:
+def _read(run_dir: Path) -> tuple[RunConfig, pd.DataFrame] | None:
+    """The run's validated config and evaluated epochs; None when a file is missing or no
+    epoch is evaluated yet (a run just started); :class:`RunDamage` when a file is damaged."""
     cfg_file, metrics_file = run_dir / "config.json", run_dir / "metrics.csv"
     if not cfg_file.is_file() or not metrics_file.is_file():
         return None
     try:
-        config = json.loads(cfg_file.read_text())
-        metrics = pd.read_csv(metrics_file)
-    except (OSError, ValueError, pd.errors.ParserError):
+        raw = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDamage(cfg_file, "(file)", f"cannot be read ({exc})") from None
+    except ValueError:
+        raise RunDamage(cfg_file, "(file)", "is not valid JSON") from None
+    config = RunConfig.parse(raw, cfg_file)
+    try:
+        metrics = pd.read_csv(metrics_file, dtype=str)
+    except pd.errors.EmptyDataError:
         return None
-    if not isinstance(config, dict) or metrics.empty or "eval_top1" not in metrics:
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        raise RunDamage(metrics_file, "(file)", f"is not a readable CSV ({exc})") from None
+    if metrics.empty:
         return None
-    return config, metrics.dropna(subset=["eval_top1"])
+    metrics = parse_metrics(metrics, metrics_file)
+    return (config, metrics) if not metrics.empty else None
 
 
 def read_run(run_dir: Path) -> dict | None:
-    """One run's summary, or None when it has no config or no evaluated epoch yet."""
+    """One run's summary, or None when it has no config or no evaluated epoch yet; raises
+    :class:`RunDamage` (naming the file and the field) when a file of it is damaged."""
     read = _read(run_dir)
-    if read is None or read[1].empty:
+    if read is None:
         return None
     config, metrics = read
-    kw = _model_kwargs(config)
     best = metrics.loc[metrics["eval_top1"].idxmax()]
     final = metrics.iloc[-1]
-    epochs = _int_or_none(config.get("epochs"))
+    epochs = config.counts["epochs"]
     done = int(metrics["epoch"].max()) if "epoch" in metrics else len(metrics)
     return {
         "run_dir": str(run_dir),
-        "arch": config.get("arch"),
-        "dataset": config.get("dataset"),
-        "recipe": config.get("recipe"),
-        "data_size": _int_or_none(config.get("data_size")),
-        "input_size": _int_or_none(config.get("input_size")),
-        "num_classes": _int_or_none(config.get("num_classes")),
-        "model_kwargs": json.dumps(kw, sort_keys=True),
-        "params": _int_or_none(config.get("params")),  # recorded by newer runs; else counted
-        "afi_stages": normalise_stages(kw.get("afi_stages")),
-        "reduction": _int_or_none(kw.get("reduction")),
+        "arch": config.arch,
+        "dataset": config.dataset,
+        "recipe": config.recipe,
+        "data_size": config.counts["data_size"],
+        "input_size": config.counts["input_size"],
+        "num_classes": config.counts["num_classes"],
+        "model_kwargs": json.dumps(config.model_kwargs, sort_keys=True),
+        "params": config.counts["params"],  # recorded by newer runs; else counted
+        "afi_stages": config.afi_stages,
+        "reduction": config.reduction,
         "epochs": epochs,
         "epochs_done": done,
         "complete": epochs is None or (done >= epochs and len(metrics) >= epochs),
@@ -135,20 +283,26 @@ def read_run(run_dir: Path) -> dict | None:
         "final_top1": float(final["eval_top1"]),
         "final_top5": _metric(final, "eval_top5"),
         "images_per_sec": float(metrics["images_per_sec"].median())
-        if "images_per_sec" in metrics
+        if "images_per_sec" in metrics and metrics["images_per_sec"].notna().any()
         else None,
         "mtime": (run_dir / "metrics.csv").stat().st_mtime,
     }
 
 
-def collect_runs(root: str | Path = "runs") -> pd.DataFrame:
-    """Every run folder under ``root`` with at least one evaluated epoch (newest last)."""
+def collect_runs(root: str | Path = "runs", skipped: list[str] | None = None) -> pd.DataFrame:
+    """Every run folder under ``root`` with at least one evaluated epoch (newest last). A run
+    with a damaged file is left out; one line naming its file and field goes to ``skipped``."""
     root = Path(root)
-    rows = (
-        [r for d in sorted(root.glob("*/")) if (r := read_run(d)) is not None]
-        if root.is_dir()
-        else []
-    )
+    rows = []
+    for d in sorted(root.glob("*/")) if root.is_dir() else []:
+        try:
+            row = read_run(d)
+        except RunDamage as exc:
+            if skipped is not None:
+                skipped.append(f"skipped a damaged run: {exc}")
+            continue
+        if row is not None:
+            rows.append(row)
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     return df.sort_values("mtime").reset_index(drop=True) if not df.empty else df
 

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..models import create_model
 from . import distributed as D
 from .checkpointing import TrainCheckpoint
-from .config import TrainConfig, default_workers
+from .config import TrainConfig, check_accumulation, default_workers
 from .engine import TrainParts, optimizer_steps_per_epoch
 from .optim import build_optimizer, build_scheduler
 from .pretrained import load_pretrained
@@ -125,6 +125,8 @@ def build_parts(
     model, params = build_model(cfg, ctx, resume is None)
     train_loader, eval_loader = _loaders(cfg, ctx, *datasets)
     batches = len(train_loader)
+    # the data's size is known only now when --data-size does not give it (before any folder)
+    check_accumulation(cfg, batches, f"the training split in batches of {cfg.batch_size}")
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(
         optimizer, cfg, optimizer_steps_per_epoch(batches, cfg.grad_accum_steps)

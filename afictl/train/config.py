@@ -32,7 +32,7 @@ from typing import Any
 from ..data import dataset_spec, resolve_data_root
 from ..errors import UserError
 from ..models import get_model_info
-from ..validate import OPTION_CHECKS, check_option, check_options, check_stages_of
+from ..validate import LR_MAX, OPTION_CHECKS, check_option, check_options, check_stages_of
 from .options import CONFIG_ALIASES, RUNTIME_KEYS
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "RECIPES",
     "RUNTIME_KEYS",
     "TrainConfig",
+    "check_model_input_size",
     "default_recipe",
     "load_config_file",
     "parse_milestones",
@@ -357,11 +358,8 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         },
     )
     parse_milestones(cfg.lr_milestones, cfg.epochs)
-    if not math.isfinite(cfg.lr_effective):
-        raise UserError(
-            f"--lr {cfg.lr:g} x batch {cfg.effective_batch} / {cfg.lr_reference_batch} "
-            "is not a finite number"
-        )
+    _check_lr(cfg)
+    _check_accumulation(cfg)
     if cfg.best_of == "ema" and not cfg.model_ema:
         raise UserError("--best-of ema needs --model-ema")
     if cfg.decode == "gpu" and cfg.device == "cpu":
@@ -369,26 +367,71 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def _check_lr(cfg: TrainConfig) -> None:
+    """The scaled lr finite and at most LR_MAX, and --min-lr (where cosine ends) not above it."""
+    scaled = f" (--lr {cfg.lr:g} x batch {cfg.effective_batch} / {cfg.lr_reference_batch})"
+    scaled = scaled if cfg.lr_reference_batch else ""
+    if not math.isfinite(cfg.lr_effective) or cfg.lr_effective > LR_MAX:
+        raise UserError(
+            f"the learning rate {cfg.lr_effective:g}{scaled} must be <= {LR_MAX:g}; lower --lr"
+        )
+    if cfg.min_lr > cfg.lr_effective:
+        raise UserError(
+            f"--min-lr {cfg.min_lr:g} must be <= the learning rate {cfg.lr_effective:g}{scaled}"
+        )
+
+
+def _check_accumulation(cfg: TrainConfig) -> None:
+    """--grad-accum-steps at most the batches of an epoch, where the size is known from
+    --data-size (a lower bound of the split's batches: a subset may hold fewer images)."""
+    if cfg.data_size is None or cfg.grad_accum_steps == 1:
+        return
+    batches = max(1, cfg.data_size // cfg.batch_size)
+    check_accumulation(cfg, batches, f"{cfg.data_size} images / batch {cfg.batch_size}")
+
+
+def check_accumulation(cfg: TrainConfig, batches: int, how: str) -> None:
+    """--grad-accum-steps no larger than ``batches``, the batches of an epoch (``how``: where
+    that number comes from); else the lr would be scaled for batches that never come."""
+    if cfg.grad_accum_steps > batches:
+        raise UserError(
+            f"--grad-accum-steps {cfg.grad_accum_steps} must be <= the batches of an epoch, "
+            f"{batches} ({how})"
+        )
+
+
 def _check_input_size(cfg: TrainConfig) -> None:
-    """An input size other than the model's own: one forward pass on the meta device (shapes
+    """An input size other than the model's own: see :func:`check_model_input_size`."""
+    if cfg.input_size != get_model_info(cfg.arch).input_size:
+        check_model_input_size(cfg.arch, cfg.input_size, cfg.model_kwargs)
+
+
+def check_model_input_size(
+    arch: str, size: int, model_kwargs: dict[str, Any] | None = None, option: str = "--input-size"
+) -> None:
+    """``size``-pixel inputs through ``arch``, or one line: at least the model's total stride
+    (its last feature map at least 1 pixel), then one forward pass on the meta device (shapes
     only, milliseconds) shows whether the network takes it (the AFI ImageNet ResNets need stage
     maps that line up: 224 and 96 do, 100 does not)."""
-    info = get_model_info(cfg.arch)
-    if cfg.input_size == info.input_size:
-        return
     import torch
 
     from ..models.registry import create_meta_model
 
+    model = create_meta_model(arch, num_classes=2, **(model_kwargs or {})).eval()
+    stride = int(model.feature_info[-1]["reduction"])
+    if size < stride:
+        raise UserError(
+            f"{option} {size}: {arch} needs at least {stride} pixels (its total stride); "
+            f"use {stride} or more"
+        )
     try:
-        model = create_meta_model(cfg.arch, num_classes=2, **cfg.model_kwargs).eval()
         with torch.no_grad():
-            model(torch.empty(2, 3, cfg.input_size, cfg.input_size, device="meta"))
+            model(torch.empty(2, 3, size, size, device="meta"))
     except (RuntimeError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:100]
         raise UserError(
-            f"--input-size {cfg.input_size}: {cfg.arch} cannot take {cfg.input_size}-pixel "
-            f"inputs ({reason}); multiples of 32 work"
+            f"{option} {size}: {arch} cannot take {size}-pixel inputs ({reason}); "
+            "multiples of 32 work"
         ) from None
 
 

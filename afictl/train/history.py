@@ -49,8 +49,7 @@ class CheckpointHistory:
 
         epoch, top1 = int(epoch), float(top1)
         others = [e for e in self.ranking if e[0] != epoch]
-        ranking = sorted([*others, (epoch, top1)], key=_rank_key)
-        kept, dropped = ranking[: self.keep], ranking[self.keep :]
+        kept, dropped = self._ranked(epoch, top1)
         written = None
         if any(e == epoch for e, _ in kept):
             written = save_checkpoint(self.path(epoch), payload)
@@ -61,6 +60,20 @@ class CheckpointHistory:
             if old != epoch:
                 self.path(old).unlink(missing_ok=True)
         return written
+
+    def _ranked(self, epoch: int, top1: float) -> tuple[list, list]:
+        """(kept, dropped) rankings once ``epoch`` is offered; nothing is written."""
+        others = [e for e in self.ranking if e[0] != int(epoch)]
+        ranking = sorted([*others, (int(epoch), float(top1))], key=_rank_key)
+        return ranking[: self.keep], ranking[self.keep :]
+
+    def state_dict_after(self, epoch: int, top1: float) -> dict[str, Any]:
+        """:meth:`state_dict` as it will be once ``epoch`` is offered (``last.pt`` records it
+        before the epoch's file is written: a failed history write never costs ``last.pt``)."""
+        if self.keep == 0:
+            return self.state_dict()
+        kept, _ = self._ranked(epoch, top1)
+        return {"keep": self.keep, "ranking": [[e, t] for e, t in kept]}
 
     def state_dict(self) -> dict[str, Any]:
         """Plain types (stored in a checkpoint read with ``weights_only=True``)."""

@@ -7,6 +7,12 @@ refuses a second run; it is removed when the run ends normally.
 
 Forked children (data-loader workers) close their copy of the descriptor at once, so a lock
 never outlives the run that took it. Without ``fcntl`` (Windows) runs are not locked.
+
+The lock follows the folder: :meth:`RunLock.check` (before each write of the run's files)
+compares the folder and the lock file on disk with the ones locked at the start (device and
+inode), so a run whose folder was removed, or removed and made again by a new run, stops with
+:class:`RunFolderGoneError` instead of writing into the new run's folder; and its release
+leaves a lock file that is not its own alone.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "RunLock", "RunLockedError"]
+__all__ = ["LOCK_NAME", "RunFolderGoneError", "RunLock", "RunLockedError"]
 
 #: The lock file inside a run folder.
 LOCK_NAME = ".lock"
@@ -48,6 +54,14 @@ class RunLockedError(UserError):
     """Another live process holds the run folder."""
 
 
+class RunFolderGoneError(UserError):
+    """The locked run folder was removed or replaced under the live run."""
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 def _holder(fd: int) -> str:
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
@@ -67,6 +81,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
+        self._dir_id: tuple[int, int] | None = None  # the locked folder's (st_dev, st_ino)
 
     @property
     def held(self) -> bool:
@@ -109,15 +124,35 @@ class RunLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._dir_id = _identity(os.stat(self.run_dir))
         self._fd = fd
         _held.add(fd)
         return self
+
+    def _still_mine(self) -> bool:
+        """Whether the folder and its lock file on disk are the ones this lock took."""
+        try:
+            same_dir = _identity(os.stat(self.run_dir)) == self._dir_id
+            return same_dir and _identity(os.stat(self.path)) == _identity(os.fstat(self._fd))
+        except FileNotFoundError:
+            return False
+
+    def check(self) -> None:
+        """Raise :class:`RunFolderGoneError` (one line) unless the run folder and its lock file
+        are still the ones locked: two ``stat`` calls, once per write. A no-op when unlocked."""
+        if self._fd is None or self._still_mine():
+            return
+        raise RunFolderGoneError(
+            f"run folder {self.run_dir} was removed or replaced while this run was writing to "
+            "it; this run stopped and wrote nothing more there"
+        )
 
     def release(self) -> None:
         if self._fd is None:
             return
         try:
-            self.path.unlink(missing_ok=True)  # while still locked, so no one locks a removed file
+            if self._still_mine():  # never the lock file of a new run in a replaced folder
+                self.path.unlink()  # while still locked, so no one locks a removed file
         except OSError:
             pass
         _held.discard(self._fd)

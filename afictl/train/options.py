@@ -18,6 +18,7 @@ from ..validate import (
     DECODE_CHOICES,
     LR_SCHEDULES,
     OPTIMIZERS,
+    RECIPE_NAMES,
 )
 
 __all__ = [
@@ -36,9 +37,6 @@ DATA, RECIPE, REGULARISATION, MODEL, RUN = (
     "Model",
     "Run",
 )
-#: the recipes of afictl/train/config.py (listed here so that --help needs no import of it)
-RECIPE_NAMES = ("paper-cifar", "paper-imagenet", "modern-cifar", "modern-imagenet", "office-home")
-RECIPE_NAMES += ("quick",)
 
 #: names a config file (or a checkpoint's config) may use for a field: older or timm's spellings
 CONFIG_ALIASES = {"lr_schedule": "sched", "smoothing": "label_smoothing"}

@@ -11,13 +11,15 @@ weights: ``--best-of``), ``epoch-<N>.pt`` (``--checkpoint-hist``), all written a
 ``last.pt`` is the run's record; everything else follows it: it is saved first at the end of an
 epoch, metrics and ``best.pt`` after it, and a resumed run rewrites the metrics files and, when
 a kill fell between the two saves, ``best.pt`` from it. (The history's ``epoch-<N>.pt`` comes
-just before ``last.pt``, which records the history's ranking; a resumed run redoing that epoch
-offers it again, replacing it.)
+after ``last.pt``, which records the history's ranking as it will be: a disk too full for the
+history file costs a warning, never ``last.pt``; a kill between the two leaves at most one file
+too many, and a ranked epoch without its file, which is skipped when it is pushed out.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -31,7 +33,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint, validate_checkpoint
+from ..checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    load_checkpoint,
+    save_checkpoint,
+    validate_checkpoint,
+)
 from ..errors import UserError
 from ..models import get_model_info
 from . import distributed as D
@@ -158,11 +166,11 @@ def _make_run_dir(cfg: TrainConfig, overwrite: bool) -> tuple[Path, RunLock]:
 
 def _open_run_dir(
     cfg: TrainConfig, ctx: D.DistContext, resumed: bool, overwrite: bool, held
-) -> Path:
-    """The run folder, locked by rank 0 (only rank 0 writes); every rank learns its name (it has
-    rank 0's timestamp) or rank 0's error."""
+) -> tuple[Path, RunLock | None]:
+    """The run folder, locked by rank 0 (only rank 0 writes; the lock, None on other ranks);
+    every rank learns its name (it has rank 0's timestamp) or rank 0's error."""
     run_dir = Path(cfg.run_dir) if resumed else None
-    problem = None
+    problem, lock = None, None
     if ctx.is_main:
         try:
             if run_dir is None:
@@ -176,7 +184,7 @@ def _open_run_dir(
     run_dir_text, problem = D.broadcast_object((str(run_dir) if run_dir else None, problem))
     if problem:
         raise UserError(problem)
-    return Path(run_dir_text)
+    return Path(run_dir_text), lock
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -269,9 +277,16 @@ class _Run:
     log_file: MetricsLog | None = None
     hist: Any = None  # CheckpointHistory on rank 0 with --checkpoint-hist
     progress: TrainProgress | None = None
+    lock: RunLock | None = None  # rank 0's lock of run_dir
 
     def log(self, message: str) -> None:
         _log(self.ctx, self.progress, message)
+
+    def guard(self) -> None:
+        """Before each write of the run's files: the folder is still the one locked (else
+        :class:`RunFolderGoneError`, and nothing is written into a new run's folder)."""
+        if self.lock is not None:
+            self.lock.check()
 
     def checkpoint(self, steps: int, sums: list, seconds: float, rngs: list) -> TrainCheckpoint:
         """This moment of the run, as last.pt holds it."""
@@ -307,6 +322,7 @@ class _Run:
         if not self.ctx.is_main:
             return
         cfg = self.cfg
+        self.guard()
         _write_json(self.run_dir / "config.json", cfg.to_dict())
         columns = metric_columns(ema=cfg.model_ema, backbone=cfg.backbone_lr_mult != 1.0)
         self.log_file = MetricsLog(self.run_dir, cfg.tensorboard, columns)
@@ -394,6 +410,7 @@ class _Run:
         sums = _gather(self.ctx, out.sums.as_list())
         if self.ctx.is_main:
             data = self.checkpoint(out.steps, sums, out.seconds, rngs)
+            self.guard()
             save_checkpoint(self.run_dir / "last.pt", data.to_dict())
         D.barrier()
         self.state.interrupted = out.stopped
@@ -465,18 +482,33 @@ class _Run:
         if self.ctx.is_main:
             world = self.ctx.world
             data = self.checkpoint(0, [Sums().as_list()] * world, 0.0, rngs)
-            if self.hist is not None:  # before last.pt, which records the history's state
-                self.hist.offer(self.state.epoch, score, data.best_copy(self.cfg.best_of).to_dict())
-                data.checkpoint_hist = self.hist.state_dict()
-            # last.pt first: metrics and best.pt follow it; a kill before best.pt is saved is
-            # repaired by the next start from last.pt's best_epoch (repair_best)
+            if self.hist is not None:  # last.pt records the history as it will be
+                data.checkpoint_hist = self.hist.state_dict_after(self.state.epoch, score)
+            # last.pt first: metrics, best.pt and the history follow it; a kill before best.pt
+            # is saved is repaired by the next start from last.pt's best_epoch (repair_best)
+            self.guard()
             save_checkpoint(self.run_dir / "last.pt", data.to_dict())
             if improved:
+                self.guard()
                 save_checkpoint(
                     self.run_dir / "best.pt", data.best_copy(self.cfg.best_of).to_dict()
                 )
+            if self.hist is not None:
+                self.guard()
+                self.offer_history(score, data)
+            self.guard()
             self.log_file.append(row)
         D.barrier()
+
+    def offer_history(self, score: float, data: TrainCheckpoint) -> None:
+        """The epoch's ``epoch-<N>.pt`` (after last.pt); a disk too full for it is a warning:
+        last.pt holds the run, and the history keeps its earlier files."""
+        try:
+            self.hist.offer(self.state.epoch, score, data.best_copy(self.cfg.best_of).to_dict())
+        except CheckpointWriteError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.log(f"warning: {exc}; last.pt is saved, the run goes on")
 
     def summary(self, row: dict, improved: bool) -> str:
         cfg = self.cfg
@@ -557,9 +589,9 @@ def _train(
         raise UserError("the train and eval splits have different classes")
     cfg = runtime_config(cfg, ctx, classes, resume)
     parts, params = build_parts(cfg, ctx, datasets, resume)
-    run_dir = _open_run_dir(cfg, ctx, resume is not None, overwrite, held)
+    run_dir, lock = _open_run_dir(cfg, ctx, resume is not None, overwrite, held)
     cfg = replace(cfg, run_dir=str(run_dir))
-    run = _Run(cfg, ctx, parts, RunState.of(resume, ctx), run_dir, classes, params)
+    run = _Run(cfg, ctx, parts, RunState.of(resume, ctx), run_dir, classes, params, lock=lock)
     run.open_files(resume)
     total = cfg.epochs * parts.batches_per_epoch
     done = min(total, run.state.epoch * parts.batches_per_epoch + run.state.step)

@@ -51,6 +51,11 @@ def _classes(folder: Path) -> list[str]:
 def check_pair(data_root: Path, source: str, target: str) -> list[str]:
     """The source classes, after checking both domains exist and hold the same classes."""
     src_dir, tgt_dir = resolve_domain(data_root, source), resolve_domain(data_root, target)
+    if src_dir.resolve() == tgt_dir.resolve():
+        raise UserError(
+            f"--source {source} and --target {target} are the same domain ({src_dir.name}); "
+            "transfer needs two distinct domains"
+        )
     src_classes = _classes(src_dir)
     if not src_classes:
         raise UserError(f"{src_dir} has no class folders")
