@@ -12,3 +12,12 @@ def run(capsys, *args):
         code = exc.code or 0
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def one_line_exit_2(code: int, err: str) -> str:
+    """The contract: exit 2, exactly one stderr line `afictl: error: ...`, no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("afictl: error: "), err
+    return lines[0]

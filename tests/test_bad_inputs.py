@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli import run
+from cli import one_line_exit_2, run
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -33,15 +33,6 @@ from afictl.train.config import parse_milestones
 from afictl.validate import OPTION_CHECKS, check_option
 
 SHAPES = ["--data", "shapes", "--data-size", "16"]
-
-
-def one_line_exit_2(code: int, err: str) -> str:
-    """The contract: exit 2, exactly one stderr line `afictl: error: ...`, no traceback."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("afictl: error: "), err
-    return lines[0]
 
 
 def _bomb(path: Path, side: int = 30000) -> Path:

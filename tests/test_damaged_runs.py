@@ -6,34 +6,12 @@ import json
 import pandas as pd
 import pytest
 from cli import run
+from test_report import make_run as report_run
 
 
 def make_run(root, name, arch, top1s, **kw):
-    """A run folder as `afictl train` leaves it (config.json, metrics.csv), without training."""
-    d = root / name
-    d.mkdir(parents=True)
-    cfg = {
-        "arch": arch,
-        "dataset": "cifar100",
-        "epochs": len(top1s),
-        "model_kwargs": kw,
-        "recipe": "quick",
-        "data_size": None,
-        "input_size": 32,
-        "num_classes": 100,
-    }
-    (d / "config.json").write_text(json.dumps(cfg))
-    pd.DataFrame(
-        {
-            "epoch": range(1, len(top1s) + 1),
-            "train_loss": 1.0,
-            "eval_loss": 1.0,
-            "eval_top1": top1s,
-            "eval_top5": [min(100, t + 20) for t in top1s],
-            "images_per_sec": 100.0,
-        }
-    ).to_csv(d / "metrics.csv", index=False)
-    return d
+    """A CIFAR-100 run folder as `afictl train` leaves it (tests/test_report.py's)."""
+    return report_run(root, name, arch, "cifar100", top1s, **kw)
 
 
 def _config(**changes):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import run
+from cli import one_line_exit_2, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -80,15 +80,6 @@ CASES = [
         "same domain",
     ),
 ]
-
-
-def one_line_exit_2(code: int, err: str) -> str:
-    """The contract: exit 2, exactly one stderr line `afictl: error: ...`, no traceback."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("afictl: error: "), err
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
