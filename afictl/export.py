@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .validate import EXPORT_MAX_BATCH
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -249,9 +250,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-#: The largest batch an exported file accepts. A bound is needed: torch 2.6's export refuses an
-#: unbounded batch dimension of the AFI models (a guard against the int64 maximum).
-MAX_BATCH = 1 << 16
+#: The largest batch an exported file accepts (declared with the option checks). A bound is
+#: needed: torch 2.6's export refuses an unbounded batch dimension of the AFI models.
+MAX_BATCH = EXPORT_MAX_BATCH
 
 
 def _dynamic_batch() -> tuple[dict[int, Any]]:
@@ -496,9 +497,7 @@ def _write_export(
             f"could not export {result.arch or type(model).__name__} to {result.format}: "
             f"{_reason(exc)}"
         ) from exc
-    result.export_seconds = time.perf_counter() - start
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    result.export_seconds = time.perf_counter() - start  # written durably by write_bytes
     result.bytes = tmp.stat().st_size
 
 

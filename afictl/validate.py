@@ -58,8 +58,14 @@ _AA_RAND = re.compile(r"rand(-m\d+(\.\d+)?|-n\d+|-mstd\d+(\.\d+)?)+")
 INPUT_SIZE_RANGE = (8, 4096)
 #: the recipes of afictl/train/config.py (listed here so that --help and the checks need no
 #: import of it; tests/test_option_bounds.py checks that the two agree)
-RECIPE_NAMES = ("paper-cifar", "paper-imagenet", "modern-cifar", "modern-imagenet", "office-home")
-RECIPE_NAMES += ("quick",)
+RECIPE_NAMES = (
+    "paper-cifar",
+    "paper-imagenet",
+    "modern-cifar",
+    "modern-imagenet",
+    "office-home",
+    "quick",
+)
 #: --seed: the loader reseeds with seed x 100003 + epoch and DDP ranks with seed + 1000 x rank;
 #: up to 2^32 - 1 (NumPy's range) these stay far inside torch.manual_seed's 64 bits
 SEED_MAX = 2**32 - 1
@@ -72,7 +78,7 @@ MIX_ALPHA_RANGE = (1e-6, 1000.0)
 #: --threads: torch.set_num_threads of more fails (100000 raised inside OpenMP)
 THREADS_MAX = 1024
 #: afictl export/bench --batch-size: the export's dynamic batch dimension ends at 2^16
-#: (afictl.export.MAX_BATCH, equal: a test checks) and verification runs batch + 1
+#: (afictl.export.MAX_BATCH is this) and verification runs batch + 1
 EXPORT_MAX_BATCH = 1 << 16
 
 

@@ -24,7 +24,6 @@ from afictl.train.config import RECIPES, check_model_input_size
 from afictl.train.options import RECIPE_NAMES
 from afictl.transfer.run import check_pair
 from afictl.validate import (
-    EXPORT_MAX_BATCH,
     EXPORT_TOLERANCE,
     LR_MAX,
     MIX_ALPHA_RANGE,
@@ -126,9 +125,6 @@ def test_relations_at_their_edges():
 
 def test_declared_bounds_match_the_code():
     """The constants the checks use are those of the code they protect."""
-    from afictl.export import MAX_BATCH
-
-    assert EXPORT_MAX_BATCH == MAX_BATCH
     assert set(RECIPE_NAMES) == set(RECIPES)
     assert MIX_ALPHA_RANGE[0] >= FLOAT32_TINY and float(torch.tensor(MIX_ALPHA_RANGE[0])) > 0
     # the largest seed's derived seeds (per epoch, per DDP rank) stay within torch's range
