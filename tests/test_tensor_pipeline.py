@@ -1,0 +1,148 @@
+"""The decoded-split cache and the batch augmentation of the tensor input pipeline."""
+
+import os
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from afictl.data.batch_augment import batch_generator, normalise, pad_crop_flip
+from afictl.data.tensor_cache import DecodedSplit, cached_split, decode_files, source_digest
+
+
+def _files(tmp_path, n=6):
+    root = tmp_path / "train"
+    files = []
+    for i in range(n):
+        p = root / f"c{i % 2}" / f"{i}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(bytes([i]) * 12)
+        files.append(p)
+    return root, files
+
+
+def _load(path):  # a "decoder": the file's first byte as a constant 3x2x2 image
+    return torch.full((3, 2, 2), open(path, "rb").read(1)[0], dtype=torch.uint8)
+
+
+def _split(root, files, calls):
+    def build():
+        calls.append(1)
+        return decode_files(files, [i % 2 for i in range(len(files))], ["c0", "c1"], _load)
+
+    return build
+
+
+def test_decode_files_stacks_images_and_labels(tmp_path):
+    _, files = _files(tmp_path)
+    split = decode_files(files, [0, 1, 0, 1, 0, 1], ["c0", "c1"], _load)
+    assert split.images.shape == (6, 3, 2, 2) and split.images.dtype == torch.uint8
+    assert split.images[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert split.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert split.nbytes == 6 * 12 + 6 * 8
+
+
+def test_decode_files_refuses_mixed_sizes(tmp_path):
+    _, files = _files(tmp_path, 2)
+    shapes = iter([(3, 2, 2), (3, 4, 4)])
+    with pytest.raises(ValueError, match="1.bin"):
+        decode_files(
+            files, [0, 1], ["a", "b"], lambda p: torch.zeros(next(shapes), dtype=torch.uint8)
+        )
+
+
+def test_cache_hit_skips_decoding(tmp_path):
+    root, files = _files(tmp_path)
+    digest, calls = source_digest(files, root), []
+    first, hit1 = cached_split("t", digest, _split(root, files, calls), tmp_path / "cache")
+    second, hit2 = cached_split("t", digest, _split(root, files, calls), tmp_path / "cache")
+    assert (hit1, hit2, len(calls)) == (False, True, 1)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert second.classes == ["c0", "c1"]
+
+
+def test_changed_folder_changes_the_digest(tmp_path):
+    root, files = _files(tmp_path)
+    before = source_digest(files, root)
+    os.utime(files[3], ns=(1, 1))
+    assert source_digest(files, root) != before
+    files[0].write_bytes(b"longer than before")
+    assert len({before, source_digest(files, root), source_digest(files[1:], root)}) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "other_digest"])
+def test_damaged_cache_is_rebuilt(tmp_path, damage):
+    root, files = _files(tmp_path)
+    digest, calls, cache = source_digest(files, root), [], tmp_path / "cache"
+    cached_split("t", digest, _split(root, files, calls), cache)
+    (path,) = cache.iterdir()
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00" * 300)
+    else:  # a valid file whose metadata names another source
+        other = DecodedSplit(
+            torch.zeros(6, 3, 2, 2, dtype=torch.uint8), torch.zeros(6, dtype=torch.int64), ["a"]
+        )
+        from afictl.data.tensor_cache import _write
+
+        _write(path, other, "0" * 32)
+    split, hit = cached_split("t", digest, _split(root, files, calls), cache)
+    assert not hit and len(calls) == 2
+    assert split.images[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert cached_split("t", digest, _split(root, files, calls), cache)[1]  # rebuilt file good
+
+
+def test_unwritable_cache_warns_and_still_returns(tmp_path, capsys):
+    root, files = _files(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    split, hit = cached_split("t", source_digest(files, root), _split(root, files, []), blocker)
+    assert not hit and len(split) == 6
+    assert "cannot cache t" in capsys.readouterr().err
+
+
+def test_pad_crop_flip_matches_per_image_crops():
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = pad_crop_flip(images, batch_generator(0, 1, 2), pad=2)
+    g = batch_generator(0, 1, 2)  # the same draws, replayed image by image
+    dy = torch.randint(0, 5, (16,), generator=g)
+    dx = torch.randint(0, 5, (16,), generator=g)
+    mirror = torch.rand(16, generator=g) < 0.5
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(16):
+        crop = padded[i, :, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8]
+        assert torch.equal(out[i], crop.flip(-1) if mirror[i] else crop)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+
+
+def test_batch_generator_is_a_function_of_where_the_batch_stands():
+    x = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
+    a = pad_crop_flip(x, batch_generator(3, 2, 7))
+    assert torch.equal(a, pad_crop_flip(x, batch_generator(3, 2, 7)))
+    for other in [(3, 2, 8), (3, 3, 7), (4, 2, 7)]:
+        assert not torch.equal(a, pad_crop_flip(x, batch_generator(*other)))
+    assert not torch.equal(a, pad_crop_flip(x, batch_generator(3, 2, 7, rank=1)))
+
+
+def test_offsets_and_flips_cover_their_range():
+    # a one-hot image: where its pixel lands gives the offset drawn
+    x = torch.zeros(4000, 1, 9, 9, dtype=torch.uint8)
+    x[:, 0, 4, 4] = 255
+    out = pad_crop_flip(x, batch_generator(0, 0, 0), pad=4, flip=False)
+    seen = {tuple(int(v) for v in torch.nonzero(img[0])[0]) for img in out if img.any()}
+    assert seen == {(r, c) for r in range(9) for c in range(9)}  # all 81 offsets
+    flipped = pad_crop_flip(x[:, :, :, :], batch_generator(0, 0, 1), pad=0)
+    assert torch.equal(flipped, x)  # a centred pixel is its own mirror
+    asym = torch.zeros(4000, 1, 1, 2, dtype=torch.uint8)
+    asym[:, 0, 0, 0] = 1
+    share = pad_crop_flip(asym, batch_generator(0, 0, 2), pad=0)[:, 0, 0, 1].float().mean()
+    assert abs(float(share) - 0.5) < 0.05
+
+
+def test_normalise_matches_torchvision():
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ref = v2.Normalize(mean, std)(v2.ToDtype(torch.float32, scale=True)(x))
+    got = normalise(x, mean, std)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
