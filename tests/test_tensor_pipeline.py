@@ -146,3 +146,65 @@ def test_normalise_matches_torchvision():
     ref = v2.Normalize(mean, std)(v2.ToDtype(torch.float32, scale=True)(x))
     got = normalise(x, mean, std)
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def _decoded(n=40, size=8):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    return DecodedSplit(images, torch.arange(n) % 5, [f"k{i}" for i in range(5)])
+
+
+def _tensor_loader(split, **kw):
+    from afictl.data.tensor_loader import TensorLoader
+
+    kw.setdefault("train", True)
+    return TensorLoader(split, 8, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3, **kw)
+
+
+def test_tensor_loader_draws_the_dataloaders_order():
+    from torch.utils.data import TensorDataset
+
+    from afictl.data.loaders import make_loader
+
+    split = _decoded()
+    ref = make_loader(TensorDataset(split.images, split.labels), 8, train=True, seed=3)
+    ours = _tensor_loader(split)
+    for epoch in (0, 1):
+        ref.sampler.set_epoch(epoch)
+        ours.sampler.set_epoch(epoch)
+        got = [b.targets.tolist() for b in ours]
+        assert got == [b.targets.tolist() for b in ref] and len(got) == len(ours) == 5
+    assert ours.epoch == 1
+
+
+def test_resume_part_way_gives_the_same_batches():
+    split = _decoded()
+    whole = _tensor_loader(split)
+    whole.sampler.set_epoch(2)
+    full = list(whole)
+    resumed = _tensor_loader(split)
+    resumed.sampler.set_epoch(2, skip=3 * 8)
+    tail = list(resumed)
+    assert len(tail) == 2
+    for a, b in zip(full[3:], tail, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
+
+
+def test_ranks_share_the_epoch_without_overlap():
+    split = _decoded()
+    seen = []
+    for rank in (0, 1):
+        loader = _tensor_loader(split, world=2, rank=rank)
+        loader.sampler.set_epoch(0)
+        seen += [t for b in loader for t in b.images[:, 0, 0, 0].tolist()]
+        assert len(loader) == 2  # 20 images per rank, batches of 8, ragged one dropped
+    assert len(seen) == 32
+
+
+def test_eval_batches_every_image_once_unaugmented():
+    split = _decoded(n=21)
+    loader = _tensor_loader(split, train=False)
+    batches = list(loader)
+    assert [len(b.targets) for b in batches] == [8, 8, 5]
+    x = torch.cat([b.images for b in batches])
+    assert torch.equal(x, normalise(split.images, (0.5,) * 3, (0.25,) * 3))
