@@ -208,3 +208,78 @@ def test_eval_batches_every_image_once_unaugmented():
     assert [len(b.targets) for b in batches] == [8, 8, 5]
     x = torch.cat([b.images for b in batches])
     assert torch.equal(x, normalise(split.images, (0.5,) * 3, (0.25,) * 3))
+
+
+def _stacked(ds):
+    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def _png_folder(root, n=12, size=32):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(1)
+    for i in range(n):
+        p = root / "train" / f"class{i % 3}" / f"{i}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        pixels = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g)
+        Image.fromarray(pixels.numpy()).save(p)
+    return root
+
+
+@pytest.mark.parametrize("size", [None, 24])
+def test_decoded_shapes_are_the_loader_images(size):
+    from afictl.data import build_dataset
+    from afictl.data.decoded import decoded_split
+    from afictl.data.transforms import normalization
+
+    ds = build_dataset("shapes", None, "eval", size=40, train_transforms=False)
+    sub = build_dataset("shapes", None, "eval", size=40, train_transforms=False)
+    if size:  # a --data-size subset of a bigger split
+        from afictl.data.datasets import _fixed_subset
+
+        sub = _fixed_subset(build_dataset("shapes", None, "eval", size=40), size, 0, "eval")
+        ds = _fixed_subset(ds, size, 0, "eval")
+    split, why = decoded_split(sub, "shapes", 32)
+    assert why == "" and split.images.dtype == torch.uint8
+    x, y = _stacked(ds)
+    got = normalise(split.images, *normalization("shapes"))
+    assert torch.allclose(got, x, atol=1e-5 * float(x.abs().max())) and torch.equal(split.labels, y)
+
+
+def test_decoded_folder_is_cached_and_matches(tmp_path, monkeypatch):
+    from afictl.data import build_dataset, decoded
+    from afictl.data.transforms import normalization
+
+    monkeypatch.setenv("AFICTL_CACHE", str(tmp_path / "cache"))
+    root = _png_folder(tmp_path / "data")
+    ds = build_dataset("imagefolder", root, "train", input_size=32, train_transforms=False)
+    split, why = decoded.decoded_split(ds, "imagefolder", 32)
+    x, y = _stacked(ds)
+    assert why == "" and torch.equal(split.labels, y)
+    assert torch.allclose(normalise(split.images, *normalization("imagefolder")), x, atol=1e-4)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    def no_decoding(path):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(decoded, "pil_load", no_decoding)
+    again, _ = decoded.decoded_split(ds, "imagefolder", 32)  # from the cache
+    assert torch.equal(again.images, split.images)
+
+
+def test_large_or_unreadable_images_fall_back(tmp_path, monkeypatch):
+    from afictl.data import build_dataset
+    from afictl.data.decoded import decoded_split
+
+    monkeypatch.setenv("AFICTL_CACHE", str(tmp_path / "cache"))
+    big = _png_folder(tmp_path / "big", n=3, size=96)
+    ds = build_dataset("imagefolder", big, "train", input_size=32, train_transforms=False)
+    split, why = decoded_split(ds, "imagefolder", 32)
+    assert split is None and "96x96" in why
+    assert decoded_split(ds, "imagefolder", 224)[0] is None
+    small = _png_folder(tmp_path / "small", n=3)
+    (small / "train" / "class0" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    ds = build_dataset("imagefolder", small, "train", input_size=32, train_transforms=False)
+    split, why = decoded_split(ds, "imagefolder", 32)
+    assert split is None and "cannot be decoded" in why
