@@ -283,3 +283,47 @@ def test_large_or_unreadable_images_fall_back(tmp_path, monkeypatch):
     ds = build_dataset("imagefolder", small, "train", input_size=32, train_transforms=False)
     split, why = decoded_split(ds, "imagefolder", 32)
     assert split is None and "cannot be decoded" in why
+
+
+def test_choose_pipeline(tmp_path, monkeypatch):
+    from afictl.data import build_dataset
+    from afictl.data.pipeline import choose_pipeline
+    from afictl.errors import UserError
+
+    monkeypatch.setenv("AFICTL_CACHE", str(tmp_path / "cache"))
+    shapes = tuple(build_dataset("shapes", None, s, size=16) for s in ("train", "eval"))
+    assert choose_pipeline("loader", "shapes", shapes, 32).kind == "loader"
+    auto = choose_pipeline("auto", "shapes", shapes, 32)
+    assert auto.kind == "tensor" and len(auto.train) == len(auto.eval) == 16
+    big = _png_folder(tmp_path / "big", n=3, size=96)
+    folder = tuple(build_dataset("imagefolder", big, "train", input_size=32) for _ in range(2))
+    fallback = choose_pipeline("auto", "imagefolder", folder, 32)
+    assert fallback.kind == "loader" and "96x96" in fallback.reason
+    with pytest.raises(UserError, match="--pipeline tensor does not apply: its images are 96x96"):
+        choose_pipeline("tensor", "imagefolder", folder, 32)
+    with pytest.raises(UserError, match="unknown --pipeline"):
+        choose_pipeline("fast", "shapes", shapes, 32)
+    assert choose_pipeline("auto", "shapes", shapes, 32, decode="pil-draft").kind == "loader"
+
+
+def test_per_image_augmentation_is_exact_and_leaves_the_global_rng():
+    from afictl.data import build_dataset
+    from afictl.data.pipeline import choose_pipeline, tensor_loaders
+
+    shapes = tuple(build_dataset("shapes", None, s, size=32) for s in ("train", "eval"))
+    pipe = choose_pipeline("auto", "shapes", shapes, 32)
+    common = dict(device=torch.device("cpu"), on_device=False, seed=5)
+
+    def first_batch(**kw):
+        train, _ = tensor_loaders(pipe, "shapes", 32, 16, **common, **kw)
+        train.sampler.set_epoch(1)
+        return next(iter(train)).images
+
+    plain = first_batch()
+    state = torch.random.get_rng_state()
+    augmented = first_batch(aa="rand-m9-mstd0.5", reprob=0.5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(augmented, first_batch(aa="rand-m9-mstd0.5", reprob=0.5))
+    assert not torch.equal(augmented, plain)
+    erased = (augmented == 0).flatten(1).float().mean(1) > 0.05  # zeroed rectangles
+    assert 0 < int(erased.sum()) < 16  # some images erased, not all: drawn per image

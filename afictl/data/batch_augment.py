@@ -8,12 +8,12 @@ uninterrupted run drew, whatever the device, without saving generator state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["batch_generator", "normalise", "pad_crop_flip"]
+__all__ = ["batch_generator", "normalise", "pad_crop_flip", "per_image"]
 
 
 def batch_generator(
@@ -58,3 +58,18 @@ def normalise(
     m = torch.tensor(mean, device=images.device, dtype=dtype)[:, None, None] * 255
     s = torch.tensor(std, device=images.device, dtype=dtype)[:, None, None] * 255
     return (images.to(dtype) - m) / s
+
+
+def per_image(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    ops: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``ops`` (torchvision v2 transforms, which draw from torch's global generator) applied to
+    each image alone, with the global generator seeded from ``generator`` for the batch and put
+    back afterwards: AutoAugment/RandAugment and random erasing differ per image, yet a resumed
+    run redraws them exactly."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([ops(img) for img in images])

@@ -9,11 +9,11 @@ flipped and normalised at once on the device (:mod:`afictl.data.batch_augment`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .batch_augment import batch_generator, normalise, pad_crop_flip
+from .batch_augment import batch_generator, normalise, pad_crop_flip, per_image
 from .loaders import Batch, ResumableSampler, ShardSampler
 from .tensor_cache import DecodedSplit
 
@@ -48,6 +48,8 @@ class TensorLoader:
         rank: int = 0,
         pad: int = 4,
         flip: bool = True,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        erase: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.device = torch.device(device)
         store = self.device if on_device else torch.device("cpu")
@@ -55,6 +57,8 @@ class TensorLoader:
         self.classes = split.classes
         self.batch_size, self.train = batch_size, train
         self.mean, self.std, self.pad, self.flip = mean, std, pad, flip
+        # per image, after the flip on uint8 (--aa) and after normalising (--reprob): timm's order
+        self.augment, self.erase = augment, erase
         self.seed, self.rank = seed, rank
         if train:
             self.sampler: ResumableSampler | ShardSampler = ResumableSampler(
@@ -83,8 +87,13 @@ class TensorLoader:
 
     def _batch(self, chosen: torch.Tensor, step: int) -> Batch:
         x = self.images[chosen].to(self.device, non_blocking=True)
+        g = None
         if self.train:
             g = batch_generator(self.seed, self.epoch, step, self.rank, device=self.device)
             x = pad_crop_flip(x, g, self.pad, self.flip)
-        y = self.labels[chosen].to(self.device, non_blocking=True)
-        return Batch(normalise(x, self.mean, self.std), y, [])
+            if self.augment is not None:
+                x = per_image(x, g, self.augment)
+        x = normalise(x, self.mean, self.std)
+        if g is not None and self.erase is not None:
+            x = per_image(x, g, self.erase)
+        return Batch(x, self.labels[chosen].to(self.device, non_blocking=True), [])
