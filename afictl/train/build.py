@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import CheckpointError
 from ..data import build_dataset, make_loader
+from ..data.pipeline import Pipeline, choose_pipeline, tensor_loaders
 from ..errors import UserError
 from ..models import create_model
 from . import distributed as D
@@ -85,17 +86,60 @@ def build_model(cfg: TrainConfig, ctx: D.DistContext, fresh: bool) -> tuple[nn.M
 
 def _loaders(cfg: TrainConfig, ctx: D.DistContext, train_ds: Dataset, eval_ds: Dataset):
     per_rank = cfg.batch_size // ctx.world
-    common = dict(
-        workers=cfg.workers,
-        seed=cfg.seed,
-        world=ctx.world,
-        rank=ctx.rank,
-        pin_memory=ctx.device.type == "cuda",
+    pipe = choose_pipeline(
+        getattr(cfg, "pipeline", "loader"),
+        cfg.dataset,
+        (train_ds, eval_ds),
+        cfg.input_size,
+        decode=cfg.decode,
     )
-    return (
-        make_loader(train_ds, per_rank, train=True, **common),
-        make_loader(eval_ds, per_rank, train=False, **common),
-    )
+    if pipe.kind == "tensor":
+        loaders = tensor_loaders(
+            pipe,
+            cfg.dataset,
+            cfg.input_size,
+            per_rank,
+            device=ctx.device,
+            on_device=_data_on_device(cfg, ctx, pipe),
+            seed=cfg.seed,
+            world=ctx.world,
+            rank=ctx.rank,
+            aa=cfg.augment_policy,
+            reprob=cfg.reprob,
+            eval_batch_size=EVAL_BATCH_FACTOR * per_rank,
+        )
+    else:
+        common = dict(
+            workers=cfg.workers,
+            seed=cfg.seed,
+            world=ctx.world,
+            rank=ctx.rank,
+            pin_memory=ctx.device.type == "cuda",
+        )
+        loaders = (
+            make_loader(train_ds, per_rank, train=True, **common),
+            make_loader(eval_ds, per_rank, train=False, **common),
+        )
+    for loader in loaders:
+        loader.pipeline = pipe  # what the run reports: the pipeline and why
+    return loaders
+
+
+#: Evaluation batches of the tensor pipeline are this many training batches (no gradients, so
+#: memory allows it; results do not depend on the batch in eval mode).
+EVAL_BATCH_FACTOR = 2
+#: On CUDA the dataset moves to the GPU when it takes at most this share of its free memory.
+DEVICE_DATA_SHARE = 0.25
+
+
+def _data_on_device(cfg: TrainConfig, ctx: D.DistContext, pipe: Pipeline) -> bool:
+    """``--data-on-device``, or by default: on CUDA when both splits fit in a quarter of the
+    free memory."""
+    asked = getattr(cfg, "data_on_device", None)
+    if asked is not None or ctx.device.type != "cuda":
+        return bool(asked) and ctx.device.type != "cpu"
+    need = pipe.train.nbytes + pipe.eval.nbytes
+    return need <= DEVICE_DATA_SHARE * torch.cuda.mem_get_info(ctx.device)[0]
 
 
 def _extras(cfg: TrainConfig, model: nn.Module):
