@@ -327,3 +327,19 @@ def test_per_image_augmentation_is_exact_and_leaves_the_global_rng():
     assert not torch.equal(augmented, plain)
     erased = (augmented == 0).flatten(1).float().mean(1) > 0.05  # zeroed rectangles
     assert 0 < int(erased.sum()) < 16  # some images erased, not all: drawn per image
+
+
+def test_eval_through_the_tensor_pipeline_equals_the_loader(tmp_path, monkeypatch):
+    from test_analyses import _train_checkpoint
+
+    from afictl.train import evaluate as ev
+
+    ckpt = _train_checkpoint(tmp_path / "best.pt", "resnet20")
+    fast = ev.evaluate_checkpoint(ckpt, workers=0)
+    used = []
+    real = ev.eval_tensor_loader
+    monkeypatch.setattr(ev, "eval_tensor_loader", lambda *a: used.append(real(*a)))
+    slow = ev.evaluate_checkpoint(ckpt, workers=0)
+    assert used and used[0] is not None  # the first run took the tensor pipeline
+    assert fast["top1"] == slow["top1"] and fast["top5"] == slow["top5"]
+    assert abs(fast["loss"] - slow["loss"]) <= 1e-5 * max(1.0, abs(slow["loss"]))

@@ -23,7 +23,7 @@ from .tensor_cache import DecodedSplit
 from .tensor_loader import TensorLoader
 from .transforms import auto_augment, normalization
 
-__all__ = ["PIPELINES", "Pipeline", "choose_pipeline", "tensor_loaders"]
+__all__ = ["PIPELINES", "Pipeline", "choose_pipeline", "eval_tensor_loader", "tensor_loaders"]
 
 PIPELINES = ("auto", "tensor", "loader")
 
@@ -100,3 +100,15 @@ def tensor_loaders(
     )
     evaluate = TensorLoader(pipe.eval, eval_batch_size or batch_size, train=False, **common)
     return train, evaluate
+
+
+def eval_tensor_loader(
+    ds: Dataset, name: str, input_size: int, batch_size: int, device: torch.device
+) -> TensorLoader | None:
+    """The evaluation batches of ``ds`` through the tensor pipeline, or None where it does not
+    apply (then the caller's DataLoader reads the files)."""
+    split, _ = decoded_split(ds, name, input_size)
+    if split is None:
+        return None
+    mean, std = normalization(name)
+    return TensorLoader(split, batch_size, train=False, mean=mean, std=std, device=device)
