@@ -198,24 +198,170 @@ def terminal_width() -> int | None:
     return None
 
 
-def _table(view: pd.DataFrame, title: str | None, width: int | None) -> str:
+def _span(widths: Sequence[int]) -> int:
+    """A rich table's width for these content widths: a border and two spaces per column."""
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _cell_len(text: str) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(line) for line in text.split("\n")), default=0)
+
+
+def _header_parts(header: str) -> list[str]:
+    """A column name cut after each ``_`` or space: where its header may break onto a new line
+    (``params_diff_pct`` -> ``params_``, ``diff_``, ``pct``); never inside a word."""
+    return re.findall(r"[^_ ]+[_ ]*|[_ ]+", header) or [header]
+
+
+def _wrap_header(header: str, width: int) -> str:
+    lines = [""]
+    for part in _header_parts(header):
+        if lines[-1] and _cell_len(lines[-1] + part.rstrip()) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _least(header: str, cells: list[str]) -> int:
+    """The narrowest a column can be without cutting a word of its header or of a cell (cells
+    break at spaces only: a name, number or path is one word)."""
+    words = [w for c in cells for w in c.split()] + [p.rstrip() for p in _header_parts(header)]
+    return max(map(_cell_len, words), default=1) or 1
+
+
+def _spread(natural: list[int], least: list[int], room: int) -> list[int]:
+    """Widths from ``least`` toward ``natural`` within ``room`` content columns: the columns
+    nearest their natural width first, so that as few cells as possible wrap."""
+    widths = list(least)
+    extra = room - sum(least)
+    for i in sorted(range(len(widths)), key=lambda i: natural[i] - least[i]):
+        give = max(0, min(extra, natural[i] - least[i]))
+        widths[i] += give
+        extra -= give
+    return widths
+
+
+def _keep(
+    names: list[str], least: dict[str, int], width: int, priority: Sequence[str], empty: set[str]
+) -> list[str]:
+    """The columns shown at ``width``: the first of ``priority`` (else the first column) always,
+    then the rest of ``priority`` in its order, then the others left to right, columns with no
+    value last, each while it still fits."""
+    order = [p for p in dict.fromkeys(priority) if p in names] or names[:1]
+    order += [n for n in names if n not in order and n not in empty]
+    order += [n for n in names if n not in order]
+    kept: list[str] = []
+    for name in order:
+        if not kept or _span([least[k] for k in kept] + [least[name]]) <= width:
+            kept.append(name)
+    return [n for n in names if n in kept]
+
+
+def _stacked(view: pd.DataFrame, title: str | None, width: int) -> str:
+    """Each row as a block of ``name: value`` lines: a one-row summary, or a table whose
+    columns do not fit side by side. A value longer than a whole line is the only one cut."""
+    import textwrap
+
+    names = [str(c) for c in view.columns]
+    pad = max(_cell_len(n) for n in names) + 2
+    blocks = []
+    for r in view.itertuples(index=False):
+        lines = []
+        for name, value in zip(names, r, strict=True):
+            text = " ".join(str(value).split())
+            if pad + _cell_len(text) <= width:
+                lines.append(f"{name}:".ljust(pad) + text)
+                continue
+            lines.append(f"{name}:")
+            lines += textwrap.wrap(
+                text, width, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+            )
+        blocks.append("\n".join(line.rstrip() for line in lines))
+    text = "\n\n".join(blocks)
+    return f"{textwrap.fill(title, width, break_long_words=False)}\n{text}" if title else text
+
+
+def _table(
+    view: pd.DataFrame, title: str | None, width: int | None, priority: Sequence[str] = ()
+) -> str:
+    """A rich table as wide as its cells. At a narrower ``width`` one row (a summary) is stacked
+    as ``name: value`` lines; more rows break headers at ``_`` and cells at spaces, then leave
+    columns out (said under the table), or are stacked when fewer than two columns fit. No name,
+    number or path is ever cut (a file or pipe, ``width`` None, gets every column whole)."""
+    names = [str(c) for c in view.columns]
+    cells = {n: [str(v) for v in view[c]] for n, c in zip(names, view.columns, strict=True)}
+    natural = {n: max([_cell_len(n)] + [_cell_len(v) for v in cells[n]]) for n in names}
+    if width is None or not names or _span(list(natural.values())) <= width:
+        span = max(_span(list(natural.values())), _cell_len(title or ""))
+        return _draw(
+            view, names, title, list(natural.values()), span, wrap_headers=False, width=width
+        )
+    if len(view) == 1:  # a summary: one `name: value` line each reads better than a grid
+        return _stacked(view, title, width)
+    least = {n: _least(n, cells[n]) for n in names}
+    kept = names
+    if _span(list(least.values())) > width:
+        empty = {n for n in names if not any(v.strip() for v in cells[n])}
+        kept = _keep(names, least, width, priority, empty)
+        if len(kept) < 2:
+            return _stacked(view, title, width)
+    room = width - _span([0] * len(kept))
+    widths = _spread([natural[n] for n in kept], [least[n] for n in kept], room)
+    text = _draw(
+        view[[view.columns[names.index(n)] for n in kept]],
+        kept,
+        title,
+        widths,
+        _span(widths),
+        wrap_headers=True,
+        width=width,
+    )
+    left_out = [n for n in names if n not in kept]
+    if left_out:
+        import textwrap
+
+        note = (
+            f"(columns left out to fit {width}: {', '.join(left_out)}; "
+            "--format csv or a wider terminal shows them)"
+        )
+        text += "\n" + textwrap.fill(note, width, break_long_words=False, break_on_hyphens=False)
+    return text
+
+
+def _draw(
+    view: pd.DataFrame,
+    names: list[str],
+    title: str | None,
+    widths: list[int],
+    span: int,
+    *,
+    wrap_headers: bool,
+    width: int | None,
+) -> str:
+    """The table at content ``widths``, its title centred over it; a title wider than the
+    table goes above it as a line (broken between words at ``width``): rich would break it to
+    the table's width, a word or two a line."""
+    import textwrap
     from io import StringIO
 
     from rich.console import Console
     from rich.table import Table
 
+    above = ""
+    if title and _cell_len(title) > _span(widths):
+        above = textwrap.fill(title, width or len(title), break_long_words=False) + "\n"
+        title, span = None, _span(widths)
     table = Table(title=title, show_lines=False)
-    for col in view.columns:
-        table.add_column(str(col), overflow="fold")
+    for name, w in zip(names, widths, strict=True):
+        header = _wrap_header(name, w) if wrap_headers else name
+        table.add_column(header, width=w, overflow="fold")
     for r in view.itertuples(index=False):
         table.add_row(*(str(v) for v in r))
-    # The natural width (no cell wraps), capped at `width`: then rich wraps cells, folding
-    # words longer than their column, instead of cutting the table at the terminal's edge.
-    widths = [max([len(str(c))] + [len(str(v)) for v in view[c]]) for c in view.columns]
-    natural = max(sum(widths) + 3 * len(widths) + 1, len(title or ""))
     buf = StringIO()
-    Console(file=buf, width=min(natural, width or natural), force_terminal=False).print(table)
-    return buf.getvalue().rstrip("\n")
+    Console(file=buf, width=span, force_terminal=False).print(table)
+    return above + buf.getvalue().rstrip("\n")
 
 
 def render_text(
@@ -226,10 +372,13 @@ def render_text(
     formatters: dict[str, Callable[[Any], str]] | None = None,
     title: str | None = None,
     width: int | None = None,
+    priority: Sequence[str] = (),
 ) -> str:
     """Rows as text. ``columns`` and ``formatters`` shape the human formats only: JSON and CSV
     always carry every field, unformatted, for programs to read. ``width`` caps a table's
-    width (cells wrap); None: as wide as its cells."""
+    width (see :func:`_table`: nothing is cut mid-word; columns that do not fit are left out,
+    the first always kept, then those in ``priority``, then left to right); None: as wide as
+    its cells, every column."""
     fmt = Format(fmt)
     df = to_frame(rows)
     if fmt is Format.json:
@@ -245,7 +394,7 @@ def render_text(
     view = view.where(view.notna(), "")
     if fmt is Format.markdown:
         return _markdown(view, title)
-    return _table(view, title, width)
+    return _table(view, title, width, priority)
 
 
 def check_writable(output: Path) -> None:

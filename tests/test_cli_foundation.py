@@ -107,6 +107,16 @@ def test_console_script_and_module_entry_points():
     assert proc.returncode == 0 and "flops" in proc.stdout
 
 
+def test_bare_afictl_prints_its_help_once(capsys):
+    """Typer's rich help prints itself while click builds NoArgsIsHelpError: not once more."""
+    code, out, err = run(capsys)
+    assert code == 0 and err == ""
+    assert out.count("Usage: afictl [OPTIONS] COMMAND [ARGS]...") == 1, out
+    assert out.count("Commands") == 1 and " runs " in out and " curves " in out
+    proc = subprocess.run([sys.executable, "-m", "afictl"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.count("Usage:") == 1, proc.stdout
+
+
 def test_help_lists_every_command_without_importing_them():
     """`afictl --help` reads the summaries from the sources; no command module, no torch."""
     code = (

@@ -20,7 +20,10 @@ from ..errors import StageError, UnknownModelError, UserError
 COMMANDS = (
     "models",
     "train",
+    "runs",
+    "curves",
     "eval",
+    "predict",
     "flops",
     "memory",
     "bench",
@@ -139,7 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = command.main(args=argv, prog_name="afictl", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `afictl`: help, not an error
-        print(exc.ctx.get_help() if exc.ctx else "")
+        # Building the exception called ctx.get_help(), which Typer's rich help prints itself
+        # (returning ""); only click's plain help comes back as the message, to print here.
+        if exc.format_message():
+            print(exc.format_message())
         sys.exit(0)
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""

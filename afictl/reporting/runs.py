@@ -10,22 +10,34 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
 __all__ = [
+    "CURVE_BOUNDS",
     "RUN_COLUMNS",
+    "RUN_STATES",
     "RunConfig",
     "RunDamage",
+    "RunDetail",
     "RunFilter",
     "choose_dataset",
     "collect_runs",
     "dataset_family",
+    "is_running",
+    "list_runs",
     "normalise_stages",
     "parse_metrics",
+    "read_config",
+    "read_metrics",
     "read_run",
+    "run_row",
+    "show_run",
 ]
 
 RUN_COLUMNS = [
@@ -188,10 +200,12 @@ class RunConfig:
         )
 
 
-def _metric_column(metrics: pd.DataFrame, key: str, file: Path) -> None:
-    """Check that column ``key`` holds finite numbers within ``_METRIC_BOUNDS[key]`` (or NaN:
-    an epoch not evaluated); it is made float."""
-    low, high = _METRIC_BOUNDS[key]
+def _metric_column(
+    metrics: pd.DataFrame, key: str, file: Path, bounds: tuple[float, float] | None = None
+) -> None:
+    """Check that column ``key`` holds numbers within ``bounds`` (default ``_METRIC_BOUNDS[key]``)
+    or nothing (an epoch not evaluated); it is made float."""
+    low, high = bounds or _METRIC_BOUNDS[key]
     values = pd.to_numeric(metrics[key], errors="coerce")
     bad = (values.isna() & metrics[key].notna()) | ~(values.between(low, high) | values.isna())
     if bad.any():
@@ -201,9 +215,12 @@ def _metric_column(metrics: pd.DataFrame, key: str, file: Path) -> None:
     metrics[key] = values.astype(float)
 
 
-def parse_metrics(metrics: pd.DataFrame, file: Path) -> pd.DataFrame:
+def parse_metrics(
+    metrics: pd.DataFrame, file: Path, extra: Mapping[str, tuple[float, float]] | None = None
+) -> pd.DataFrame:
     """Validate metrics.csv (read as text); :class:`RunDamage` names a bad field. Returns the
-    evaluated epochs, numbers as numbers."""
+    evaluated epochs, numbers as numbers. ``extra``: more columns to check, with their bounds
+    (:data:`CURVE_BOUNDS` for learning curves)."""
     if "eval_top1" not in metrics:
         raise RunDamage(file, "eval_top1", "is missing")
     metrics = metrics.copy()
@@ -218,6 +235,9 @@ def parse_metrics(metrics: pd.DataFrame, file: Path) -> pd.DataFrame:
     for key in _METRIC_BOUNDS:
         if key in metrics:
             _metric_column(metrics, key, file)
+    for key, bounds in (extra or {}).items():
+        if key in metrics:
+            _metric_column(metrics, key, file, bounds)
     return metrics.dropna(subset=["eval_top1"])
 
 
@@ -226,11 +246,11 @@ def _metric(row: pd.Series, key: str) -> float | None:
     return float(row[key]) if key in row and pd.notna(row[key]) else None
 
 
-def _read(run_dir: Path) -> tuple[RunConfig, pd.DataFrame] | None:
-    """The run's validated config and evaluated epochs; None when a file is missing or no
-    epoch is evaluated yet (a run just started); :class:`RunDamage` when a file is damaged."""
-    cfg_file, metrics_file = run_dir / "config.json", run_dir / "metrics.csv"
-    if not cfg_file.is_file() or not metrics_file.is_file():
+def read_config(run_dir: Path) -> tuple[dict, RunConfig] | None:
+    """The run's config.json as written and its validated fields; None when it has none;
+    :class:`RunDamage` when it is damaged."""
+    cfg_file = Path(run_dir) / "config.json"
+    if not cfg_file.is_file():
         return None
     try:
         raw = json.loads(cfg_file.read_text())
@@ -238,7 +258,16 @@ def _read(run_dir: Path) -> tuple[RunConfig, pd.DataFrame] | None:
         raise RunDamage(cfg_file, "(file)", f"cannot be read ({exc})") from None
     except ValueError:
         raise RunDamage(cfg_file, "(file)", "is not valid JSON") from None
-    config = RunConfig.parse(raw, cfg_file)
+    return raw, RunConfig.parse(raw, cfg_file)
+
+
+def _read_metrics_file(
+    metrics_file: Path, extra: Mapping[str, tuple[float, float]] | None = None
+) -> pd.DataFrame | None:
+    """metrics.csv's evaluated epochs (:func:`parse_metrics`); None when it is missing or has
+    no row yet; :class:`RunDamage` when it is damaged."""
+    if not metrics_file.is_file():
+        return None
     try:
         metrics = pd.read_csv(metrics_file, dtype=str)
     except pd.errors.EmptyDataError:
@@ -247,8 +276,19 @@ def _read(run_dir: Path) -> tuple[RunConfig, pd.DataFrame] | None:
         raise RunDamage(metrics_file, "(file)", f"is not a readable CSV ({exc})") from None
     if metrics.empty:
         return None
-    metrics = parse_metrics(metrics, metrics_file)
-    return (config, metrics) if not metrics.empty else None
+    return parse_metrics(metrics, metrics_file, extra)
+
+
+def _read(run_dir: Path) -> tuple[RunConfig, pd.DataFrame] | None:
+    """The run's validated config and evaluated epochs; None when a file is missing or no
+    epoch is evaluated yet (a run just started); :class:`RunDamage` when a file is damaged."""
+    if not (run_dir / "metrics.csv").is_file():
+        return None
+    read = read_config(run_dir)
+    if read is None:
+        return None
+    metrics = _read_metrics_file(run_dir / "metrics.csv")
+    return (read[1], metrics) if metrics is not None and not metrics.empty else None
 
 
 def read_run(run_dir: Path) -> dict | None:
@@ -353,3 +393,135 @@ def choose_dataset(runs: pd.DataFrame, family: str) -> tuple[str, dict[str, int]
     paper = PAPER_DATASETS[family]
     best = max(counts, key=lambda d: (counts[d], d == paper, newest[d]))
     return best, dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# --- `afictl runs` and `afictl curves`: every run folder, its state, one run in full ---------
+
+#: metrics.csv columns a learning curve reads, besides those the report checks, with bounds
+CURVE_BOUNDS = {
+    "train_loss": (0.0, math.inf),
+    "eval_loss": (0.0, math.inf),
+    "train_top1": (0.0, 100.0),
+}
+#: what a run folder can be: a live process holds its lock; its metrics hold every planned
+#: epoch; neither (stopped by a signal or a crash, or resumable with more epochs)
+RUN_STATES = ("running", "finished", "stopped")
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock (afictl/train/lock.py). Probed with a shared,
+    non-blocking ``flock`` let go at once: the kernel drops a dead run's lock, so a lock file
+    left by a killed run reads as not running. False without ``fcntl`` (Windows: no locks)."""
+    from ..train.lock import LOCK_NAME
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    try:
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file: no run ever held it, or the last one ended normally
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without locks: nothing to tell
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock
+    return False
+
+
+def _modified(run_dir: Path) -> float:
+    """When the run last wrote its config or metrics (what "newest" means)."""
+    times = [
+        f.stat().st_mtime for f in (run_dir / "metrics.csv", run_dir / "config.json") if f.is_file()
+    ]
+    return max(times, default=0.0)
+
+
+def run_row(run_dir: Path) -> dict | None:
+    """One line of ``afictl runs``: what the run trains, how far it got, its best and last
+    eval top-1 and its state (:data:`RUN_STATES`); None for a folder without config.json;
+    :class:`RunDamage` when a file of it is damaged. A run with no evaluated epoch has
+    ``epochs_done`` 0 and no top-1."""
+    run_dir = Path(run_dir)
+    read = read_config(run_dir)
+    if read is None:
+        return None
+    summary = read_run(run_dir)
+    config = read[1]
+    done = summary["epochs_done"] if summary else 0
+    complete = bool(summary and summary["complete"])
+    mtime = _modified(run_dir)
+    return {
+        "arch": config.arch,
+        "dataset": config.dataset,
+        "data_size": config.counts["data_size"],
+        "recipe": config.recipe,
+        "epochs_done": done,
+        "epochs": config.counts["epochs"],
+        "best_top1": summary["top1"] if summary else None,
+        "best_epoch": summary["best_epoch"] if summary else None,
+        "last_top1": summary["final_top1"] if summary else None,
+        "state": "running" if is_running(run_dir) else "finished" if complete else "stopped",
+        "run_dir": str(run_dir),
+        "modified": datetime.fromtimestamp(mtime).isoformat(timespec="seconds"),
+        "mtime": mtime,
+    }
+
+
+def list_runs(root: str | Path = "runs", skipped: list[str] | None = None) -> list[dict]:
+    """:func:`run_row` of every run folder under ``root`` (a folder with config.json), newest
+    first. A damaged one is left out; one line naming its file and field goes to ``skipped``."""
+    root = Path(root)
+    rows = []
+    for d in sorted(root.glob("*/")) if root.is_dir() else []:
+        try:
+            row = run_row(d)
+        except RunDamage as exc:
+            if skipped is not None:
+                skipped.append(f"skipped a damaged run: {str(exc).splitlines()[0]}")
+            continue
+        if row is not None:
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r["mtime"], r["run_dir"]), reverse=True)
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """The run's evaluated epochs with every column of its metrics.csv, each checked where the
+    report or a curve reads it (:data:`CURVE_BOUNDS`), numbers as numbers; empty when there is
+    none yet; :class:`RunDamage` when the file is damaged."""
+    metrics = _read_metrics_file(Path(run_dir) / "metrics.csv", CURVE_BOUNDS)
+    if metrics is None:
+        return pd.DataFrame(columns=["epoch", *CURVE_BOUNDS, *_METRIC_BOUNDS])
+    for col in metrics.columns:
+        if not pd.api.types.is_numeric_dtype(metrics[col]):
+            numbers = pd.to_numeric(metrics[col], errors="coerce")
+            if numbers.notna().sum() == metrics[col].notna().sum():  # every cell a number
+                metrics[col] = numbers
+    return metrics.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """One run in full (``afictl runs RUN``): its :func:`run_row`, config.json as written (every
+    key the run resolved) and its per-epoch metrics."""
+
+    row: dict
+    config: dict
+    metrics: pd.DataFrame
+
+
+def show_run(run_dir: str | Path) -> RunDetail:
+    """:class:`RunDetail` of ``run_dir``; :class:`~afictl.errors.UserError` when it is not a run
+    folder, :class:`RunDamage` when a file of it is damaged."""
+    from ..errors import UserError
+
+    run_dir = Path(run_dir)
+    row = run_row(run_dir)
+    if row is None:
+        raise UserError(f"{run_dir} is not a run folder (no config.json)")
+    raw, _ = read_config(run_dir) or ({}, None)
+    return RunDetail(row=row, config=raw, metrics=read_metrics(run_dir))
