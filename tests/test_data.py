@@ -86,7 +86,7 @@ def test_cifar100_from_fake_batches(tmp_path):
 
 def test_cifar_missing_names_folder_and_download(tmp_path):
     with pytest.raises(DataMissingError) as err:
-        build_dataset("cifar100", tmp_path / "nothing", "train")
+        build_dataset("cifar100", tmp_path / "nothing", "train", download_hint="--download")
     msg = str(err.value)
     assert str(tmp_path / "nothing") in msg and "--download" in msg and "--data shapes" in msg
     assert "\n" not in msg

@@ -140,12 +140,19 @@ def curves_plot(points: pd.DataFrame, notes: Sequence[str] = ()) -> Figure:
                     color=_colour(i),
                     marker=None if many else _MARKERS[i % len(_MARKERS)],
                     markersize=max(7.0 - 1.2 * i, 3.0),
+                    # hollow training points: a one-epoch run has no line to tell them apart
+                    markerfacecolor="none" if split == "train" else _colour(i),
                     linewidth=1.4,
                 )
     for ax, what in zip(axes, ("loss", "top-1 (%)"), strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        first, last = int(points["epoch"].min()), int(points["epoch"].max())
+        ax.set_xlim(first - 0.5, last + 0.5)
+        if last - first < 12:  # whole epochs only: MaxNLocator falls back to fractions here
+            ax.set_xticks(range(first, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     _legend(fig, runs)
     _title(fig, "Learning curves: loss and top-1 per epoch", notes)
@@ -182,8 +189,10 @@ def _legend(fig: Figure, runs: list[str]) -> None:
         for i, r in enumerate(runs)
     ]
     handles += [
-        Line2D([], [], color="0.3", linestyle="--", label="train"),
-        Line2D([], [], color="0.3", linestyle="-", label="eval"),
+        Line2D(
+            [], [], color="0.3", linestyle="--", marker="o", markerfacecolor="none", label="train"
+        ),
+        Line2D([], [], color="0.3", linestyle="-", marker="o", label="eval"),
     ]
     fig.legend(
         handles=handles,

@@ -41,7 +41,13 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     if cfg.decode != "auto":
         extra["decode"] = cfg.decode
     train_ds = build_dataset(
-        cfg.dataset, cfg.data_root, "train", download=cfg.download, **common, **extra
+        cfg.dataset,
+        cfg.data_root,
+        "train",
+        download=cfg.download,
+        download_hint="--download",
+        **common,
+        **extra,
     )
     decode = {"decode": extra["decode"]} if "decode" in extra else {}
     eval_ds = build_dataset(cfg.dataset, cfg.data_root, "eval", download=False, **common, **decode)
