@@ -552,6 +552,7 @@ def export_model(
     seed: int = 0,
     arch: str | None = None,
     metadata: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` (put in eval mode) to ``path`` with a dynamic batch, and verify the file.
 
@@ -563,8 +564,10 @@ def export_model(
     written=False`` and ``path`` is left as it was. ``metadata``
     (:func:`afictl.weights.model_config`) goes into the ONNX file's ``metadata_props``, or
     beside a ``.pt2`` file (:func:`pt2_metadata_path`). Exporter failures raise
-    :class:`ExportError`; a missing ONNX extra :class:`MissingExtraError`.
+    :class:`ExportError`; a missing ONNX extra :class:`MissingExtraError`. ``progress(stage)``
+    is called as each stage begins: ``exporting``, ``verifying``, ``writing``.
     """
+    stage = progress or _no_stage
     path = Path(path)
     fmt = _check_export_args(path, format, batch_size, opset)
     model.eval()
@@ -581,15 +584,18 @@ def export_model(
         rtol=rtol,
     )
     with staged(path, fmt) as (tmp, companions):
+        stage(f"exporting to {fmt} (tracing at batch {batch_size})")
         _write_export(
             model, tmp, result, opset=opset, channels=channels, seed=seed, metadata=metadata
         )
         if fmt == "pt2" and metadata:
             companions[pt2_metadata_path(path)] = write_json_temp(pt2_metadata_path(path), metadata)
         if verify:
+            stage(f"verifying at batches 1 and {batch_size + 1}")
             _verify_export(model, tmp, result, channels=channels, seed=seed)
             if not result.passed:
                 return result
+        stage(f"writing {path}")
         publish_all(tmp, path, companions, result)
         return result
 
@@ -601,6 +607,10 @@ def publish_all(tmp: Path, path: Path, companions: dict[Path, Path], result: Exp
     for target, temp in companions.items():
         _publish(temp, target)
     result.written, result.companions = True, [str(t) for t in companions]
+
+
+def _no_stage(name: str) -> None:
+    """No progress reported."""
 
 
 def _source_model(
@@ -636,13 +646,16 @@ def export(
 
     ``input_size`` defaults to the checkpoint's training resolution, else the registry's (32 or
     224). ``output`` defaults to ``./<arch>.<format>`` (format default: onnx). Every file carries
-    :func:`afictl.weights.model_config` (preprocessing, class names).
+    :func:`afictl.weights.model_config` (preprocessing, class names). ``progress(stage)`` is
+    called as each stage begins (``loading``, then :func:`export_model`'s, or ``writing``).
     """
+    if checkpoint is None and arch is None:
+        raise UserError("give --arch NAME (random weights) or --checkpoint FILE")
+    stage = kwargs.get("progress") or _no_stage
+    stage(f"loading {checkpoint or arch}")  # the imports too: a second or more
     from .models import get_model_info
     from .weights import export_safetensors, model_config
 
-    if checkpoint is None and arch is None:
-        raise UserError("give --arch NAME (random weights) or --checkpoint FILE")
     if output is not None:
         format = infer_format(output, format)
     format = format or "onnx"
@@ -664,6 +677,7 @@ def export(
     output = Path(output) if output is not None else Path(f"{arch}.{format}")
     if format == "safetensors":
         run = ckpt if ckpt.get("source") is None and ckpt.get("config") else None
+        stage(f"writing {output}")
         return export_safetensors(
             model, output, metadata, checkpoint=run, verify=kwargs.get("verify", True)
         )

@@ -23,6 +23,7 @@ __all__ = [
     "BAD_IMAGES_CHOICES",
     "BEST_OF_CHOICES",
     "DECODE_CHOICES",
+    "PIPELINE_CHOICES",
     "EXPORT_MAX_BATCH",
     "INPUT_SIZE_RANGE",
     "LR_MAX",
@@ -49,6 +50,8 @@ BAD_IMAGES_CHOICES = ("skip", "stop")
 LR_SCHEDULES = ("step", "cosine", "inv")
 OPTIMIZERS = ("sgd", "adamw")
 DECODE_CHOICES = ("auto", "pil", "pil-draft", "torchvision", "gpu")
+#: the input pipelines of afictl/data/pipeline.py
+PIPELINE_CHOICES = ("auto", "tensor", "loader")
 BEST_OF_CHOICES = ("raw", "ema")
 #: --aa: timm's RandAugment strings (rand-m9-mstd0.5, rand-m9-n2; afictl/data/transforms.py
 #: parses them), TrivialAugment, AutoAugment with torchvision's policies
@@ -301,10 +304,11 @@ NUMERIC_BOUNDS: dict[str, Bound] = {
     "seed": Bound(0, SEED_MAX, integer=True),
     "workers": _COUNT,
     "threads": Bound(1, THREADS_MAX, integer=True),
+    "log_interval": _POSITIVE,
 }
 #: options that may be None (not given: the recipe, the data or the machine decides)
 _OPTIONAL = {"data_size", "input_size", "lr_reference_batch", "clip_grad", "reduction"}
-_OPTIONAL |= {"workers", "threads"}
+_OPTIONAL |= {"workers", "threads", "log_interval"}
 
 #: option (a :class:`~afictl.train.TrainConfig` field, or an option of eval) -> its check
 OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -326,6 +330,8 @@ OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "model_ema": _flag,
     "best_of": _choice(*BEST_OF_CHOICES),
     "decode": _choice(*DECODE_CHOICES),
+    "pipeline": _choice(*PIPELINE_CHOICES),
+    "data_on_device": _optional(_flag),
     "afi_stages": _optional(_stages),
     "deterministic": _flag,
     "device": _device,

@@ -3,6 +3,10 @@
     python examples/train_on_imagefolder.py --data-root /path/to/folder --arch afi_resnet20
     python examples/train_on_imagefolder.py --demo /tmp/demo   # makes a tiny folder first
 
+With ``--demo DIR`` everything goes under DIR: the images in DIR/train, DIR/val and the run in
+DIR/runs/<arch>-imagefolder-<time>/ (never ./runs, where a demo run would become the "newest
+run" that bare `afictl gradcam`, `selectivity` and `report` use).
+
 The same as `afictl train --data imagefolder ...`, through the library: resolve a
 configuration (recipe < config file < options), then `train` it.
 """
@@ -15,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from afictl.train import resolve_config, train
+from afictl.train import default_run_dir, resolve_config, train
 
 
 def make_demo_folder(root: Path, per_class: int = 12, size: int = 32) -> Path:
@@ -44,11 +48,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--demo", type=Path, help="write a tiny demo ImageFolder here and train on it")
     p.add_argument("--arch", default="afi_resnet20")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--run-dir", type=Path, help="default: DIR/runs/... (--demo), else ./runs/...")
     args = p.parse_args(argv)
     root = make_demo_folder(args.demo) if args.demo else args.data_root
     if root is None:
         p.error("give --data-root or --demo")
+    if args.demo and args.run_dir is None:
+        args.run_dir = default_run_dir(args.arch, "imagefolder", root=args.demo / "runs")
     cfg = resolve_config(
         {
             "arch": args.arch,

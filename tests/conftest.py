@@ -15,3 +15,11 @@ os.environ.pop("COLUMNS", None)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_export_stage_lines(monkeypatch):
+    """An export error must be the only stderr line in the tests that say so; a loaded machine
+    can make a stage outlast the delay after which a log file names it (tests/test_progress.py
+    sets its own delay to test those lines)."""
+    monkeypatch.setattr("afictl.cli.export.STAGE_LINE_DELAY", 1e9)

@@ -119,7 +119,7 @@ def test_gradcam_heatmaps_and_png(ckpts, images, tmp_path, capsys):
         assert r.heatmap.shape == (32, 32)  # the model's input size
         assert r.heatmap.min() >= 0.0 and r.heatmap.max() <= 1.0
         assert 0.0 < r.attention_area <= 1.0
-        assert r.view.shape == (64, 80, 3)  # CIFAR pipeline: the whole image is resized
+        assert r.view.shape == (32, 32, 3)  # the model's input: the 80x64 photo squashed
         assert r.predicted_class in SHAPE_CLASSES and 0.0 < r.probability <= 1.0
     out = tmp_path / "cam.png"
     code, stdout, err = run(

@@ -265,6 +265,12 @@ def test_eval_loads_on_cpu_and_moves_only_the_model(tmp_path, monkeypatch, fake_
     monkeypatch.setattr(E, "model_from_checkpoint", load)
     monkeypatch.setattr(E, "make_loader", lambda *a, **k: real_loader(*a, **k | {"pin_memory": 0}))
     monkeypatch.setattr(E, "evaluate", engine)
+    # the DataLoader's path: the tensor pipeline would put the images on a GPU this test fakes
+    monkeypatch.setattr(E, "eval_tensor_loader", lambda *a, **k: None)
+    watch = E._Watch  # host clocks for the timing: CUDA events need the real driver
+    monkeypatch.setattr(
+        E, "_Watch", lambda model, dev, meter: watch(model, torch.device("cpu"), meter)
+    )
     result = E.evaluate_checkpoint(path, data_size=8, batch_size=4, workers=0, device="cuda")
     assert seen["map_location"] == "cpu"  # the whole file: optimizer and EMA stay on the host
     assert seen["moved"] == [(torch.device("cuda", 0),)]  # the model alone goes to the GPU

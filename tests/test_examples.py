@@ -29,8 +29,22 @@ def test_train_on_imagefolder(tmp_path):
     assert result["epochs"] == 1 and (tmp_path / "run" / "best.pt").is_file()
 
 
-def test_analyse_a_checkpoint(tmp_path):
-    out = load("analyse_a_checkpoint").main(["--demo", str(tmp_path)])
+def test_train_on_imagefolder_demo_keeps_its_run_under_the_demo_folder(tmp_path, monkeypatch):
+    """Issue 22: a demo run in ./runs would become the newest run of bare gradcam/report."""
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    demo = tmp_path / "demo"
+    result = load("train_on_imagefolder").main(["--demo", str(demo), "--epochs", "1"])
+    assert Path(result["run_dir"]).parent == demo / "runs"
+    assert (Path(result["run_dir"]) / "best.pt").is_file()
+    assert not Path("runs").exists() and list(Path.cwd().iterdir()) == []
+
+
+def test_analyse_a_checkpoint(tmp_path, monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    out = load("analyse_a_checkpoint").main(["--demo", str(tmp_path / "demo")])
+    assert not Path("runs").exists() and list(Path.cwd().iterdir()) == []  # all under --demo
     assert (out / "gradcam.png").stat().st_size > 1000
     assert (out / "features.png").stat().st_size > 1000
     assert list(out.glob("selectivity-*.csv"))

@@ -22,6 +22,8 @@ from afictl.export import DEFAULT_RTOL, export_model, tolerance, verify_file
 from afictl.models import create_model, get_model_info
 
 FAST = ("resnet20", "afi_resnet20")
+
+
 FORMATS = ("onnx", "pt2")
 
 

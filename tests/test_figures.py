@@ -155,7 +155,7 @@ def _cam_report() -> GradCamReport:
                 layer="layer3",
                 method="gradcam",
                 heatmap=rng.random((32, 32), dtype=np.float32),
-                view=rng.random((48, 64, 3), dtype=np.float32),
+                view=rng.random((32, 32, 3), dtype=np.float32),  # the model's input
             )
         )
     originals = {"img.png": rng.random((48, 64, 3), dtype=np.float32)}
@@ -208,7 +208,7 @@ def test_features_figure_legible_with_colour_scales_and_large_thumbnail():
     assert len(bars) == 3  # the tiles, S~, the stage's alphas
     tiles = [ax for ax in fig.axes if ax.get_title().startswith("α=")]
     assert len(tiles) == 16  # 2 inputs x 8 channels
-    thumb = next(ax for ax in fig.axes if ax.get_title() == "img.png")
+    thumb = next(ax for ax in fig.axes if ax.get_title().startswith("img.png\nmodel input"))
     renderer = fig.canvas.get_renderer()
     assert thumb.get_window_extent(renderer).width > 2 * tiles[0].get_window_extent(renderer).width
 

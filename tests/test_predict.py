@@ -80,3 +80,24 @@ def test_no_readable_image_or_too_large_topk_is_one_line(capsys, ckpt, shapes, t
     empty.mkdir()
     code, _, err = run(capsys, "predict", empty, "-c", ckpt)
     assert "no image files in folder" in one_line_exit_2(code, err)
+
+
+def test_a_decompression_bomb_between_one_and_two_limits_is_refused(capsys, ckpt, tmp_path):
+    # 12000x12000 = 144M pixels: over PIL's 89M limit, under the 179M where PIL itself refuses
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
+    code, out, err = run(capsys, "predict", bomb, "-c", ckpt)
+    assert "decompression bomb" in one_line_exit_2(code, err) and out == ""

@@ -473,11 +473,11 @@ def test_tampered_resume_is_refused_before_anything_is_rewritten(
     ckpt = torch.load(run_dir / "last.pt", weights_only=True)
     _tamper(ckpt, case)
     save_checkpoint(run_dir / "last.pt", ckpt)
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = {str(p): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     code, out, err = run(capsys, "train", "--resume", run_dir, "--epochs", "2")
     assert code == 2 and out == "" and RESUME_CASES[case] in err, err
     _one_error_line(err)
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert {str(p): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_untampered_resume_still_runs(capsys, tmp_path, finished_run):

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 
-__all__ = ["CAM_BATCH_SIZE", "METHODS", "METHOD_NAMES", "CamMethod", "resolve_method"]
+__all__ = [
+    "CAM_BATCH_SIZE",
+    "METHODS",
+    "METHOD_NAMES",
+    "CamMethod",
+    "check_target_class",
+    "resolve_method",
+]
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,8 @@ class CamMethod:
     cls: str  # the pytorch_grad_cam class
     gradients: bool = True  # needs a backward pass (else it runs under no_grad)
     per_channel: bool = False  # one forward pass per channel of the target, in batches
+    # False: the map does not depend on the class explained (EigenCAM never reads its targets)
+    uses_target: bool = True
 
 
 #: The CAM methods of pytorch-grad-cam 1.5.7 that ``afictl gradcam --method`` offers.
@@ -33,7 +42,7 @@ METHODS: dict[str, CamMethod] = {
         CamMethod("xgradcam", "XGrad-CAM", "XGradCAM"),
         CamMethod("hirescam", "HiResCAM", "HiResCAM"),
         CamMethod("scorecam", "Score-CAM", "ScoreCAM", gradients=False, per_channel=True),
-        CamMethod("eigencam", "Eigen-CAM", "EigenCAM", gradients=False),
+        CamMethod("eigencam", "Eigen-CAM", "EigenCAM", gradients=False, uses_target=False),
         CamMethod("eigengradcam", "EigenGrad-CAM", "EigenGradCAM"),
         CamMethod("layercam", "LayerCAM", "LayerCAM"),
         CamMethod("ablationcam", "Ablation-CAM", "AblationCAM", gradients=False, per_channel=True),
@@ -58,3 +67,16 @@ def resolve_method(name: str | CamMethod) -> CamMethod:
     if key not in METHODS:
         raise UserError(f"unknown CAM method {name!r}; valid methods: {', '.join(METHODS)}")
     return METHODS[key]
+
+
+def check_target_class(method: str | CamMethod, target_class: str | None) -> None:
+    """``--target-class`` with a class-independent method (Eigen-CAM) is a
+    :class:`~afictl.errors.UserError`: the map would be the same for every class."""
+    spec = resolve_method(method)
+    if target_class is None or spec.uses_target:
+        return
+    raise UserError(
+        f"--target-class does not apply to --method {spec.name}: {spec.title} is "
+        "class-independent (the same map for every class); drop --target-class, or use a "
+        "class-dependent method such as gradcam"
+    )

@@ -21,7 +21,7 @@ from torch import nn
 from ..checkpoint import model_from_checkpoint
 from ..errors import UserError
 from ..layers import AFIModule, record_attention
-from .inputs import load_image, model_input, view_of
+from .inputs import load_image, model_input, model_view
 
 __all__ = [
     "AFIFeatures",
@@ -81,12 +81,13 @@ class AFIFeatures:
     block: int
     module: str
     image: str | None = None
-    view: np.ndarray | None = field(default=None, repr=False)  # (h, w, 3) what the model saw
+    view: np.ndarray | None = field(default=None, repr=False)  # (S, S, 3) the model's input
     inputs: list[np.ndarray] = field(default_factory=list, repr=False)  # X(j): (C, h, w) each
     output: np.ndarray | None = field(default=None, repr=False)  # R: (C, h, w)
     attention: np.ndarray | None = field(default=None, repr=False)  # S~ (n, C) of the image
     dataset_attention: np.ndarray | None = field(default=None, repr=False)  # mean S~ (n, C)
     dataset_images: int = 0
+    dataset: str | None = None  # the dataset averaged over (its name)
     #: mean alpha of every AFI module of the stage: {block i: (i-1,) over channels and images}
     stage_alpha: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -212,9 +213,12 @@ def run_features(
     progress: Any = None,
 ) -> AFIFeatures:
     """Everything ``afictl features`` shows, for one AFI checkpoint (``arch``: the model of a
-    plain state dict or ``.safetensors``, or the expected one)."""
-    if image is None and data is None:
-        raise UserError("give an IMAGE (feature maps) and/or --data DATASET (averaged attention)")
+    plain state dict or ``.safetensors``, or the expected one).
+
+    With ``image``: its feature maps and S~. With ``data`` or ``data_root``, or without
+    ``image``: S~ averaged over a dataset, ``data`` or else the one recorded in the checkpoint
+    (its root, subset size and seed; :func:`~afictl.analysis.inputs.eval_loader`).
+    """
     model, ckpt = model_from_checkpoint(checkpoint, arch=arch)
     stage_name, block_no, module_name, module = afi_block(model, stage, block)
     result = AFIFeatures(str(checkpoint), ckpt["arch"], stage_name, block_no, module_name)
@@ -227,11 +231,12 @@ def run_features(
             model, module_name, module, x
         )
         result.image = str(image)
-        result.view = view_of(img, spec.input_size)
-    if data is not None:
+        result.view = model_view(x[0], spec.dataset)
+    if image is None or data is not None or data_root is not None:
         from .inputs import eval_loader
 
         loader = eval_loader(ckpt, data, data_root, batch_size=batch_size)
+        result.dataset = data or model_input(ckpt).dataset
         total = len(loader) if max_batches is None else min(len(loader), max_batches)
         tick = progress(f"{ckpt['arch']} attention", total) if progress else None
         per_module, result.dataset_images = dataset_attention(

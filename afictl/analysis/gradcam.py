@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,8 @@ from torch import nn
 from ..checkpoint import model_from_checkpoint
 from ..errors import UserError
 from ..models import StageError, UnknownModelError
-from .cam_methods import CAM_BATCH_SIZE, METHODS, CamMethod, resolve_method
-from .inputs import class_name, load_image, model_input, resolve_class, thumbnail, view_of
+from .cam_methods import CAM_BATCH_SIZE, METHODS, CamMethod, check_target_class, resolve_method
+from .inputs import class_name, load_image, model_input, model_view, resolve_class, thumbnail
 
 __all__ = [
     "CAM_BATCH_SIZE",
@@ -35,6 +35,7 @@ __all__ = [
     "CamResult",
     "GradCamReport",
     "attention_area",
+    "check_target_class",
     "grad_cam",
     "resolve_layer",
     "resolve_method",
@@ -59,7 +60,7 @@ class CamResult:
     layer: str
     method: str
     heatmap: np.ndarray = field(repr=False)  # (S, S) in [0, 1], at the model's input size
-    view: np.ndarray = field(repr=False)  # (h, w, 3) in [0, 1]: what the model saw
+    view: np.ndarray = field(repr=False)  # (S, S, 3) in [0, 1]: the input, un-normalised
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("heatmap", "view")}
@@ -71,10 +72,13 @@ class GradCamReport:
 
     results: list[CamResult]
     images: list[str]
+    # the photos as read (thumbnails); the figure draws each result's view, the model's input
     originals: dict[str, np.ndarray]
     checkpoints: list[str]
     errors: list[str]
     method: str = "gradcam"
+    #: each image's (width, height) as read, before the model's resize or crop
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -125,31 +129,28 @@ def grad_cam(
     *,
     method: str | CamMethod = "gradcam",
     batch_size: int = CAM_BATCH_SIZE,
+    progress: Callable[[int], Any] | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Heatmaps (B, S, S) in [0, 1] and the logits (on the CPU), for ``targets`` or the
     predicted classes.
 
     ``method`` is a :data:`METHODS` name; FullGrad ignores ``layer`` (it may be None). Score-CAM
-    and Ablation-CAM run ``batch_size`` images per forward pass, one image at a time. The model
-    is left as it came: same modules, no hooks, same train/eval mode.
+    and Ablation-CAM run ``batch_size`` masked copies per forward pass, one image at a time; the
+    other methods ``batch_size`` images at a time. ``progress(n)`` (optional) is called after
+    each ``n`` images. The model is left as it came: same modules, no hooks, same mode.
     """
     spec = resolve_method(method)
     if layer is None and spec.name != "fullgrad":
         raise ValueError(f"{spec.title} needs a target layer")
     # pytorch-grad-cam pulls in scikit-learn and OpenCV (2 s): import it only when a CAM is drawn.
-    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cam_targets = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-    if spec.name == "fullgrad":
-        cam_cls, kwargs = _ordered_fullgrad(), {"target_layers": []}
-    elif spec.name == "ablationcam":
-        cam_cls, kwargs = _ablation_cam(), {"target_layers": [layer], "batch_size": batch_size}
-    else:
-        cam_cls, kwargs = getattr(pytorch_grad_cam, spec.cls), {"target_layers": [layer]}
+    cam_cls, kwargs = _cam_class(spec, layer, batch_size)
     # Score-CAM and Ablation-CAM loop over the images themselves: one at a time bounds the memory
-    # (Score-CAM holds every masked copy of an image) and costs nothing.
-    step = 1 if spec.per_channel else max(len(batch), 1)
+    # (Score-CAM holds every masked copy of an image) and costs nothing; the others take
+    # batch_size images a pass, which bounds the memory of a long list of photos.
+    step = 1 if spec.per_channel else max(batch_size, 1)
     training = model.training
     heats, logits = [], []
     try:
@@ -168,12 +169,28 @@ def grad_cam(
                 except IndexError as exc:  # the CAM's __exit__ would print and swallow it
                     raise RuntimeError(f"{spec.title} failed: {exc}") from exc
                 logits.append(cam.outputs.detach().cpu())  # the model may be on a GPU
+                if progress is not None:
+                    progress(len(batch[start : start + step]))
     finally:
         model.train(training)
     heat = np.concatenate(heats).astype(np.float32)
     return np.clip(np.nan_to_num(heat, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0), torch.cat(
         logits
     )
+
+
+def _cam_class(
+    spec: CamMethod, layer: nn.Module | None, batch_size: int
+) -> tuple[type, dict[str, Any]]:
+    """The pytorch-grad-cam class of ``spec`` (afictl's fixed FullGrad and Ablation-CAM) and
+    its keyword arguments."""
+    import pytorch_grad_cam
+
+    if spec.name == "fullgrad":
+        return _ordered_fullgrad(), {"target_layers": []}
+    if spec.name == "ablationcam":
+        return _ablation_cam(), {"target_layers": [layer], "batch_size": batch_size}
+    return getattr(pytorch_grad_cam, spec.cls), {"target_layers": [layer]}
 
 
 @contextlib.contextmanager
@@ -380,13 +397,14 @@ def _cam_results(
     layer_name: str,
     target: int | None,
     cam: CamMethod,
+    progress: Callable[[int], Any] | None = None,
 ) -> list[CamResult]:
-    """One :class:`CamResult` per image under one checkpoint (one batch through the CAM)."""
+    """One :class:`CamResult` per image under one checkpoint (``progress(n)`` after n images)."""
     spec = model_input(ckpt)
     names = list(loaded)
     batch = torch.stack([spec.tensor(loaded[n]) for n in names])
     targets = None if target is None else [target] * len(names)
-    heat, logits = grad_cam(model, batch, target_layer, targets, method=cam)
+    heat, logits = grad_cam(model, batch, target_layer, targets, method=cam, progress=progress)
     probs = torch.softmax(logits.float(), dim=1)
     results = []
     for i, name in enumerate(names):
@@ -401,13 +419,14 @@ def _cam_results(
                 predicted_class=class_name(ckpt, pred),
                 probability=round(float(probs[i, pred]), 6),
                 target_index=tgt,
-                target_class=class_name(ckpt, tgt),
+                # a class-independent map explains no class in particular
+                target_class=class_name(ckpt, tgt) if cam.uses_target else "(any)",
                 target_probability=round(float(probs[i, tgt]), 6),
                 attention_area=round(attention_area(heat[i]), 6),
                 layer=layer_name,
                 method=cam.name,
                 heatmap=heat[i],
-                view=view_of(loaded[name], spec.input_size),
+                view=model_view(batch[i], spec.dataset),
             )
         )
     return results
@@ -424,10 +443,12 @@ def run_gradcam(
     progress: Any = None,
 ) -> GradCamReport:
     """A CAM (``method``, Grad-CAM by default) of every image under every checkpoint; bad inputs
-    become error lines. An unknown method, or ``layer`` with FullGrad, is a :class:`UserError`.
+    become error lines. An unknown method, ``layer`` with FullGrad, or ``target_class`` with a
+    class-independent method (Eigen-CAM) is a :class:`UserError`.
 
     ``archs`` (one per checkpoint) names the model of a plain state dict or ``.safetensors``.
-    ``progress(description, total)`` (optional) returns a callback ticked once per checkpoint.
+    ``progress(description, total)`` (optional) returns a callback ticked once per image and
+    checkpoint.
     """
     cam = resolve_method(method)
     if cam.name == "fullgrad" and layer is not None:
@@ -435,9 +456,15 @@ def run_gradcam(
             "--layer does not apply to --method fullgrad (it uses the bias of every "
             "convolution and BatchNorm of the network)"
         )
+    check_target_class(cam, target_class)
     errors: list[str] = []
     loaded = _load_images(images, errors)
-    tick = progress(cam.title, len(checkpoints)) if progress else None
+    tick = progress(cam.title, len(checkpoints) * len(loaded)) if progress and loaded else None
+
+    def advance(n: int) -> None:
+        for _ in range(n if tick is not None else 0):
+            tick()
+
     results: list[CamResult] = []
     used: list[str] = []
     for ckpt_path, arch in zip(checkpoints, archs or [None] * len(checkpoints), strict=True):
@@ -447,13 +474,15 @@ def run_gradcam(
             )
         except (UserError, UnknownModelError) as exc:
             errors.append(str(exc))
-        else:
-            used.append(str(ckpt_path))
-            if loaded:
-                results += _cam_results(
-                    model, ckpt, str(ckpt_path), loaded, target_layer, layer_name, target, cam
-                )
-        if tick is not None:
-            tick()
+            advance(len(loaded))
+            continue
+        used.append(str(ckpt_path))
+        if loaded:
+            results += _cam_results(
+                model, ckpt, str(ckpt_path), loaded, target_layer, layer_name, target, cam, advance
+            )
     originals = {n: thumbnail(img) for n, img in loaded.items()}
-    return GradCamReport(results, list(loaded), originals, used, errors, method=cam.name)
+    sizes = {n: img.size for n, img in loaded.items()}
+    return GradCamReport(
+        results, list(loaded), originals, used, errors, method=cam.name, sizes=sizes
+    )

@@ -7,6 +7,7 @@ Preprocessing comes from the checkpoint's recorded dataset and input size
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
 from ..data import eval_transform
+from ..data.decode import check_claim
 from ..data.loaders import GuardedLoader
-from ..data.transforms import is_small
+from ..data.transforms import is_small, normalization
 from ..errors import UserError
 from ..models import get_model_info
 
@@ -28,6 +30,7 @@ __all__ = [
     "eval_loader",
     "load_image",
     "model_input",
+    "model_view",
     "resolve_class",
     "thumbnail",
     "view_of",
@@ -42,7 +45,11 @@ def load_image(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise UserError(f"{path} is not an image file")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL's warning would precede our one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            check_claim(img.size)  # PIL only warns between 1x and 2x its pixel limit
             return img.convert("RGB")
     # DecompressionBombError: the header claims more pixels than PIL agrees to decode
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
@@ -70,17 +77,32 @@ class ModelInput:
         """The normalised (3, S, S) tensor the model was evaluated on."""
         return eval_transform(self.dataset, self.input_size)(image)
 
+    def view(self, image: Image.Image) -> np.ndarray:
+        """:meth:`tensor` un-normalised: the (S, S, 3) RGB in [0, 1] the model saw."""
+        return model_view(self.tensor(image), self.dataset)
+
 
 def model_input(ckpt: dict[str, Any]) -> ModelInput:
+    """How ``ckpt`` wants its input (its recorded dataset and input size)."""
     return ModelInput.of(ckpt)
 
 
-def view_of(image: Image.Image, input_size: int, max_side: int = 256) -> np.ndarray:
-    """The part of ``image`` the model sees, in its own colours, as float RGB in [0, 1].
+def model_view(x: torch.Tensor, dataset: str) -> np.ndarray:
+    """A normalised (3, S, S) input as (S, S, 3) RGB in [0, 1]: exactly the pixels the model got
+    (squashed to S x S, or center-cropped), for figures that draw a heatmap over them."""
+    mean, std = normalization(dataset)
+    rgb = x.detach().cpu().float() * torch.tensor(std)[:, None, None]
+    rgb = rgb + torch.tensor(mean)[:, None, None]
+    return rgb.clamp(0.0, 1.0).permute(1, 2, 0).numpy().astype(np.float32)
 
-    Small-input pipelines resize the whole image (the heatmap stretches back over all of it);
-    ImageNet pipelines see the center square of side ``min(w, h) * 224 / 256``. The view is
-    scaled so that its longer side is at most ``max_side`` pixels (figure size).
+
+def view_of(image: Image.Image, input_size: int, max_side: int = 256) -> np.ndarray:
+    """The part of ``image`` the model sees, at the photo's resolution and aspect, as float RGB
+    in [0, 1] (for the model's own pixels, squashed to S x S, see :meth:`ModelInput.view`).
+
+    Small-input pipelines take the whole image; ImageNet pipelines the center square of side
+    ``min(w, h) * 224 / 256``. The view is scaled so that its longer side is at most
+    ``max_side`` pixels (figure size).
     """
     w, h = image.size
     if not is_small(input_size):

@@ -8,6 +8,7 @@ makes room for their colorbars.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
+from matplotlib.text import Annotation  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .features import AFIFeatures  # noqa: E402
@@ -33,9 +35,11 @@ __all__ = [
     "gradcam_figure",
     "gradcam_plot",
     "overlay",
+    "selectivity_bins",
     "selectivity_figure",
     "selectivity_plot",
     "selectivity_range",
+    "weights_norm",
 ]
 
 _DPI = 110
@@ -65,6 +69,36 @@ def _short(path: str, width: int = 34) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
+def _title(fig: plt.Figure, title: str, note: str | None = None, size: float = 10) -> None:
+    """The figure's title and, under it, ``note`` in red: a caveat no reader can miss.
+
+    The title gets one blank line per line of the note, so that constrained layout makes room
+    for it; the note is then drawn over those blank lines (anchored to the title).
+    """
+    if not note:
+        fig.suptitle(title, fontsize=size)
+        return
+    chars = max(40, int(fig.get_figwidth() * 72 / (0.55 * size)))  # a line as wide as the figure
+    lines = textwrap.wrap(" ".join(note.split()), chars) or [note]
+    # wider lines than the note's: it sits clear of the axes titles below
+    head = fig.suptitle(title + "\n " * len(lines), fontsize=size, linespacing=1.5)
+    caption = Annotation(
+        "\n".join(lines),
+        xy=(0.5, 0.0),
+        xycoords=head,
+        xytext=(0, 0.3 * size),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        multialignment="center",
+        color="red",
+        fontsize=size,
+        gid="note",
+    )
+    caption.set_in_layout(False)  # its room is the title's blank lines
+    fig.add_artist(caption)
+
+
 #: A darker shade of each colour above: medians and means drawn over a body of that colour.
 _DARK = ["#0b3c68", "#7a1315", "#14591a", "#4b2d6b", "#a04d00", "#4a2d26"]
 #: Text sizes (points at the written size): titles and labels readable in a printed column.
@@ -81,33 +115,51 @@ def _cam_title(r) -> str:
     return title + f"\narea {percent(r.attention_area, digits=0)}"
 
 
-def gradcam_plot(report: GradCamReport) -> plt.Figure:
-    """Figure 3: one row per image, the original then one CAM panel per checkpoint, titled with
+def _input_size(view: np.ndarray) -> str:
+    return f"{view.shape[1]}\u00d7{view.shape[0]}"
+
+
+def _show_input(ax: plt.Axes, view: np.ndarray) -> None:
+    """The model's own pixels, enlarged without smoothing (each input pixel a square)."""
+    ax.imshow(view, interpolation="nearest")
+
+
+def gradcam_plot(report: GradCamReport, note: str | None = None) -> plt.Figure:
+    """Figure 3: one row per image, the model's input (the resized or cropped S x S pixels it
+    saw, un-normalised) then one CAM panel per checkpoint over exactly those pixels, titled with
     the predicted class and its probability; one colorbar (the heatmap's colours, each map
-    scaled to its own maximum) and a title naming the method (Grad-CAM, Score-CAM, ...)."""
+    scaled to its own maximum), a title naming the method and the input size, and ``note`` (a
+    caveat such as unequal training budgets) in red under the title."""
     images, ckpts = report.images, report.checkpoints
     by_key = {(r.image, r.checkpoint): r for r in report.results}
+    first = {i: next(r for r in report.results if r.image == i) for i in images}
     cols = 1 + len(ckpts)
-    # each row as tall as its image's aspect needs at 2.5 inches per panel, plus three title lines
-    aspects = [report.originals[i].shape[0] / report.originals[i].shape[1] for i in images]
-    heights = [2.5 * min(max(a, 0.4), 1.6) + 0.6 for a in aspects]
+    # square panels of 2.5 inches plus three title lines per row
     fig, axes = plt.subplots(
         len(images),
         cols,
-        figsize=(2.5 * cols + 0.8, sum(heights) + 0.4),
+        figsize=(2.5 * cols + 0.8, 3.1 * len(images) + 0.4),
         squeeze=False,
-        gridspec_kw={"height_ratios": heights},
         layout="constrained",
     )
     for row, image in enumerate(images):
-        axes[row, 0].imshow(report.originals[image])
-        axes[row, 0].set_title(_short(image), fontsize=_TITLE)
+        view = first[image].view
+        _show_input(axes[row, 0], view)
+        photo = report.sizes.get(image)
+        of = f" of {photo[0]}\u00d7{photo[1]}" if photo else ""
+        axes[row, 0].set_title(
+            f"{_short(image)}\nmodel input {_input_size(view)}{of}", fontsize=_TITLE
+        )
         for col, ckpt in enumerate(ckpts, start=1):
             r = by_key.get((image, ckpt))
             if r is None:
                 axes[row, col].set_visible(False)
                 continue
-            axes[row, col].imshow(overlay(r.view, r.heatmap))
+            _show_input(axes[row, col], r.view)
+            # the heatmap has the input's shape: the same pixel grid, smoothed for reading
+            axes[row, col].imshow(
+                r.heatmap, cmap="jet", vmin=0, vmax=1, alpha=0.5, interpolation="bilinear"
+            )
             axes[row, col].set_title(_cam_title(r), fontsize=_TITLE)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -121,14 +173,21 @@ def gradcam_plot(report: GradCamReport) -> plt.Figure:
     )
     bar.set_label(f"{report.title} (1 = the map's maximum)", fontsize=_LABEL)
     bar.ax.tick_params(labelsize=_TICK)
-    fig.suptitle(f"{report.title} (area: share above half the maximum)", fontsize=_TITLE + 1)
+    sizes = " / ".join(dict.fromkeys(_input_size(r.view) for r in report.results))
+    _title(
+        fig,
+        f"{report.title} on the model's {sizes} input (area: share above half the maximum)",
+        note,
+    )
     return fig
 
 
-def gradcam_figure(report: GradCamReport, path: str | Path, dpi: int = _DPI) -> Path:
-    """Write :func:`gradcam_plot`. ``dpi`` sets the raster resolution (photos make large PNGs:
-    110 dpi is about 90 KB per panel)."""
-    return _save(gradcam_plot(report), path, dpi)
+def gradcam_figure(
+    report: GradCamReport, path: str | Path, dpi: int = _DPI, note: str | None = None
+) -> Path:
+    """Write :func:`gradcam_plot` (``note``: a red caption under the title). ``dpi`` sets the
+    raster resolution."""
+    return _save(gradcam_plot(report, note=note), path, dpi)
 
 
 # --- Figure 6: class selectivity --------------------------------------------------------------
@@ -169,7 +228,7 @@ def _panels(channels: pd.DataFrame) -> dict[int, list[tuple[np.ndarray, str, int
                 out[int(block)].append((live, f"{name}: all {dead} channels dead", i))
                 continue
             count = f"n={live.size}" + (f", {dead} dead" if dead else "")
-            out[int(block)].append((live, f"{name} ({count}): {live.mean():.3f}", i))
+            out[int(block)].append((live, f"{name} ({count}): mean {live.mean():.3f}", i))
     return out
 
 
@@ -192,7 +251,7 @@ def _hist_panel(ax: plt.Axes, data: list, bins: np.ndarray) -> float:
             label=label,
             weights=weights,
         )
-        ax.axvline(live.mean(), color=_DARK[i % len(_DARK)], lw=1.2, ls="--")
+        ax.axvline(live.mean(), color=_DARK[i % len(_DARK)], lw=1.2, ls="--", gid="mean")
         top = max(top, float(np.max(heights)))
     return top
 
@@ -221,62 +280,90 @@ def _violin_panel(ax: plt.Axes, data: list) -> None:
     ax.set_xticks(range(1, len(present) + 1), names, fontsize=_TICK, rotation=15 * (len(names) > 2))
 
 
-def selectivity_plot(channels: pd.DataFrame, kind: str = "hist") -> plt.Figure:
+def selectivity_bins(values: np.ndarray, count: int = 20) -> np.ndarray:
+    """The histogram bin edges of Figure 6, one set for every model and panel: ``count`` bins
+    over :func:`selectivity_range` of all the live indices together (inside [0, 1], the index's
+    range), computed once, so that the models' histograms compare bar by bar."""
+    lo, hi = selectivity_range(values)
+    return np.linspace(lo, hi, count + 1)
+
+
+def _legend_above(ax: plt.Axes, header: str) -> None:
+    """The panel's legend above its axes, headed by the panel's name: it covers no bar, no
+    mean line and no violin (constrained layout makes room for it)."""
+    legend = ax.legend(
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        fontsize=_TICK,
+        title=header,
+        title_fontsize=_TITLE,
+        frameon=False,
+        borderaxespad=0.3,
+    )
+    legend.get_title().set_fontweight("bold")
+
+
+def selectivity_plot(
+    channels: pd.DataFrame, kind: str = "hist", note: str | None = None
+) -> plt.Figure:
     """Figure 6: per block, the distribution of the live channels' index for each checkpoint.
 
-    ``kind``: ``hist`` (step histograms overlaid, dashed means) or ``violin`` (median line and
-    mean dot per model). Every panel shares one index axis fitted to the data
-    (:func:`selectivity_range`) and one scale for the other axis; the legend gives each model's
-    live channel count and mean index.
+    ``kind``: ``hist`` (step histograms overlaid on the same bin edges,
+    :func:`selectivity_bins`, dashed means) or ``violin`` (median line and mean dot per model).
+    Every panel shares one index axis fitted to the data (:func:`selectivity_range`) and one
+    scale for the other axis; each panel's legend, above its axes, gives each model's live
+    channel count and mean index. ``note`` (a caveat such as unequal training budgets) is
+    written in red under the title.
     """
     panels = _panels(channels)
     stage = channels["stage"].iloc[0]
     live_all = channels.loc[~channels["dead"], "index"].to_numpy()
     lo, hi = selectivity_range(live_all)
+    bins = selectivity_bins(live_all)
     ncols = min(len(panels), 4)
     nrows = -(-len(panels) // ncols)
+    n_models = channels["checkpoint"].nunique()
     fig, axes = plt.subplots(
         nrows,
         ncols,
-        figsize=(3.3 * ncols, 2.9 * nrows + 0.4),
+        figsize=(3.3 * ncols, (2.5 + 0.18 * n_models) * nrows + 0.4),
         squeeze=False,
         sharex=True,
         sharey=True,
         layout="constrained",
     )
-    bins = np.linspace(lo, hi, 21)
     top = 0.0
     for ax, (block, data) in zip(axes.flat, panels.items(), strict=False):
         if kind == "violin":
             _violin_panel(ax, data)
         else:
             top = max(top, _hist_panel(ax, data, bins))
-        ax.set_title(f"{stage} block {block}", fontsize=_TITLE)
-        ax.legend(fontsize=_TICK, title="mean index", title_fontsize=_TICK, loc="upper right")
+        _legend_above(ax, f"{stage} block {block}")
         ax.tick_params(labelsize=_TICK)
     first = axes[0, 0]
     if kind == "violin":
-        # headroom above the violins for the legend
-        first.set_ylim(lo, hi + 0.55 * (hi - lo))
+        first.set_ylim(lo, hi)
         for ax in axes[:, 0]:
             ax.set_ylabel("selectivity index", fontsize=_LABEL)
     else:
         first.set_xlim(lo, hi)
-        first.set_ylim(0, (top or 1.0) * 1.5)  # headroom: the legend sits above the bars
+        first.set_ylim(0, (top or 1.0) * 1.08)
         for ax in axes[:, 0]:
             ax.set_ylabel("share of live channels", fontsize=_LABEL)
         for ax in axes[-1, :]:
             ax.set_xlabel("selectivity index", fontsize=_LABEL)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    how = "line: median, dot: mean" if kind == "violin" else "dashed: mean"
-    fig.suptitle(f"Class selectivity index per channel, stage {stage} ({how})", fontsize=10)
+    how = "line: median, dot: mean" if kind == "violin" else "dashed: mean; legend: n, mean"
+    _title(fig, f"Class selectivity index per channel, stage {stage} ({how})", note)
     return fig
 
 
-def selectivity_figure(channels: pd.DataFrame, path: str | Path, kind: str = "hist") -> Path:
-    """Write :func:`selectivity_plot`."""
-    return _save(selectivity_plot(channels, kind), path)
+def selectivity_figure(
+    channels: pd.DataFrame, path: str | Path, kind: str = "hist", note: str | None = None
+) -> Path:
+    """Write :func:`selectivity_plot` (``note``: a red caption under the title)."""
+    return _save(selectivity_plot(channels, kind, note=note), path)
 
 
 # --- Figure 2: an AFI module's features ------------------------------------------------------
@@ -294,8 +381,9 @@ def _feature_tiles(fig: plt.Figure, spec, result: AFIFeatures, shown: list[int])
     n = len(result.inputs)
     grid = spec.subgridspec(n + 1, len(shown) + 2, width_ratios=[2.6] + [1.0] * len(shown) + [0.12])
     ax = fig.add_subplot(grid[:, 0])
-    ax.imshow(result.view)
-    ax.set_title(_short(result.image or "", 22), fontsize=_TITLE)
+    _show_input(ax, result.view)
+    size = _input_size(result.view)
+    ax.set_title(f"{_short(result.image or '', 22)}\nmodel input {size}", fontsize=_TITLE)
     ax.axis("off")
     tensors = [*result.inputs, result.output]
     labels = [f"X({j + 1})" for j in range(n)] + [f"R({result.block})"]
@@ -321,50 +409,52 @@ def _feature_tiles(fig: plt.Figure, spec, result: AFIFeatures, shown: list[int])
     bar.ax.tick_params(labelsize=_TICK)
 
 
+def weights_norm(n: int) -> TwoSlopeNorm:
+    """The colour scale of S~ for a module with ``n`` inputs: the weights' whole range [0, 1],
+    white at the uniform weight 1/n. Fixed, whatever the data: near-uniform attention looks
+    near-white, not zoomed into structure (each channel's weights are a softmax over n)."""
+    return TwoSlopeNorm(vcenter=1.0 / n, vmin=0.0, vmax=1.0)
+
+
+#: Half the span of the stage panel's colour scale (alpha - 1/(i-1)), fixed for every figure.
+STAGE_SPAN = 0.5
+
+
 def _weights_panel(fig: plt.Figure, ax: plt.Axes, result: AFIFeatures) -> None:
-    """S~ (inputs x channels), diverging colours centred on the uniform weight 1/n."""
+    """S~ (inputs x channels) on the fixed scale of :func:`weights_norm`."""
     w = result.weights
     n = w.shape[0]
-    # White = no preference, red = the channel draws more from that input, blue = less. (On
-    # 0..1 the weights of a module with n inputs all sit near 1/n and look alike.)
-    uniform = 1.0 / n
-    spread = max(float(np.abs(w - uniform).max()), 1e-3)
-    im = ax.imshow(
-        w,
-        aspect="auto",
-        cmap="RdBu_r",
-        vmin=uniform - spread,
-        vmax=uniform + spread,
-        interpolation="nearest",
-    )
+    # white = the uniform weight 1/n (no preference), red = the channel draws more from that
+    # input (up to 1: only that input), blue = less (down to 0)
+    im = ax.imshow(w, aspect="auto", cmap="RdBu_r", norm=weights_norm(n), interpolation="nearest")
     ax.set_yticks(range(n), [f"X({j + 1})" for j in range(n)], fontsize=_TICK)
     ax.set_xlabel("channel of R", fontsize=_LABEL)
     ax.tick_params(labelsize=_TICK)
-    where = (
-        f"mean over {result.dataset_images} images"
-        if result.dataset_attention is not None
-        else "this image"
-    )
+    if result.dataset_attention is not None:
+        source = f" {result.dataset}" if result.dataset else ""
+        where = f"mean over {result.dataset_images}{source} images"
+    else:
+        where = "this image"
     ax.set_title(
-        rf"$\tilde{{S}}$ of AFI({result.block}) in {result.stage}, {where} (white: 1/{n})",
-        fontsize=_TITLE,
+        rf"$\tilde{{S}}$ of AFI({result.block}) in {result.stage}, {where}", fontsize=_TITLE
     )
     bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01)
+    bar.set_ticks(sorted({0.0, 1.0 / n, 1.0}))
     bar.ax.tick_params(labelsize=_TICK)
-    bar.set_label("weight", fontsize=_LABEL)
+    bar.set_label(f"weight (softmax over {n}; white: 1/{n})", fontsize=_LABEL)
 
 
 def _stage_panel(fig: plt.Figure, ax: plt.Axes, stage_alpha: dict[int, np.ndarray]) -> None:
     """Every AFI module of the stage: mean alpha per input (Eq. 8), coloured by its departure
-    from the uniform weight 1/(i-1) of its row, the numbers printed when they fit."""
+    from the uniform weight 1/(i-1) of its row on a fixed +-:data:`STAGE_SPAN` scale, the
+    numbers printed when they fit."""
     blocks = sorted(stage_alpha)
     width = max(blocks) - 1
     mat = np.full((len(blocks), width), np.nan)
     for r, b in enumerate(blocks):
         mat[r, : b - 1] = stage_alpha[b]
-    # at least +-0.1, so that a nearly uniform module stays nearly white
     dev = mat - np.array([1.0 / (b - 1) for b in blocks])[:, None]
-    spread = max(float(np.nanmax(np.abs(dev))), 0.1)
+    spread = STAGE_SPAN  # fixed: a nearly uniform module stays nearly white
     im = ax.imshow(
         np.ma.masked_invalid(dev),
         aspect="auto",
@@ -383,7 +473,7 @@ def _stage_panel(fig: plt.Figure, ax: plt.Axes, stage_alpha: dict[int, np.ndarra
     ax.set_title(r"stage: mean $\alpha_j^{(i)}$ (Eq. 8)", fontsize=_TITLE)
     bar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
     bar.ax.tick_params(labelsize=_TICK)
-    bar.set_label(r"$\alpha - 1/(i-1)$", fontsize=_LABEL)
+    bar.set_label(r"$\alpha - 1/(i-1)$ (white: uniform)", fontsize=_LABEL)
 
 
 def features_plot(result: AFIFeatures, channels: int = 8) -> plt.Figure:

@@ -34,16 +34,19 @@ from torch import nn
 
 from ..checkpoint import model_from_checkpoint
 from ..errors import UserError
-from .inputs import eval_loader
+from .inputs import eval_loader, model_input
 
 __all__ = [
+    "IMAGE_SET_FIELDS",
     "ClassMeans",
     "SelectivityResult",
     "channel_csv",
     "class_means",
+    "pair_loaders",
     "run_selectivity",
     "selectivity_frame",
     "selectivity_index",
+    "shared_image_set",
     "summarize",
 ]
 
@@ -142,6 +145,8 @@ class SelectivityResult:
     arch: str
     stage: str
     channels: pd.DataFrame  # one row per channel
+    images: int = 0  # evaluation images measured (the same ones for every checkpoint of a run)
+    dataset: str | None = None
 
     def summary(self) -> list[dict[str, Any]]:
         return summarize(self.channels)
@@ -220,6 +225,53 @@ def channel_csv(frames: Sequence[pd.DataFrame], path: str | Path) -> Path:
     return path
 
 
+#: the config fields that name a run's evaluation images (with the dataset)
+IMAGE_SET_FIELDS = ("dataset", "data_root", "eval_split", "data_size", "seed")
+
+
+def shared_image_set(ckpts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The one evaluation set every checkpoint of a comparison is measured on: the recorded set
+    (dataset, root, split, data size, seed) of the checkpoint with the smallest data size (a run
+    on the whole dataset counts as the largest; on a tie, the first checkpoint's)."""
+
+    def size(ckpt: dict[str, Any]) -> float:
+        value = (ckpt.get("config") or {}).get("data_size")
+        return float("inf") if value is None else float(value)
+
+    chosen = min(ckpts, key=size)  # min keeps the first of equals
+    config = chosen.get("config") or {}
+    images = {k: config.get(k) for k in IMAGE_SET_FIELDS}
+    if images["dataset"] is None:  # an old run: each model's own (home) dataset, as before
+        del images["dataset"]
+    return images
+
+
+def pair_loaders(
+    ckpts: Sequence[dict[str, Any]],
+    data: str | None = None,
+    data_root: str | Path | None = None,
+    *,
+    batch_size: int = 128,
+    workers: int = 0,
+) -> list[Any]:
+    """One evaluation loader per checkpoint, all over the same images (:func:`shared_image_set`;
+    each resized and normalised as its model expects): one loader shared by the models that
+    take the same input."""
+    images = shared_image_set(ckpts) if len(ckpts) > 1 else None
+    made: dict[tuple[Any, ...], Any] = {}
+    loaders = []
+    for ckpt in ckpts:
+        if images is not None:
+            # as if this run had recorded the shared set: eval_loader reads it from there
+            ckpt = {**ckpt, "config": {**(ckpt.get("config") or {}), **images}}
+        spec = model_input(ckpt)
+        key = (spec.dataset, spec.input_size, int(ckpt["num_classes"]))
+        if key not in made:
+            made[key] = eval_loader(ckpt, data, data_root, batch_size=batch_size, workers=workers)
+        loaders.append(made[key])
+    return loaders
+
+
 def run_selectivity(
     checkpoints: Sequence[str | Path],
     stage: str,
@@ -232,7 +284,8 @@ def run_selectivity(
     workers: int = 0,
     progress: Any = None,
 ) -> list[SelectivityResult]:
-    """Selectivity of every probed channel of ``stage`` for each checkpoint, on its eval data.
+    """Selectivity of every probed channel of ``stage`` for each checkpoint, all measured on
+    the same evaluation images (:func:`pair_loaders`).
 
     ``archs`` (one per checkpoint) names the model of a plain state dict or ``.safetensors``.
     ``progress(description, total)`` (optional) returns a per-batch callback.
@@ -242,11 +295,13 @@ def run_selectivity(
     for path, arch in zip(checkpoints, archs or [None] * len(checkpoints), strict=True):
         model, ckpt = model_from_checkpoint(path, arch=arch)
         loaded.append((str(path), model, ckpt, model.resolve_stage(stage)))
+    loaders = pair_loaders(
+        [c for _, _, c, _ in loaded], data, data_root, batch_size=batch_size, workers=workers
+    )
     results = []
-    for path, model, ckpt, paper_stage in loaded:
-        loader = eval_loader(ckpt, data, data_root, batch_size=batch_size, workers=workers)
+    for (path, model, ckpt, paper_stage), loader in zip(loaded, loaders, strict=True):
         total = len(loader) if max_batches is None else min(len(loader), max_batches)
-        tick = progress(f"{ckpt['arch']} {paper_stage}", total) if progress else None
+        tick = progress(f"selectivity {ckpt['arch']} {paper_stage}", total) if progress else None
         cm = class_means(
             model,
             model.probes(paper_stage),
@@ -259,5 +314,8 @@ def run_selectivity(
         frame = selectivity_frame(
             cm, checkpoint=path, arch=ckpt["arch"], stage=paper_stage, class_names=names
         )
-        results.append(SelectivityResult(path, ckpt["arch"], paper_stage, frame))
+        dataset = data or model_input(ckpt).dataset
+        results.append(
+            SelectivityResult(path, ckpt["arch"], paper_stage, frame, int(cm.counts.sum()), dataset)
+        )
     return results

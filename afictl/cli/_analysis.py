@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,9 @@ import typer
 
 from ..analysis.labels import FIGURE_SUFFIXES
 from ..errors import UserError
+
+#: the analyses' ``progress(description, total) -> tick`` hook
+ProgressHook = Callable[[str, int], Callable[..., None]]
 
 __all__ = [
     "FIGURE_SUFFIXES",
@@ -24,6 +28,8 @@ __all__ = [
     "DataOpt",
     "DataRootOpt",
     "MaxBatchesOpt",
+    "ProgressHook",
+    "budget_note",
     "check_figure",
     "check_results_file",
     "choose_checkpoints",
@@ -41,7 +47,8 @@ CheckpointOpt = Annotated[
         "-c",
         help="Checkpoint file or run folder (repeatable), a plain state dict (.pth/.pt, with "
         "--arch) or a .safetensors file. Default: the newest run under ./runs/ with best.pt, "
-        "and the newest run of its counterpart on the same dataset.",
+        "and the newest run of its counterpart trained under the same budget (dataset, data "
+        "size, epochs, recipe).",
     ),
 ]
 ArchsOpt = Annotated[
@@ -114,14 +121,29 @@ def check_results_file(path: Path | None) -> None:
 
 
 def choose_checkpoints(given: list[Path] | None, *, afi_only: bool = False) -> list[Path]:
-    """The checkpoints named, else the newest run (and its counterpart); says which on stderr."""
+    """The checkpoints named, else the newest run (and its counterpart under the same budget);
+    says which on stderr, and warns in one line when the budgets of the pair differ."""
     if given:
-        return list(given)
-    from ..analysis.runs import default_checkpoints
+        chosen = list(given)
+    else:
+        from ..analysis.runs import default_checkpoints
 
-    chosen = default_checkpoints(afi_only=afi_only)
-    print(f"using checkpoints: {', '.join(str(p) for p in chosen)}", file=sys.stderr)
+        chosen = default_checkpoints(afi_only=afi_only)
+        print(f"using checkpoints: {', '.join(str(p) for p in chosen)}", file=sys.stderr)
+    note = budget_note(chosen)
+    if note:
+        print(f"afictl: warning: {note}", file=sys.stderr)
     return chosen
+
+
+def budget_note(checkpoints: list[Path]) -> str | None:
+    """The line that marks a table or figure comparing checkpoints trained under unequal
+    budgets (:func:`afictl.analysis.runs.pair_note`); None when alike or unknown."""
+    if len(checkpoints) < 2:
+        return None
+    from ..analysis.runs import pair_note
+
+    return pair_note(checkpoints)
 
 
 def pair_archs(checkpoints: list[Path], archs: list[str] | None) -> list[str | None]:
@@ -138,21 +160,15 @@ def pair_archs(checkpoints: list[Path], archs: list[str] | None) -> list[str | N
     return list(archs)
 
 
-def progress_factory(progress: Any) -> Callable[[str, int], Callable[[], None]]:
-    """Adapt a rich Progress to the analyses' ``progress(description, total) -> tick`` hook."""
+def progress_bar(**options: Any) -> AbstractContextManager[ProgressHook]:
+    """Progress of the analyses on stderr (stdout carries the results), through
+    :func:`afictl.progress.progress_hook`: a bar on a terminal, timed lines in a log file.
+    ``with progress_bar() as hook: run_x(..., progress=hook)``."""
+    from ..progress import progress_hook
 
-    def start(description: str, total: int) -> Callable[[], None]:
-        task = progress.add_task(description, total=total)
-        return lambda: progress.advance(task)
-
-    return start
+    return progress_hook(**options)
 
 
-def progress_bar() -> Any:
-    """A transient rich Progress on stderr (stdout carries the results), shown only when stderr
-    is a terminal (rich's rules: a tty, or ``TTY_COMPATIBLE=1`` / ``FORCE_COLOR``)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    console = Console(stderr=True)
-    return Progress(console=console, transient=True, disable=not console.is_terminal)
+def progress_factory(hook: ProgressHook) -> ProgressHook:
+    """The hook itself (kept for the callers written as ``progress=progress_factory(bar)``)."""
+    return hook

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -45,7 +44,7 @@ ModeOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--mode",
-        "-m",
+        # no -m: across afictl it is gradcam's --method (one meaning per short flag)
         help="train (a full SGD step) or infer (one no-grad forward); repeatable. Default: both.",
     ),
 ]
@@ -93,26 +92,13 @@ TimerOpt = Annotated[
 def _timed_rows(
     archs: list[str], modes: tuple[str, ...], repeats: int, **options: Any
 ) -> list[BenchRow]:
-    """:func:`afictl.profiling.bench.bench` of ``archs`` behind a progress bar on stderr.
-
-    The bar advances once per repeat and is drawn on a terminal only.
-    """
-    from rich.console import Console
-    from rich.progress import Progress
-
+    """:func:`afictl.profiling.bench.bench` of ``archs`` with progress on stderr (a bar, or
+    lines in a log file), one step per timed repeat."""
     from ..profiling.bench import bench
+    from ..progress import progress
 
-    with Progress(
-        console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()
-    ) as progress:
-        task = progress.add_task("timing", total=len(archs) * len(modes) * repeats)
-        return bench(
-            archs,
-            modes=modes,
-            repeats=repeats,
-            progress=lambda: progress.advance(task),
-            **options,
-        )
+    with progress("timing", len(archs) * len(modes) * repeats) as job:
+        return bench(archs, modes=modes, repeats=repeats, progress=job.tick, **options)
 
 
 def bench_cli(

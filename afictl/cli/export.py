@@ -16,6 +16,10 @@ from ._util import WEIGHTS_HELP, OutputOpt
 if TYPE_CHECKING:
     from ..export import ExportResult
 
+#: A stage is named in a log file only once it has lasted this long (seconds): quick stages
+#: and an immediate error stay one line.
+STAGE_LINE_DELAY = 2.0
+
 
 class ExportFormat(StrEnum):
     onnx = "onnx"
@@ -187,6 +191,14 @@ def _check_numbers(batch: int, tolerance: float, input_size: int | None, arch: s
         check_model_input_size(get_model_info(arch).name, input_size)
 
 
+def _stages(file_format: str | None, verify: bool) -> int:
+    """Stages of an export: loading, exporting, verifying, writing (safetensors: loading,
+    writing; the file is read back as it is written)."""
+    if file_format == "safetensors":
+        return 2
+    return 4 if verify else 3
+
+
 def _check_passed(result: ExportResult) -> None:
     """A failed verification is an error (exit 2): the file was not written."""
     if result.passed is False:
@@ -255,22 +267,26 @@ def export_cli(
     every command. ONNX needs the extra: pip install -e ".[export]".
     """
     from ..export import DEFAULT_OPSET, export
+    from ..progress import progress
 
     numbers = (batch_size, tolerance, input_size, arch if checkpoint is None else None)
     results_format, file_format = _check_options(
         print_format, fmt, output, to, export_file, opset, numbers
     )
-    result = export(
-        export_file,
-        arch=arch,
-        checkpoint=checkpoint,
-        num_classes=num_classes,
-        input_size=input_size,
-        format=file_format,
-        opset=opset or DEFAULT_OPSET,
-        batch_size=batch_size,
-        verify=verify,
-        rtol=tolerance,
-    )
+    # a stage's line waits 2 s (as a job's closing line): quick stages and early errors stay quiet
+    with progress("export", _stages(file_format, verify), stage_delay=STAGE_LINE_DELAY) as job:
+        result = export(
+            export_file,
+            arch=arch,
+            checkpoint=checkpoint,
+            num_classes=num_classes,
+            input_size=input_size,
+            format=file_format,
+            opset=opset or DEFAULT_OPSET,
+            batch_size=batch_size,
+            verify=verify,
+            rtol=tolerance,
+            progress=job.stage,
+        )
     _check_passed(result)
     _render_result(result, results_format, output)

@@ -19,7 +19,6 @@ from ._analysis import (
     choose_checkpoints,
     figure_option,
     progress_bar,
-    progress_factory,
 )
 from ._util import FormatOpt, ModelArchOpt, OutputOpt
 
@@ -39,7 +38,12 @@ FeaturesFigureOpt = figure_option("features.png")
 
 
 ImageArg = Annotated[
-    Path | None, typer.Argument(help="Image whose feature maps to show.", show_default=False)
+    Path | None,
+    typer.Argument(
+        help="Image whose feature maps to show (default: none; S~ averaged over the "
+        "checkpoint's dataset).",
+        show_default=False,
+    ),
 ]
 AfiCheckpointOpt = Annotated[
     Path | None,
@@ -89,9 +93,10 @@ def features_cli(
     With IMAGE: a grid of the inputs X(1..i-1) and of R(i) for the most active channels, each
     input tile titled with its weight alpha (Eq. 2: R is the channel-wise weighted sum), plus
     the softmax matrix S~ (inputs x channels: which earlier block each channel draws from) and
-    the stage's mean alpha per block and input (Eq. 8). With --data, S~ is averaged over the
-    dataset (IMAGE is then optional). The figure goes to --figure; per input, the mean alpha
-    and the channels it dominates print in --format, or go to --output.
+    the stage's mean alpha per block and input (Eq. 8). Without IMAGE, or with --data, S~ is
+    averaged over an evaluation set: --data, by default the checkpoint's recorded dataset (its
+    root, subset size and seed). The figure goes to --figure; per input, the mean alpha and
+    the channels it dominates print in --format, or go to --output.
     """
     check_figure(figure)
     check_results_file(output)
@@ -101,7 +106,8 @@ def features_cli(
     from ..analysis.runs import free_path
     from ..render import render
 
-    with progress_bar() as bar:
+    # a log file hears from a long dataset average every 10 s (a terminal shows a bar)
+    with progress_bar(seconds=10.0) as hook:
         result = run_features(
             ckpt,
             image,
@@ -112,8 +118,10 @@ def features_cli(
             data_root=data_root,
             max_batches=max_batches,
             batch_size=batch_size,
-            progress=progress_factory(bar),
+            progress=hook,
         )
+    if result.dataset_attention is not None:
+        print(f"S~ averaged over {result.dataset_images} {result.dataset} images", file=sys.stderr)
     path = features_figure(result, figure or free_path("features.png"), channels=channels)
     print(f"wrote {path}", file=sys.stderr)
     render(

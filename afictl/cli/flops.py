@@ -41,6 +41,16 @@ _TABLE_COLUMNS = [
     "params_delta_pct",
     "flops_delta_pct",
 ]
+#: what a narrow terminal keeps first: our counts and how they differ (the rest: --format csv)
+_PRIORITY = [
+    "arch",
+    "params",
+    "flops",
+    "params_diff_pct",
+    "flops_diff_pct",
+    "params_delta_pct",
+    "flops_delta_pct",
+]
 _PCTS = ("params_diff_pct", "flops_diff_pct", "params_delta_pct", "flops_delta_pct")
 _COUNTS = ("params", "flops", "flops_with_aggregation", "flops_exact", "paper_params")
 
@@ -51,21 +61,12 @@ def _formatters() -> dict[str, Callable]:
 
 @contextmanager
 def _progress(total: int, what: str) -> Iterator[Callable[[str], None]]:
-    """A transient rich bar on stderr (stdout carries the results); yields ``advance(arch)``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    """Progress on stderr (stdout carries the results): a bar, or lines in a log file;
+    yields ``advance(arch)``."""
+    from ..progress import progress
 
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[arch]}"),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    with bar:
-        task = bar.add_task(what, total=total, arch="")
-        yield lambda arch: bar.update(task, advance=1, arch=arch)
+    with progress(what, total) as job:
+        yield lambda arch: job.advance(1, model=arch)
 
 
 def _model_kwargs(arch: list[str], afi_stages: str | None, reduction: int | None) -> dict:
@@ -203,7 +204,9 @@ def flops_cli(
         if arch:
             rows = _arch_rows(arch, kwargs, use_cache, exact=exact is not False, **sizes)
             title = f"Parameters and FLOPs (batch {batch_size})"
-            render(rows, fmt, output, columns=_ARCH_COLUMNS, **show, title=title)
+            render(
+                rows, fmt, output, columns=_ARCH_COLUMNS, priority=_PRIORITY, **show, title=title
+            )
             return
     except ValueError as exc:  # bad option values reaching a builder (afi_stages out of range)
         raise UserError(str(exc)) from None
@@ -223,7 +226,15 @@ def _render_paper_tables(
     rows = _paper_rows(tables, batch_size, exact, use_cache)
     names = ", ".join(map(str, tables))
     title = f"Paper Tables {names}: ours vs the paper (FLOPs at batch {batch_size})"
-    render(rows, fmt, output, columns=_TABLE_COLUMNS, formatters=_formatters(), title=title)
+    render(
+        rows,
+        fmt,
+        output,
+        columns=_TABLE_COLUMNS,
+        formatters=_formatters(),
+        priority=_PRIORITY,
+        title=title,
+    )
     missing = [r["arch"] for r in rows if r["params"] is None]
     if missing:
         print(f"not yet in the registry (empty cells): {', '.join(missing)}", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -74,20 +73,13 @@ def _columns(device: str, rss: bool) -> list[str]:
 
 
 def _measured_rows(archs: list[str], batch_size: int, **options: Any) -> list[MemoryRow]:
-    """:func:`afictl.profiling.memory.memory_report` behind a progress bar on stderr.
-
-    The bar advances once per measured step and is drawn on a terminal only.
-    """
-    from rich.console import Console
-    from rich.progress import Progress
-
+    """:func:`afictl.profiling.memory.memory_report` with progress on stderr (a bar, or lines
+    in a log file), one step per measured step."""
     from ..profiling.memory import count_steps, memory_report
+    from ..progress import progress
 
-    with Progress(
-        console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()
-    ) as progress:
-        task = progress.add_task("measuring", total=count_steps(archs))
-        return memory_report(archs, batch_size, progress=lambda: progress.advance(task), **options)
+    with progress("measuring", count_steps(archs)) as job:
+        return memory_report(archs, batch_size, progress=job.tick, **options)
 
 
 def memory_cli(

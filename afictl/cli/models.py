@@ -29,7 +29,7 @@ def models_cli(
     (exit 2) naming the closest registered names.
     """
     from ..models.catalog import catalog
-    from ..render import human, render
+    from ..render import human, plural, render
 
     rows = catalog(include)
     if not rows:  # an empty table looks like an empty registry
@@ -42,7 +42,7 @@ def models_cli(
         output,
         columns=["name", "family", "input_size", "home_dataset", "params", "baseline"],
         formatters={"params": human},
-        title=f"{len(rows)} registered models",
+        title=plural(len(rows), "registered model"),
     )
 
 

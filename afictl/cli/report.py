@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -37,21 +36,6 @@ def _check(tables: tuple[int, ...], files: tuple[str, ...], accuracy: str, runs:
             f"--runs {runs}: no such folder (Tables {', '.join(map(str, needs_runs))} are built "
             "from its run folders); pass the folder of your runs, or --table 3 / --table 6"
         )
-
-
-def _progress_bar():
-    """A rich progress bar on stderr (nothing when stderr is not a terminal), and its hook
-    ``start(description, total) -> tick``."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    bar = Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
-
-    def start(description: str, total: int):
-        task = bar.add_task(description, total=total)
-        return lambda: bar.advance(task)
-
-    return bar, start
 
 
 RunsOpt = Annotated[
@@ -124,10 +108,13 @@ TransferOpt = Annotated[
 
 def _print(rep, fmt: Format, output: Path | None, show: bool) -> None:
     from ..render import terminal_width, write_text
-    from ..reporting.report import report_text
+    from ..reporting.report import budget_warning, report_text
 
     for note in rep.notes:
         typer.echo(f"afictl: {note}", err=True)
+    warning = budget_warning(rep)  # one line, however many pairs are unequal
+    if warning:
+        typer.echo(f"afictl: warning: {warning}", err=True)
     if output is not None:
         write_text(report_text(rep, fmt), output)
     elif show:
@@ -164,6 +151,7 @@ def report_cli(
     The tables print on stdout (--format, or to --output FILE); the files go to --out-dir.
     Cells without a measured run or analysis file stay empty: nothing is invented.
     """
+    from ..progress import progress_hook
     from ..render import check_writable, plural
     from ..reporting.report import ReportOptions, make_report
     from ..reporting.runs import RunFilter
@@ -185,8 +173,7 @@ def report_cli(
         transfer_files=tuple(transfer or ()),
         figure_formats=("png", "pdf") if figures else (),
     )
-    bar, hook = _progress_bar()
-    with bar:
+    with progress_hook() as hook:  # a bar per stage, or lines in a log file
         rep = make_report(out_dir, options, progress=hook)
     _print(rep, fmt, output, show)
     typer.echo(

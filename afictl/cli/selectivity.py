@@ -18,11 +18,11 @@ from ._analysis import (
     DataOpt,
     DataRootOpt,
     MaxBatchesOpt,
+    budget_note,
     check_results_file,
     choose_checkpoints,
     pair_archs,
     progress_bar,
-    progress_factory,
 )
 from ._util import FormatOpt, OutputOpt
 
@@ -81,22 +81,24 @@ def selectivity_cli(
     """Class selectivity index (Morcos et al. 2018) of every channel in every block of a stage.
 
     Measured at each block's AFI output R(i) (the first activation in block 1 and in baseline
-    blocks), over the evaluation set. Writes OUT_DIR/selectivity-STAGE.png (one panel per
-    block, the checkpoints overlaid, channel counts and means in the legend) and
-    OUT_DIR/selectivity-STAGE.csv (every channel); prints per block and checkpoint (in
-    --format, or to --output): mean_index, median_index, channels, dead_channels.
+    blocks), over the evaluation set: the same images for every checkpoint (the recorded
+    evaluation set of the one trained on the fewest images). Writes
+    OUT_DIR/selectivity-STAGE.png (one panel per block, the checkpoints overlaid, channel
+    counts and means in the legend) and OUT_DIR/selectivity-STAGE.csv (every channel); prints
+    per block and checkpoint (in --format, or to --output): mean_index, median_index, channels,
+    dead_channels. Checkpoints trained under unequal budgets (dataset, data size, epochs,
+    recipe) are compared with a warning, and the table and figure say so.
     """
     if figure_format.lower() not in ("png", "pdf", "svg"):
         raise UserError(f"--figure-format {figure_format!r}: use png, pdf or svg")
     check_results_file(output)
     ckpts = choose_checkpoints(checkpoint)
-    import pandas as pd
-
-    from ..analysis.plots import selectivity_figure
-    from ..analysis.selectivity import channel_csv, run_selectivity
+    from ..analysis.selectivity import run_selectivity
     from ..render import render
 
-    with progress_bar() as bar:
+    note = budget_note(ckpts)  # choose_checkpoints has warned; this marks the table and figure
+    # a log file hears from a long run at least every 10 s (a terminal shows a bar)
+    with progress_bar(seconds=10.0) as hook:
         results = run_selectivity(
             ckpts,
             stage,
@@ -105,16 +107,9 @@ def selectivity_cli(
             data_root=data_root,
             max_batches=max_batches,
             batch_size=batch_size,
-            progress=progress_factory(bar),
+            progress=hook,
         )
-    paper_stage = results[0].stage
-    frames = [r.channels for r in results]
-    csv_path = channel_csv(frames, out_dir / f"selectivity-{paper_stage}.csv")
-    fig_path = selectivity_figure(
-        pd.concat(frames, ignore_index=True),
-        out_dir / f"selectivity-{paper_stage}.{figure_format.lower()}",
-        kind=plot.value,
-    )
+    fig_path, csv_path = _write(results, out_dir, plot, figure_format.lower(), note)
     print(f"wrote {fig_path}\nwrote {csv_path}", file=sys.stderr)
     render(
         [row for r in results for row in r.summary()],
@@ -122,5 +117,37 @@ def selectivity_cli(
         output,
         columns=_COLUMNS,
         formatters={"mean_index": "{:.3f}".format, "median_index": "{:.3f}".format},
-        title=f"Class selectivity index, stage {paper_stage}",
+        title=_title(results, note),
     )
+
+
+def _write(
+    results: list, out_dir: Path, plot: PlotKind, suffix: str, note: str | None
+) -> tuple[Path, Path]:
+    """The figure (with ``note``, the pair's unequal budgets, if any) and every channel's CSV."""
+    import pandas as pd
+
+    from ..analysis.plots import selectivity_figure
+    from ..analysis.selectivity import channel_csv
+
+    stage = results[0].stage
+    frames = [r.channels for r in results]
+    csv_path = channel_csv(frames, out_dir / f"selectivity-{stage}.csv")
+    fig_path = selectivity_figure(
+        pd.concat(frames, ignore_index=True),
+        out_dir / f"selectivity-{stage}.{suffix}",
+        kind=plot.value,
+        note=note,
+    )
+    return fig_path, csv_path
+
+
+def _title(results: list, note: str | None) -> str:
+    """What was measured on which images, and the pair's unequal budgets if they differ."""
+    first = results[0]
+    same = "the same " if len(results) > 1 else ""
+    title = (
+        f"Class selectivity index, stage {first.stage}, on {same}{first.images} "
+        f"{first.dataset} eval images"
+    )
+    return f"{title} ({note})" if note else title

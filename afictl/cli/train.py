@@ -53,7 +53,8 @@ _OWN = [
             Path | None,
             typer.Option(
                 "--config",
-                help="TOML or JSON file of the same keys (e.g. epochs = 10); YAML with PyYAML.",
+                help="TOML or JSON file whose keys are the long option names (data = 'shapes', "
+                "batch-size = 64) or config.json's; YAML with PyYAML.",
                 rich_help_panel=RECIPE,
                 dir_okay=False,
             ),
@@ -86,6 +87,20 @@ _OWN = [
         ],
     ),
     inspect.Parameter(
+        "dry_run",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Print each resolved value and its source, the data and the run folder; "
+                "create nothing (exit 2 with the run's error if it could not start).",
+                rich_help_panel=RUN,
+            ),
+        ],
+    ),
+    inspect.Parameter(
         "fmt", inspect.Parameter.KEYWORD_ONLY, default=Format.table, annotation=FormatOpt
     ),
     inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=OutputOpt),
@@ -102,12 +117,15 @@ def train_cli(**values: Any) -> None:
     With --format json stdout is one JSON object; progress and warnings go to stderr.
     """
     config, resume, overwrite = values.pop("config"), values.pop("resume"), values.pop("overwrite")
-    fmt, output = values.pop("fmt"), values.pop("output")
+    fmt, output, dry_run = values.pop("fmt"), values.pop("output"), values.pop("dry_run")
     options = {k: absolute_path(k, v) if k in _PATHS else v for k, v in values.items()}
     if options.get("run_dir") is not None:
         options["run_dir"] = str(options["run_dir"])
     if output is not None:  # before training, not after it
         check_writable(output)
+    if dry_run:
+        _dry_run(options, config, resume, overwrite, fmt, output)
+        return
     result = _run(options, config, resume, overwrite)
     if int(os.environ.get("RANK", "0")) != 0:
         if result.exit_code:  # stopped by a signal: not a finished run (every process says so)
@@ -124,23 +142,117 @@ train_cli.__annotations__ = {
 }  # type: ignore[attr-defined]
 
 
-def _run(options: dict[str, Any], config: Path | None, resume: Path | None, overwrite: bool):
-    from ..train import load_resume, resolve_config, train
-
-    if resume is None:
-        cfg = resolve_config(options, config)
-        if options.get("model_ema_decay") is not None and not cfg.model_ema:
-            from ..errors import UserError
-
-            raise UserError("--model-ema-decay applies to --model-ema only; add --model-ema")
-        return train(cfg, overwrite=overwrite)
-    _check_resume(options, config, overwrite)
+def _resolve(
+    options: dict[str, Any], config: Path | None, resume: Path | None, overwrite: bool
+) -> tuple[Any, dict[str, str], dict | None]:
+    """The run's config, where each value came from, and the checkpoint to resume (or None)."""
+    from ..errors import UserError
+    from ..train import load_resume
+    from ..train.config import resolve_config_sources
     from ..validate import check_options
 
+    if resume is None:
+        cfg, sources = resolve_config_sources(options, config)
+        if options.get("model_ema_decay") is not None and not cfg.model_ema:
+            raise UserError("--model-ema-decay applies to --model-ema only; add --model-ema")
+        return cfg, sources, None
+    _check_resume(options, config, overwrite)
     arch = options.pop("arch")
     options.pop("run_dir")
-    cfg, ckpt = load_resume(resume, check_options(options), arch=arch)
-    return train(cfg, resume=ckpt)
+    given = check_options(options)
+    cfg, ckpt = load_resume(resume, given, arch=arch)
+    from_run = f"run {cfg.run_dir}"
+    return cfg, {k: "flag" if given.get(k) is not None else from_run for k in vars(cfg)}, ckpt
+
+
+def _data_plan(cfg: Any, count: bool):
+    """What the run would read; the data error it would stop with, ``--download`` named.
+    ``count``: count an ImageFolder's files (the dry run; the run's own check skips the walk)."""
+    from ..data.datasets import plan_data
+
+    return plan_data(
+        cfg.dataset,
+        cfg.data_root,
+        size=cfg.data_size,
+        download=cfg.download,
+        download_hint="--download",
+        count=count,
+    )
+
+
+def _run(options: dict[str, Any], config: Path | None, resume: Path | None, overwrite: bool):
+    from ..data import DataMissingError
+    from ..train import train
+
+    cfg, _, ckpt = _resolve(options, config, resume, overwrite)
+    # The dry run's check of the files (names only): the same line, before anything is built
+    problem = _data_plan(cfg, count=False).problem
+    if problem:
+        raise DataMissingError(problem)
+    return train(cfg, overwrite=overwrite) if ckpt is None else train(cfg, resume=ckpt)
+
+
+def _dry_run(
+    options: dict[str, Any],
+    config: Path | None,
+    resume: Path | None,
+    overwrite: bool,
+    fmt: Format,
+    output: Path | None,
+) -> None:
+    """Print the resolved run (values, sources, data, run folder); create nothing. Exit 2 with
+    the run's own error line, after the rows, when it could not start."""
+    from ..errors import UserError
+    from ..train.config import explain_config
+
+    cfg, sources, ckpt = _resolve(options, config, resume, overwrite)
+    data = _data_plan(cfg, count=True)
+    folder, problem = _run_folder(cfg, sources, ckpt is not None, overwrite)
+    rows = [*explain_config(cfg, sources), *data.rows(), folder]
+    render(
+        rows,
+        fmt,
+        output,
+        columns=["option", "value", "source"],
+        formatters={"value": _text},
+        title=f"afictl train --dry-run: {cfg.arch} on {cfg.dataset} (nothing created)",
+    )
+    problem = data.problem or problem
+    if problem:
+        raise UserError(problem)
+
+
+def _run_folder(
+    cfg: Any, sources: dict[str, str], resumed: bool, overwrite: bool
+) -> tuple[dict[str, Any], str | None]:
+    """The row of the run folder the run would create (or continue), and the line it would stop
+    with when that folder already holds a run."""
+    from ..train.run import default_run_dir
+
+    if resumed:
+        return dict(option="run folder", value=cfg.run_dir, source="continued (--resume)"), None
+    if cfg.run_dir is None:
+        # named when the run starts, after its start time (the space lets a table wrap it)
+        path = default_run_dir(cfg.arch, cfg.dataset).with_name(f"{cfg.arch}-{cfg.dataset}-")
+        how = "default, created when the run starts"
+        return dict(option="run folder", value=f"{path}<start time>", source=how), None
+    path = Path(cfg.run_dir)
+    row = dict(option="run folder", value=str(path), source=f"{sources['run_dir']} (--run-dir)")
+    if (path / "last.pt").exists() and not overwrite:  # the run's own check and line
+        return row, (
+            f"{path} already holds a run; continue it with --resume {path}, or pass --overwrite"
+        )
+    return row, None
+
+
+def _text(value: Any) -> str:
+    """A value as the options take it: lists comma-joined, true/false (render leaves None
+    blank: not set, the run decides)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _check_resume(options: dict[str, Any], config: Path | None, overwrite: bool) -> None:

@@ -31,15 +31,17 @@ def transfer_cli(
         Path, typer.Option(help="Where each pair's run folder goes (resumable).")
     ] = Path("runs/transfer"),
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Fine-tuning epochs (paper: 20).")
+        int | None, typer.Option("--epochs", "-e", min=1, help="Fine-tuning epochs (paper: 20).")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default 32).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", min=1, help="Batch size (default 32).")
+    ] = None,
     lr: Annotated[
         float | None, typer.Option(help="Classifier base lr (paper: 0.01; the rest gets a tenth).")
     ] = None,
     device: DeviceOpt = "auto",
     workers: Annotated[
-        int | None, typer.Option(min=0, help="Data-loading worker processes.")
+        int | None, typer.Option("--workers", "-j", min=0, help="Data-loading worker processes.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     fmt: FormatOpt = Format.table,

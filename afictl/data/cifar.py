@@ -23,7 +23,17 @@ from torchvision.datasets.vision import VisionDataset
 
 from .errors import DataMissingError, UnsafeDataError
 
-__all__ = ["CIFAR_CLASSES", "BatchUnpickler", "cifar", "read_batch"]
+__all__ = [
+    "CIFAR_CLASSES",
+    "CIFAR_SIZES",
+    "BatchUnpickler",
+    "cifar",
+    "cifar_files",
+    "cifar_missing",
+    "cifar_present",
+    "cifar_root",
+    "read_batch",
+]
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
@@ -179,23 +189,58 @@ class Cifar100(_Present, CIFAR100):
 
 CIFAR_CLASSES = {"cifar10": Cifar10, "cifar100": Cifar100}
 _PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+#: images per split of the official files (``cifar_plan`` states them without reading 180 MB)
+CIFAR_SIZES = {"train": 50000, "eval": 10000}
 
 
-def cifar(name: str, root: Path, split: str, transform, download: bool = False):
-    """The train or test split of CIFAR-10/100 stored under ``root``."""
+def cifar_root(name: str, root: Path) -> Path:
+    """The folder that holds ``cifar-10-batches-py/`` (or CIFAR-100's): ``root``, or its parent
+    when the user pointed at the batches folder itself."""
+    return root.parent if root.name == CIFAR_CLASSES[name].base_folder else root
+
+
+def cifar_files(name: str) -> list[str]:
+    """The files a CIFAR dataset reads inside its batches folder, in order."""
     cls = CIFAR_CLASSES[name]
-    if root.name == cls.base_folder:  # the user pointed at the batches folder itself
-        root = root.parent
-    probe = cls.__new__(cls)
-    probe.root = str(root)
-    if not probe._check_integrity():
+    return [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+
+
+def cifar_present(name: str, root: Path) -> bool:
+    """Every file of :func:`cifar_files` under ``root`` (as :func:`cifar_root` reads it)."""
+    folder = cifar_root(name, root) / CIFAR_CLASSES[name].base_folder
+    return all((folder / f).is_file() for f in cifar_files(name))
+
+
+def cifar_missing(name: str, root: Path, download_hint: str | None = None) -> str:
+    """The one line for CIFAR files absent from ``root``. ``download_hint``: the option of the
+    running command that fetches them (train's ``--download``); None where it has none."""
+    cls, root = CIFAR_CLASSES[name], cifar_root(name, root)
+    where = (
+        f"no {_PRETTY[name]} data in {root} (expected {root / cls.base_folder}/, the python "
+        f"version from {cls.url} unpacked there); "
+    )
+    if download_hint:
+        return where + (
+            f"pass {download_hint} to fetch it, --data-root DIR or AFICTL_DATA to look "
+            "elsewhere, or train offline with --data shapes"
+        )
+    return where + "pass --data-root DIR or set AFICTL_DATA to look elsewhere"
+
+
+def cifar(
+    name: str,
+    root: Path,
+    split: str,
+    transform,
+    download: bool = False,
+    download_hint: str | None = None,
+):
+    """The train or test split of CIFAR-10/100 stored under ``root``; missing files are
+    :func:`cifar_missing`'s line (naming ``download_hint``, when the caller has one)."""
+    cls, root = CIFAR_CLASSES[name], cifar_root(name, root)
+    if not cifar_present(name, root):
         if not download:
-            raise DataMissingError(
-                f"no {_PRETTY[name]} data in {root} (expected {root / cls.base_folder}/, the "
-                f"python version from {cls.url} unpacked there); pass --download to fetch it, "
-                "--data-root DIR or AFICTL_DATA to look elsewhere, or train offline with "
-                "--data shapes"
-            )
+            raise DataMissingError(cifar_missing(name, root, download_hint))
         try:
             root.mkdir(parents=True, exist_ok=True)
             cls(str(root), train=True, download=True)

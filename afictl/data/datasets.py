@@ -16,22 +16,33 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import UserError
-from .cifar import cifar
+from .cifar import (
+    CIFAR_CLASSES,
+    CIFAR_SIZES,
+    cifar,
+    cifar_files,
+    cifar_missing,
+    cifar_present,
+    cifar_root,
+)
 from .decode import make_loader_fn, resolve_decode
-from .folders import image_folder
-from .shapes import ShapesDataset
+from .folders import _expect, find_split_dir, image_folder
+from .shapes import SHAPE_CLASSES, ShapesDataset
 from .transforms import eval_resize, eval_transform, is_small, train_transform
 
 __all__ = [
     "DATASETS",
+    "DataPlan",
     "DatasetSpec",
     "SubsetWithClasses",
     "SyntheticDataset",
     "build_dataset",
     "dataset_spec",
     "default_data_root",
+    "plan_data",
     "resolve_data_root",
 ]
 
@@ -108,10 +119,17 @@ class SubsetWithClasses(Dataset):
         return self.dataset[self.indices[i]]
 
 
+SYNTHETIC_CLASSES = 10
+_CLASSES = {"shapes": len(SHAPE_CLASSES), "synthetic": SYNTHETIC_CLASSES, "cifar10": 10}
+_CLASSES["cifar100"] = 100
+
+
 class SyntheticDataset(Dataset):
     """``n`` random normalised images with random labels, all in memory (benchmarks)."""
 
-    def __init__(self, n: int, input_size: int, num_classes: int = 10, seed: int = 0) -> None:
+    def __init__(
+        self, n: int, input_size: int, num_classes: int = SYNTHETIC_CLASSES, seed: int = 0
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         self.images = torch.randn(n, 3, input_size, input_size, generator=g)
         self.targets = torch.randint(0, num_classes, (n,), generator=g).tolist()
@@ -138,6 +156,7 @@ def build_dataset(
     aa: str | None = None,
     reprob: float = 0.0,
     decode: str = "auto",
+    download_hint: str | None = None,
 ) -> Dataset:
     """The ``split`` ("train" or "eval") of dataset ``name``, with the paper's transforms.
 
@@ -150,17 +169,17 @@ def build_dataset(
       back as a :class:`BrokenImage` (``"mark"``, what the training loader uses).
     - ``aa``, ``reprob``: timm's ``--aa`` policy and random-erasing probability, for augmented
       splits only (see :func:`afictl.data.transforms.train_transform`).
+    - ``download_hint``: the caller's option that downloads CIFAR (train's ``--download``).
     - ``decode``: how ImageFolder files are decoded (:mod:`afictl.data.decode`); under ``"gpu"``
       the dataset yields encoded JPEGs and carries its transform as ``device_transform`` for
       :func:`afictl.data.decode.on_device`. Other datasets are in memory: only ``auto``/``pil``.
 
     The dataset has ``classes: list[str]`` and ``device_transform`` (``None`` unless
-    ``decode="gpu"``). Missing files raise :class:`DataMissingError`.
+    ``decode="gpu"``). Missing files: :class:`DataMissingError`, naming ``download_hint``.
     """
     spec = dataset_spec(name)
     _check_split_and_size(split, size)
-    folder = name in ("imagenet", "imagefolder")
-    decode = _check_decode(name, decode, folder)
+    decode = _check_decode(name, decode, name in ("imagenet", "imagefolder"))
     input_size = input_size or spec.native_size or 224
     augment = split == "train" if train_transforms is None else train_transforms
     transform = _transform(name, input_size, augment, aa=aa, reprob=reprob)
@@ -179,9 +198,9 @@ def build_dataset(
             on_error=on_error,
             input_size=input_size,
             augment=augment,
+            download_hint=download_hint,
         )
-    if not hasattr(ds, "device_transform"):
-        ds.device_transform = None
+    ds.device_transform = getattr(ds, "device_transform", None)
     return ds if generated else _fixed_subset(ds, size, seed, split)
 
 
@@ -223,10 +242,11 @@ def _from_files(
     on_error: str,
     input_size: int,
     augment: bool,
+    download_hint: str | None = None,
 ) -> Dataset:
     """A split read from ``path``: CIFAR's pickle batches, or ImageFolder files."""
     if name not in ("imagenet", "imagefolder"):
-        return cifar(name, path, split, transform, download=download)
+        return cifar(name, path, split, transform, download=download, download_hint=download_hint)
     if download:
         raise UserError(f"{name} cannot be downloaded; put its train/ and val/ folders in {path}")
     # pil-draft keeps both sides >= what the first resize needs (crop size, eval short side)
@@ -264,3 +284,102 @@ def _check_decode(name: str, decode: str, folder: bool) -> str:
             "in memory: leave --decode auto"
         )
     return "pil"
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What a run would read, found without reading an image (``afictl train --dry-run``).
+
+    ``problem`` is the one line the run would stop with (None: it can start); image counts are
+    per split after ``--data-size``, ``None`` where they are not known without reading files."""
+
+    dataset: str
+    root: Path | None
+    reads: str  # the files or folders, named relative to the data folder where it has one
+    status: str
+    train_images: int | None
+    eval_images: int | None
+    classes: int | None
+    counted: str  # how the counts are known
+    problem: str | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """(option, value, source) rows, as the dry run lists them."""
+        rows = [
+            ("data reads", self.reads, f"what {self.dataset} expects"),
+            ("data status", self.status, "checked on disk" if self.root else "generated"),
+            ("train images", self.train_images, self.counted),
+            ("eval images", self.eval_images, self.counted),
+            ("classes", self.classes, self.counted if self.root else "generated"),
+        ]
+        return [dict(option=o, value=v, source=s) for o, v, s in rows]
+
+
+def plan_data(
+    name: str,
+    root: str | Path | None,
+    *,
+    size: int | None = None,
+    download: bool = False,
+    download_hint: str | None = None,
+    count: bool = True,
+) -> DataPlan:
+    """What :func:`build_dataset` would read for ``name``, and the error it would raise (the
+    same line), found from file names alone: nothing is created, downloaded or decoded.
+    ``count``: count an ImageFolder's files (a walk of the tree; ``False`` skips it)."""
+    spec = dataset_spec(name)
+    path = resolve_data_root(name, root)
+    if path is None:
+        n = size or spec.default_size
+        how = "as --data-size" if size else f"the default size of {name}"
+        return DataPlan(
+            name, None, "nothing: generated in memory", "generated", n, n, _CLASSES[name], how
+        )
+    if name in CIFAR_CLASSES:
+        return _cifar_plan(name, path, size, download, download_hint)
+    return _folder_plan(name, path, size, download, count)
+
+
+def _cifar_plan(
+    name: str, path: Path, size: int | None, download: bool, hint: str | None
+) -> DataPlan:
+    """CIFAR: the batch files present or not; the official split sizes (reading 180 MB of
+    batches to count them is what a dry run avoids)."""
+    folder = cifar_root(name, path) / CIFAR_CLASSES[name].base_folder
+    reads = f"{folder.name}/ in {folder.parent}: {', '.join(cifar_files(name))}"
+    present = cifar_present(name, path)
+    status = "present" if present else f"missing: {CIFAR_CLASSES[name].url} would be downloaded"
+    problem = None if present or download else cifar_missing(name, path, hint)
+    if problem:
+        status = "missing"
+    train, test = (min(n, size or n) for n in (CIFAR_SIZES["train"], CIFAR_SIZES["eval"]))
+    counted = "the official files (not read)" + (", cut to --data-size" if size else "")
+    return DataPlan(name, path, reads, status, train, test, _CLASSES[name], counted, problem)
+
+
+def _folder_plan(name: str, path: Path, size: int | None, download: bool, count: bool) -> DataPlan:
+    """ImageFolder: train/ and val/ (or test/) present, their class folders and files counted."""
+    train_dir, eval_dir = find_split_dir(path, "train"), find_split_dir(path, "eval")
+    reads = f"train/<class>/<image> and val/ (or test/) in {path}"
+    problem = None
+    if download:
+        problem = f"{name} cannot be downloaded; put its train/ and val/ folders in {path}"
+    elif train_dir is None or eval_dir is None:
+        problem = _expect(name, path)
+    if problem or not count:
+        status = "missing" if problem else "present"
+        return DataPlan(name, path, reads, status, None, None, None, "not counted", problem)
+
+    classes = [p for p in train_dir.iterdir() if p.is_dir()]
+    # ImageFolder's walk (links followed), by file name: what it would index, none decoded
+    found = (
+        sum(
+            f.lower().endswith(IMG_EXTENSIONS)
+            for _, _, names in os.walk(d, followlinks=True)
+            for f in names
+        )
+        for d in (train_dir, eval_dir)
+    )
+    train, test = (min(n, size or n) for n in found)
+    counted = "files counted, not decoded"
+    return DataPlan(name, path, reads, "present", train, test, len(classes), counted)

@@ -97,8 +97,10 @@ def decoded_split(
             return None, why
         try:
             split = _folder(base, name, input_size, progress)
-        except (OSError, ValueError, SyntaxError) as exc:
-            return None, f"an image cannot be decoded ({str(exc).splitlines()[0][:120]})"
+        except Exception as exc:  # noqa: BLE001 - any file the decoder refuses: the loader
+            # path then reads the folder and handles the file as --bad-images says
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            return None, f"an image cannot be decoded ({reason})"
     else:
         return None, f"{type(base).__name__} holds no uint8 images"
     if indices is not None:

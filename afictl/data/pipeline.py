@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..errors import UserError
+from ..validate import PIPELINE_CHOICES
 from .decoded import decoded_split
 from .tensor_cache import DecodedSplit
 from .tensor_loader import TensorLoader
@@ -25,7 +26,7 @@ from .transforms import auto_augment, normalization
 
 __all__ = ["PIPELINES", "Pipeline", "choose_pipeline", "eval_tensor_loader", "tensor_loaders"]
 
-PIPELINES = ("auto", "tensor", "loader")
+PIPELINES = PIPELINE_CHOICES
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class Pipeline:
     reason: str
     train: DecodedSplit | None = None
     eval: DecodedSplit | None = None
+
+    def describe(self) -> str:
+        """Why this pipeline and, for ``tensor``, the memory its images hold."""
+        if self.train is None or self.eval is None:
+            return self.reason
+        mib = (self.train.nbytes + self.eval.nbytes) / 2**20
+        return f"{self.reason}, {mib:.1f} MiB in memory"
 
 
 def choose_pipeline(

@@ -54,6 +54,10 @@ class TensorLoader:
         self.device = torch.device(device)
         store = self.device if on_device else torch.device("cpu")
         self.images, self.labels = split.images.to(store), split.labels.to(store)
+        self.dataset = split  # what a DataLoader calls its dataset: len() gives the images
+        # the DataLoader's worker-seed generator, which a run reseeds each epoch; unused here:
+        # the augmentation is seeded per batch (batch_generator)
+        self.generator = torch.Generator()
         self.classes = split.classes
         self.batch_size, self.train = batch_size, train
         self.mean, self.std, self.pad, self.flip = mean, std, pad, flip

@@ -22,6 +22,7 @@ from .runs import RunFilter, choose_dataset, collect_runs
 __all__ = [
     "Report",
     "ReportOptions",
+    "budget_warning",
     "make_report",
     "read_json_rows",
     "report_text",
@@ -76,6 +77,8 @@ class Report:
     runs_read: int = 0
     runs_used: int = 0
     notes: list[str] = field(default_factory=list)
+    #: pairs compared across unequal budgets (:func:`afictl.reporting.budget.mismatch_note`)
+    unequal: list[str] = field(default_factory=list)
 
     @property
     def runs(self) -> int:  # the name of earlier versions
@@ -92,6 +95,7 @@ class Report:
             "runs_read": self.runs_read,
             "runs_used": self.runs_used,
             "notes": self.notes,
+            "unequal_budgets": self.unequal,
             "tables": {f"table{n}": rows(df) for n, df in self.tables.items()},
             "figure4": {f"table{n}": rows(df) for n, df in self.figures.items()},
         }
@@ -110,6 +114,19 @@ MEMORY_FIELDS = {
     for k in ("train_bytes", "infer_bytes", "baseline_train_bytes", "baseline_infer_bytes")
 }
 TRANSFER_FIELDS = {"arch": ((str,), True), "pair": ((str,), True), "top1": (_NUMBER, True)}
+
+
+def budget_warning(report: Report) -> str | None:
+    """The one stderr line for a report that compares runs trained under unequal budgets (the
+    first pair, and how many more: the ``budget`` columns name each), else None."""
+    if not report.unequal:
+        return None
+    more = len(report.unequal) - 1
+    return report.unequal[0] + (
+        f" (and {more} more unequal pair{'s' if more > 1 else ''}: see the budget column)"
+        if more
+        else ""
+    )
 
 
 def read_json_rows(
@@ -289,7 +306,9 @@ def make_report(
 ) -> Report:
     """Build the selected tables and Figure 4 from ``options.runs_dir`` and the analysis files
     and write them into ``out_dir`` (``table{N}.md/.tex/.csv``, ``figure4_table{N}.png/.pdf``
-    and ``figure4_table{N}.csv``, the figure's points)."""
+    and ``figure4_table{N}.csv``, the figure's points). An AFI model is compared with a
+    baseline run of the same budget where one exists; ``Report.unequal`` names the pairs that
+    are not."""
     from .tables import TableContext, build_tables
 
     opts = options or ReportOptions()
@@ -321,4 +340,5 @@ def make_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_tables(report, out_dir, opts.file_formats)
     _write_figures(report, out_dir, opts, ctx, progress)
+    report.unequal = list(ctx.unequal.values())  # the tables' and Figure 4's, each pair once
     return report

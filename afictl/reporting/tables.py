@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import pandas as pd
 
@@ -31,17 +32,21 @@ from ..paper import (
     TABLES,
 )
 from ..transfer.protocol import pair_average
+from .budget import BUDGET_FIELDS, budget_mismatch, mismatch_note
 
 __all__ = [
     "ACCURACIES",
     "FIGURE_COLUMNS",
     "TABLE_BUILDERS",
     "TableContext",
+    "budget_cell",
     "build_tables",
     "count_keys",
     "measured_models",
+    "pick_pair",
     "pick_run",
     "registry_counts",
+    "run_budget",
     "run_counts",
     "warm_count",
 ]
@@ -63,15 +68,21 @@ FIGURE_COLUMNS = [
     "epochs",
     "data_size",
     "finished",
+    "budget",
 ]
 
 
 @dataclass(frozen=True)
 class TableContext:
-    """What every run-based table reads: the runs (already filtered) and which accuracy."""
+    """What every run-based table reads: the runs (already filtered) and which accuracy.
+
+    ``unequal`` collects, while the tables are built, every pair compared across unequal
+    budgets: ``(model, baseline) -> mismatch note``, for the report's one warning line.
+    """
 
     runs: pd.DataFrame
     accuracy: str = "best"
+    unequal: dict[tuple[str, str], str] = field(default_factory=dict, compare=False)
 
     def column(self, which: str = "top1") -> str:
         return f"{which}_{self.accuracy}"
@@ -119,10 +130,11 @@ def run_counts(run: pd.Series) -> tuple[int | None, float | None]:
 
 
 def _figure_runs(ctx: TableContext, dataset: str) -> list[pd.Series]:
-    """The run of each registered architecture's default configuration on ``dataset``."""
+    """The run of each registered architecture's default configuration on ``dataset``, an AFI
+    model and its baseline chosen together (:func:`table_runs`)."""
     archs = sorted(set(ctx.runs["arch"].dropna())) if not ctx.runs.empty else []
-    picked = [pick_run(ctx.runs, a, dataset) for a in archs if _registered(a)]
-    return [r for r in picked if r is not None]
+    runs, _ = table_runs(ctx, [a for a in archs if _registered(a)], dataset)
+    return [r for r in runs.values() if r is not None]
 
 
 def count_keys(ctx: TableContext, tables: Iterable[int], datasets: dict[int, str]) -> list:
@@ -140,6 +152,20 @@ def warm_count(key: tuple) -> None:
     _count(*key)
 
 
+def run_budget(run: pd.Series | dict) -> dict[str, Any]:
+    """The budget fields of a run's row (``collect_runs``): dataset, data size (None for the
+    whole dataset), epochs asked and recipe, as config.json has them."""
+    out = {}
+    for name in BUDGET_FIELDS:
+        value = run.get(name)
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            value = None
+        elif name in ("data_size", "epochs"):
+            value = int(value)
+        out[name] = value
+    return out
+
+
 def pick_run(
     runs: pd.DataFrame,
     arch: str,
@@ -147,10 +173,12 @@ def pick_run(
     *,
     afi_stages: str | None = None,
     reduction: int | None = None,
+    like: dict[str, Any] | None = None,
 ) -> pd.Series | None:
     """The newest finished run of a configuration (else the newest one), or None.
 
     ``afi_stages=None`` / ``reduction=None`` select the model's defaults (all stages, r = 4).
+    ``like``: only runs of this budget (:func:`run_budget`).
     """
     if runs.empty:
         return None
@@ -163,10 +191,75 @@ def pick_run(
         stages = sel["afi_stages"].fillna(all_stages)
         sel = sel[stages == (afi_stages or all_stages)]
         sel = sel[sel["reduction"].fillna(4).astype(int) == (reduction or 4)]
+    if like is not None and not sel.empty:
+        same = [not budget_mismatch(run_budget(r), like) for _, r in sel.iterrows()]
+        sel = sel[same]
     if sel.empty:
         return None
     complete = sel[sel["complete"].astype(bool)]
     return (complete if not complete.empty else sel).iloc[-1]
+
+
+def pick_pair(
+    runs: pd.DataFrame, arch: str, baseline: str, dataset: str, **options: Any
+) -> tuple[pd.Series | None, pd.Series | None]:
+    """The runs of ``arch`` (an AFI model, ``options`` as :func:`pick_run`) and of its
+    ``baseline`` to compare: the newest of each when they share a budget; else the pair of
+    equal budgets with the newest run, if any; else the newest of each (unequal: the caller
+    marks it)."""
+    run, base = pick_run(runs, arch, dataset, **options), pick_run(runs, baseline, dataset)
+    if run is None or base is None or not budget_mismatch(run_budget(run), run_budget(base)):
+        return run, base
+    pairs = []
+    for _, candidate in runs[(runs["arch"] == arch) & (runs["dataset"] == dataset)].iterrows():
+        like = run_budget(candidate)
+        a, b = pick_run(runs, arch, dataset, like=like, **options), None
+        if a is not None:
+            b = pick_run(runs, baseline, dataset, like=like)
+        if b is not None:
+            pairs.append((a, b))
+    if not pairs:
+        return run, base
+    return max(pairs, key=lambda p: (max(p[0]["mtime"], p[1]["mtime"]), p[0]["run_dir"]))
+
+
+def budget_cell(
+    ctx: TableContext, run: pd.Series | None, base: pd.Series | None, names: tuple[str, str]
+) -> str | None:
+    """A row's ``budget`` cell: ``'same'`` when its run and its baseline's share a budget,
+    ``'unequal: data_size 400 vs full'`` (the row's vs the baseline's) when not (recorded in
+    ``ctx.unequal`` under ``names``), None without both runs."""
+    if run is None or base is None:
+        return None
+    diffs = budget_mismatch(run_budget(run), run_budget(base))
+    if not diffs:
+        return "same"
+    ctx.unequal.setdefault(names, mismatch_note(*names, diffs))
+    return "unequal: " + "; ".join(diffs)
+
+
+def table_runs(
+    ctx: TableContext, archs: Iterable[str], dataset: str
+) -> tuple[dict[str, pd.Series | None], dict[str, pd.Series | None]]:
+    """The run shown for each architecture and, for each AFI model, its baseline's run to
+    compare with (:func:`pick_pair`); a baseline's own row shows the run its AFI model (the
+    one :func:`afictl.models.counterpart` names) is compared with, so that the delta is the
+    difference of the two rows."""
+    from ..models import counterpart
+
+    archs = list(archs)
+    shown: dict[str, pd.Series | None] = {}
+    bases: dict[str, pd.Series | None] = {}
+    for arch in archs:
+        baseline = get_model_info(arch).baseline if _registered(arch) else None
+        if baseline:
+            shown[arch], bases[arch] = pick_pair(ctx.runs, arch, baseline, dataset)
+            if baseline in archs and counterpart(baseline) == arch:
+                shown[baseline] = bases[arch]
+    for arch in archs:
+        if arch not in shown or shown[arch] is None:
+            shown[arch] = pick_run(ctx.runs, arch, dataset)
+    return shown, bases
 
 
 def _top(run: pd.Series | None, ctx: TableContext, which: str = "top1") -> float | None:
@@ -197,11 +290,11 @@ def run_cells(run: pd.Series | None) -> dict:
     }
 
 
-def _accuracy_row(number: int, p, ctx: TableContext, dataset: str) -> dict:
-    run = pick_run(ctx.runs, p.arch, dataset)
+def _accuracy_row(
+    number: int, p, ctx: TableContext, run: pd.Series | None, base_run: pd.Series | None
+) -> dict:
     params, flops = registry_counts(p.arch)
     baseline = get_model_info(p.arch).baseline if _registered(p.arch) else None
-    base_run = pick_run(ctx.runs, baseline, dataset) if baseline else None
     top = _top(run, ctx)
     row = {
         "model": p.label,
@@ -209,6 +302,8 @@ def _accuracy_row(number: int, p, ctx: TableContext, dataset: str) -> dict:
         "paper_top1": p.top1,
         ctx.column(): top,
         "top1_vs_baseline": _delta(top, _top(base_run, ctx)) if baseline else None,
+        # beside the delta it qualifies: kept when a narrow terminal leaves columns out
+        "budget": budget_cell(ctx, run, base_run, (p.arch, baseline or "")),
     }
     if number == 5:
         row |= {"paper_top5": p.top5, ctx.column("top5"): _top(run, ctx, "top5")}
@@ -224,7 +319,9 @@ def _accuracy_row(number: int, p, ctx: TableContext, dataset: str) -> dict:
 
 def table_accuracy(number: int, ctx: TableContext, dataset: str) -> pd.DataFrame:
     """Tables 4 (CIFAR-100) and 5 (ImageNet): accuracy, parameters, FLOPs, deltas; the paper's
-    rows, then a row for every other architecture with a run on ``dataset`` (no paper cells)."""
+    rows, then a row for every other architecture with a run on ``dataset`` (no paper cells).
+    Each AFI model is compared with a baseline run of the same budget where there is one
+    (:func:`table_runs`); ``budget`` says ``same`` or what differs."""
     from ..paper import PaperRow
 
     rows = list(TABLES[number])
@@ -237,19 +334,26 @@ def table_accuracy(number: int, ctx: TableContext, dataset: str) -> pd.DataFrame
         )
         if r["arch"] not in listed
     ]
-    return pd.DataFrame([_accuracy_row(number, p, ctx, dataset) for p in rows])
+    shown, bases = table_runs(ctx, [p.arch for p in rows], dataset)
+    return pd.DataFrame(
+        [_accuracy_row(number, p, ctx, shown.get(p.arch), bases.get(p.arch)) for p in rows]
+    )
 
 
 def measured_models(ctx: TableContext, dataset: str) -> pd.DataFrame:
     """Figure 4's points: every registered architecture with a default-configuration run on
-    ``dataset``, at the trained model's parameters and FLOPs."""
+    ``dataset``, at the trained model's parameters and FLOPs; an AFI point's ``budget`` says
+    whether its baseline's point was trained under the same budget (:func:`budget_cell`)."""
     from ..paper import paper_row
 
+    runs = _figure_runs(ctx, dataset)
+    by_arch = {r["arch"]: r for r in runs}
     rows = []
-    for run in _figure_runs(ctx, dataset):
+    for run in runs:
         arch = run["arch"]
         params, flops = run_counts(run)
         label = paper_row(arch)
+        baseline = get_model_info(arch).baseline
         rows.append(
             {
                 "arch": arch,
@@ -262,6 +366,7 @@ def measured_models(ctx: TableContext, dataset: str) -> pd.DataFrame:
                 "accuracy": ctx.accuracy,
                 **run_cells(run),
                 "finished": bool(run["complete"]),
+                "budget": budget_cell(ctx, run, by_arch.get(baseline), (arch, baseline or "")),
             }
         )
     return pd.DataFrame(rows, columns=FIGURE_COLUMNS)
@@ -302,7 +407,8 @@ def table6(memory_rows: Iterable[dict]) -> pd.DataFrame:
 
 
 def table7(ctx: TableContext, dataset: str) -> pd.DataFrame:
-    """Table 7: AFI blocks in one stage only (``--afi-stages K``) for ResNet-32 and ResNet-110."""
+    """Table 7: AFI blocks in one stage only (``--afi-stages K``) for ResNet-32 and ResNet-110;
+    ``budget`` compares each AFI run with the baseline run of its row."""
     rows, col = [], ctx.column()
     for base, paper in TABLE7.items():
         cells = [(base, "baseline", paper["baseline"], pick_run(ctx.runs, base, dataset))]
@@ -315,10 +421,15 @@ def table7(ctx: TableContext, dataset: str) -> pd.DataFrame:
             )
             for s in ("1", "2", "3")
         ]
+        base_run = cells[0][3]
         for model, column, ref, run in cells:
+            cell = None
+            if column != "baseline":
+                cell = budget_cell(ctx, run, base_run, (f"{model} ({column})", base))
             rows.append(
                 {"model": model, "column": column, "paper_top1": ref, col: _top(run, ctx)}
                 | run_cells(run)
+                | {"budget": cell}
             )
     df = pd.DataFrame(rows)
     base_top = df[df["column"] == "baseline"].set_index("model")[col].to_dict()
@@ -330,6 +441,7 @@ def table7(ctx: TableContext, dataset: str) -> pd.DataFrame:
             for m, c, t in zip(df["model"], df["column"], df[col], strict=True)
         ],
     )
+    df.insert(5, "budget", df.pop("budget"))  # beside the delta it qualifies
     return df
 
 
@@ -343,12 +455,17 @@ def table8(ctx: TableContext, dataset: str) -> pd.DataFrame:
 
 
 def table9(ctx: TableContext, dataset: str) -> pd.DataFrame:
-    """Table 9: MobileNetV2 with AFI and an attention module on the AFI result."""
+    """Table 9: MobileNetV2 with AFI and an attention module on the AFI result; ``budget``
+    compares each run with the MobileNetV2 run of the table."""
     col = ctx.column()
+    base_run = pick_run(ctx.runs, "mobilenetv2", dataset)
     rows = []
     for a, p in TABLE9.items():
         run = pick_run(ctx.runs, a, dataset)
-        rows.append({"arch": a, "paper_top1": p, col: _top(run, ctx)} | run_cells(run))
+        cell = budget_cell(ctx, run, base_run, (a, "mobilenetv2")) if a != "mobilenetv2" else None
+        rows.append(
+            {"arch": a, "paper_top1": p, col: _top(run, ctx)} | run_cells(run) | {"budget": cell}
+        )
     df = pd.DataFrame(rows)
     base = df.loc[df["arch"] == "mobilenetv2", col].iloc[0]
     df.insert(
@@ -359,6 +476,7 @@ def table9(ctx: TableContext, dataset: str) -> pd.DataFrame:
             for a, t in zip(df["arch"], df[col], strict=True)
         ],
     )
+    df.insert(4, "budget", df.pop("budget"))  # beside the delta it qualifies
     return df
 
 

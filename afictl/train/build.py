@@ -93,7 +93,7 @@ def build_model(cfg: TrainConfig, ctx: D.DistContext, fresh: bool) -> tuple[nn.M
 def _loaders(cfg: TrainConfig, ctx: D.DistContext, train_ds: Dataset, eval_ds: Dataset):
     per_rank = cfg.batch_size // ctx.world
     pipe = choose_pipeline(
-        getattr(cfg, "pipeline", "loader"),
+        cfg.pipeline,
         cfg.dataset,
         (train_ds, eval_ds),
         cfg.input_size,
@@ -141,7 +141,7 @@ DEVICE_DATA_SHARE = 0.25
 def _data_on_device(cfg: TrainConfig, ctx: D.DistContext, pipe: Pipeline) -> bool:
     """``--data-on-device``, or by default: on CUDA when both splits fit in a quarter of the
     free memory."""
-    asked = getattr(cfg, "data_on_device", None)
+    asked = cfg.data_on_device
     if asked is not None or ctx.device.type != "cuda":
         return bool(asked) and ctx.device.type != "cpu"
     need = pipe.train.nbytes + pipe.eval.nbytes

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from ..data import dataset_spec, resolve_data_root
+from ..data.datasets import DATA_ENV
 from ..errors import UserError
 from ..models import get_model_info
 from ..validate import LR_MAX, OPTION_CHECKS, check_option, check_options, check_stages_of
-from .options import CONFIG_ALIASES, RUNTIME_KEYS
+from .options import CONFIG_ALIASES, CONFIG_KEYS, RUNTIME_KEYS, TRAIN_OPTIONS, long_flags
 
 __all__ = [
     "DERIVED_KEYS",
@@ -42,9 +43,11 @@ __all__ = [
     "TrainConfig",
     "check_model_input_size",
     "default_recipe",
+    "explain_config",
     "load_config_file",
     "parse_milestones",
     "resolve_config",
+    "resolve_config_sources",
 ]
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -193,6 +196,8 @@ class TrainConfig:
     aa: str | None = None  # augmentation policy of the train split; None or "none": off
     reprob: float = 0.0
     decode: str = "auto"
+    pipeline: str = "auto"  # auto | tensor | loader (afictl/data/pipeline.py)
+    data_on_device: bool | None = None  # tensor pipeline; None: on CUDA when it fits
     model_ema: bool = False
     model_ema_decay: float = 0.9998
     best_of: str = "raw"  # the weights best.pt keeps: raw or ema
@@ -210,6 +215,7 @@ class TrainConfig:
     threads: int | None = None  # CPU threads; None: torch's default, or 1 on a busy machine
     bad_images: str = "skip"
     tensorboard: bool | None = None
+    log_interval: int | None = None  # batches between progress lines; None: every 30 s
     run_dir: str | None = None
     # derived
     num_classes: int | None = None
@@ -302,7 +308,9 @@ def default_recipe(dataset: str, input_size: int) -> str:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Keys of a TOML, JSON (e.g. a previous run's config.json) or YAML file."""
+    """Keys of a TOML, JSON (e.g. a previous run's config.json) or YAML file, as TrainConfig
+    fields: a key is a field or a long option name of ``afictl train`` (``data``, ``data-size``,
+    ``batch_size``: :data:`~afictl.train.options.CONFIG_KEYS`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -311,22 +319,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} cannot be read: {str(exc).splitlines()[0]}") from None
     try:
-        if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            try:
-                import yaml  # optional: only when PyYAML is installed
-            except ImportError:
-                raise UserError(
-                    f"{path}: YAML needs PyYAML (pip install pyyaml); or write TOML"
-                ) from None
-            data = yaml.safe_load(text)
-        else:
-            raise UserError(f"{path}: unknown config format; use .toml, .json or .yaml")
+        data = _parse_config(path, text)
     except UserError:
         raise
     except Exception as exc:
@@ -335,15 +328,67 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} must hold key = value pairs")
     if not all(isinstance(k, str) for k in data):
         raise UserError(f"{path}: keys must be names, got {sorted(map(repr, data))[0]}")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    data = {CONFIG_ALIASES.get(k, k): v for k, v in data.items()}
-    valid = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - valid - DERIVED_KEYS)
+    return _config_fields(path, data)
+
+
+def _parse_config(path: Path, text: str) -> Any:
+    """The parsed file; a key written twice is refused where the parser would keep the last."""
+    if path.suffix == ".toml":
+        import tomllib  # refuses a repeated key itself
+
+        return tomllib.loads(text)
+    if path.suffix == ".json":
+        return json.loads(text, object_pairs_hook=lambda pairs: _once(path, pairs))
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml  # optional: only when PyYAML is installed
+        except ImportError:
+            raise UserError(
+                f"{path}: YAML needs PyYAML (pip install pyyaml); or write TOML"
+            ) from None
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if isinstance(node, yaml.MappingNode):
+            _once(path, [(k.value, None) for k, _ in node.value])
+        return yaml.safe_load(text)
+    raise UserError(f"{path}: unknown config format; use .toml, .json or .yaml")
+
+
+def _once(path: Path, pairs: list[tuple[Any, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise UserError(f"{path}: key {twice!r} is given twice; keep one")
+    return dict(pairs)
+
+
+def _config_fields(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """``data``'s keys as fields; one line for an unknown key (with the closest names) and for
+    two keys that set the same field. A run's derived keys (config.json) are dropped."""
+    accepted = {**CONFIG_KEYS, **{f.name: f.name for f in fields(TrainConfig)}}
+    accepted.update({k: k for k in DERIVED_KEYS})
+    unknown = [k for k in data if k.replace("-", "_") not in accepted]
     if unknown:
-        raise UserError(
-            f"{path}: unknown keys {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
-        )
-    return {k: v for k, v in data.items() if k not in DERIVED_KEYS}
+        raise UserError(f"{path}: unknown keys {', '.join(_guess(k, accepted) for k in unknown)}")
+    out: dict[str, Any] = {}
+    seen: dict[str, str] = {}
+    for key, value in data.items():
+        name = accepted[key.replace("-", "_")]
+        if name in seen:
+            raise UserError(f"{path}: {seen[name]!r} and {key!r} both set {name}; keep one")
+        seen[name], out[name] = key, value
+    return {k: v for k, v in out.items() if k not in DERIVED_KEYS}
+
+
+def _guess(key: str, accepted: dict[str, str]) -> str:
+    """``key (did you mean 'name'?)`` with the closest accepted name, spelt as ``key`` is."""
+    import difflib
+
+    names = [k for k in accepted if k not in DERIVED_KEYS]  # those are read and dropped
+    close = difflib.get_close_matches(key.replace("-", "_"), names, n=1)
+    if not close:
+        return f"{key} (the keys are afictl train's long option names)"
+    name = close[0].replace("_", "-") if "-" in key else close[0]
+    return f"{key} (did you mean {name!r}?)"
 
 
 def _check(cfg: TrainConfig) -> TrainConfig:
@@ -441,30 +486,24 @@ def resolve_config(options: dict[str, Any], config_file: str | Path | None = Non
     Fills the dataset (the architecture's home dataset), the input size (the files' size, else the
     model's), the recipe (the paper's for the data) and checks every value.
     """
-    # Types and ranges first, each value named with where it came from: a config file's
-    # `epochs = "ten"` is one line here, not a TypeError in the training loop. None: not given.
-    merged = check_options(load_config_file(config_file), str(config_file)) if config_file else {}
-    merged = {k: v for k, v in merged.items() if v is not None}
-    merged.update({k: v for k, v in check_options(options).items() if v is not None})
-    merged = {CONFIG_ALIASES.get(k, k): v for k, v in merged.items()}
+    return resolve_config_sources(options, config_file)[0]
+
+
+def resolve_config_sources(
+    options: dict[str, Any], config_file: str | Path | None = None
+) -> tuple[TrainConfig, dict[str, str]]:
+    """:func:`resolve_config`, and where each field's value came from: ``flag``, ``config file
+    PATH``, ``recipe NAME``, ``derived: ...`` or ``default`` (``afictl train --dry-run``)."""
+    merged, sources = _given(options, config_file)
     if not merged.get("arch"):
         raise UserError("--arch is required (see `afictl models`)")
     info = get_model_info(merged["arch"])
-    dataset = merged.get("dataset") or info.home_dataset
-    spec = dataset_spec(dataset)
-    input_size = next(
-        v for v in (merged.get("input_size"), spec.native_size, info.input_size) if v is not None
-    )
-    recipe = merged.get("recipe") or default_recipe(dataset, input_size)
+    fills, notes = _fills(merged, info)
+    dataset, recipe = fills["dataset"], fills["recipe"]
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    values = {
-        **RECIPES[recipe],
-        **merged,
-        "dataset": dataset,
-        "input_size": int(input_size),
-        "recipe": recipe,
-    }
+    values = {**RECIPES[recipe], **merged, **fills}
+    sources = {**dict.fromkeys(RECIPES[recipe], f"recipe {recipe}"), **sources, **notes}
     if (
         values.get("afi_stages") is not None or values.get("reduction") is not None
     ) and not info.is_afi:
@@ -476,15 +515,81 @@ def resolve_config(options: dict[str, Any], config_file: str | Path | None = Non
         values["amp"] = "none"
     root = resolve_data_root(dataset, values.get("data_root"))  # recorded, for the analyses
     values["data_root"] = str(root) if root is not None else None
+    if root is not None and "data_root" not in merged:
+        where = f"${DATA_ENV}/{dataset}" if os.environ.get(DATA_ENV) else f"./data/{dataset}"
+        sources["data_root"] = f"default: {where}"
     if values.get("data_size") is None and dataset == "shapes":
-        values["data_size"] = spec.default_size
+        values["data_size"] = dataset_spec(dataset).default_size
+        sources["data_size"] = f"derived: the default size of {dataset}"
     try:
         cfg = TrainConfig.from_dict(values)
     except TypeError as exc:
         raise UserError(f"bad configuration: {exc}") from None
     cfg = _check(cfg)
     _check_input_size(cfg)
-    return cfg
+    return cfg, {f.name: sources.get(f.name, "default") for f in fields(cfg)}
+
+
+def _given(
+    options: dict[str, Any], config_file: str | Path | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values given, the command line's over the config file's, and where each came from."""
+    # Types and ranges first, each value named with where it came from: a config file's
+    # `epochs = "ten"` is one line here, not a TypeError in the training loop. None: not given.
+    layers = [(check_options(options), "flag")]
+    if config_file:
+        from_file = check_options(load_config_file(config_file), str(config_file))
+        layers.insert(0, (from_file, f"config file {config_file}"))
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for values, source in layers:
+        for key, value in values.items():
+            if value is not None:
+                key = CONFIG_ALIASES.get(key, key)
+                merged[key], sources[key] = value, source
+    return merged, sources
+
+
+def _fills(merged: dict[str, Any], info: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The dataset, input size and recipe (given, or derived from the model and the data), and
+    how each one not given was derived."""
+    dataset = merged.get("dataset") or info.home_dataset
+    spec = dataset_spec(dataset)
+    input_size, how = next(
+        (v, how)
+        for v, how in (
+            (merged.get("input_size"), ""),
+            (spec.native_size, f"the image size of {dataset}"),
+            (info.input_size, f"the input size of {info.name}"),
+        )
+        if v is not None
+    )
+    recipe = merged.get("recipe") or default_recipe(dataset, input_size)
+    notes = {
+        "dataset": f"derived: the home dataset of {info.name}",
+        "input_size": f"derived: {how}",
+        "recipe": f"derived: the default for {dataset} at {input_size} pixels",
+    }
+    fills = {"dataset": dataset, "input_size": int(input_size), "recipe": recipe}
+    return fills, {k: v for k, v in notes.items() if not merged.get(k)}
+
+
+def explain_config(cfg: TrainConfig, sources: dict[str, str]) -> list[dict[str, Any]]:
+    """One (option, value, source) row per option of ``afictl train``, in the table's order,
+    and the learning rate actually used when the batch scales it (``--dry-run``)."""
+    rows = []
+    for spec in TRAIN_OPTIONS:
+        rows.append(
+            dict(
+                option=f"--{long_flags(spec)[0]}",
+                value=getattr(cfg, spec.field),
+                source=sources.get(spec.field, "default"),
+            )
+        )
+        if spec.field == "lr" and cfg.lr_reference_batch:
+            how = f"derived: --lr x {cfg.effective_batch} / {cfg.lr_reference_batch}"
+            rows.append(dict(option="lr (effective)", value=cfg.lr_effective, source=how))
+    return rows
 
 
 def default_workers(dataset: str) -> int:

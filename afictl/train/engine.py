@@ -40,6 +40,8 @@ __all__ = [
     "TrainParts",
     "autocast",
     "evaluate",
+    "group_lrs",
+    "head_lr",
     "optimizer_step",
     "train_epoch",
     "unwrap",
@@ -212,6 +214,7 @@ class _Running:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.top1 = torch.zeros((), dtype=torch.float64, device=device)
         self.n = 0
+        self.t0 = time.perf_counter()
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = labels.shape[0]
@@ -219,13 +222,17 @@ class _Running:
         self.loss += loss.detach().double() * n
         self.top1 += (logits.detach().argmax(1) == labels).sum()
 
-    def stats(self, before: Sums, seconds: float, world: int) -> str:
-        n = before.n + self.n
-        return (
-            f"loss {(before.loss + self.loss.item()) / max(n, 1):.3f}  "
-            f"acc {100 * (before.top1 + self.top1.item()) / max(n, 1):.1f}%  "
-            f"{n * world / max(seconds, 1e-9):.0f} img/s"
-        )
+    def stats(self, state: EpochState, world: int, optimizer) -> dict[str, float]:
+        """This rank's running means of the epoch so far, the images/s of all ranks and the
+        learning rate (what a progress line shows)."""
+        before, n = state.sums, state.sums.n + self.n
+        seconds = state.seconds + time.perf_counter() - self.t0
+        return {
+            "loss": (before.loss + self.loss.item()) / max(n, 1),
+            "top1": 100 * (before.top1 + self.top1.item()) / max(n, 1),
+            "images_per_sec": n * world / max(seconds, 1e-9),
+            "lr": head_lr(optimizer),
+        }
 
     def total(self, before: Sums, skipped: int) -> Sums:
         return Sums(
@@ -235,6 +242,28 @@ class _Running:
             before.n + self.n,
             before.skipped + skipped,
         )
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``lr`` (the classifier's group, or the only one) and, when fine-tuning, ``lr_backbone``."""
+    lrs: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        key = "lr_backbone" if str(group.get("name", "")).startswith("backbone") else "lr"
+        lrs.setdefault(key, group["lr"])
+    return lrs
+
+
+def head_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the classifier's group (the one a run's log states)."""
+    lrs = group_lrs(optimizer)
+    return lrs.get("lr", lrs.get("lr_backbone", 0.0))
+
+
+def _log_due(cfg, reported: int, step: int) -> bool:
+    """A multiple of ``--log-interval`` batches passed since the last read: read now, so that
+    the line is written at its step (a GPU otherwise reads every 20 optimizer steps)."""
+    every = getattr(cfg, "log_interval", None)
+    return bool(every) and step // every > reported // every
 
 
 def train_epoch(
@@ -257,7 +286,7 @@ def train_epoch(
     sync_every = 1 if ctx.device.type == "cpu" else 20
     total = state.start_step + len(parts.train_loader)
     step = reported = state.start_step
-    run, skipped, t0 = _Running(ctx.device), [0], time.perf_counter()
+    run, skipped = _Running(ctx.device), [0]
     stopped, nonfinite, pending = None, False, False
     for batch in parts.train_loader:
         step += 1
@@ -281,12 +310,11 @@ def train_epoch(
         if pending:
             optimizer_step(parts, cfg)
             pending = False
-        if (step // accum) % sync_every == 0 or step == total:
+        if (step // accum) % sync_every == 0 or step == total or _log_due(cfg, reported, step):
             nonfinite = not math.isfinite(run.loss.item())
             stop_now, nonfinite = _flags(ctx, bool(stop), nonfinite)
             if progress is not None:
-                seconds = state.seconds + time.perf_counter() - t0
-                progress.advance(step - reported, run.stats(state.sums, seconds, ctx.world))
+                progress.advance(step - reported, run.stats(state, ctx.world, parts.optimizer))
             reported = step
             if nonfinite:
                 break
@@ -295,7 +323,7 @@ def train_epoch(
                 break
     if not nonfinite:
         nonfinite = _flags(ctx, False, not math.isfinite(run.loss.item()))[1]
-    seconds = state.seconds + time.perf_counter() - t0
+    seconds = state.seconds + time.perf_counter() - run.t0
     return EpochOutcome(step, run.total(state.sums, skipped[0]), seconds, stopped, nonfinite)
 
 

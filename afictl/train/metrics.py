@@ -5,14 +5,22 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["METRIC_COLUMNS", "MetricsLog", "Sums", "metric_columns", "topk_correct"]
+from ..errors import UserError
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "MetricsLog",
+    "Sums",
+    "metric_columns",
+    "require_tensorboard",
+    "topk_correct",
+]
 
 #: Columns of ``metrics.csv``, one row per epoch (epoch is 1-based: epochs completed).
 METRIC_COLUMNS = [
@@ -78,6 +86,17 @@ class Sums:
         return 100.0 * getattr(self, which) / self.n if self.n else math.nan
 
 
+def require_tensorboard() -> None:
+    """:class:`UserError` (one line, the install command) when the package is missing."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--tensorboard needs the tensorboard package: pip install 'afictl[tensorboard]' "
+            "(or --no-tensorboard)"
+        ) from None
+
+
 class MetricsLog:
     """``metrics.csv`` + ``metrics.jsonl`` (+ TensorBoard event files when installed and wanted).
 
@@ -97,10 +116,7 @@ class MetricsLog:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # TensorBoard is optional
                 if tensorboard:
-                    print(
-                        "afictl: warning: --tensorboard needs the tensorboard package; skipped",
-                        file=sys.stderr,
-                    )
+                    require_tensorboard()
             else:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
@@ -127,6 +143,16 @@ class MetricsLog:
                 if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
                     self.tb.add_scalar(key, value, row["epoch"])
             self.tb.flush()
+
+    def step(self, step: int, stats: dict[str, float]) -> None:
+        """Per-step scalars at a log point (``step``: batches of the run so far): the epoch's
+        running loss and top-1 so far, and the learning rate, as ``step/<name>``."""
+        if self.tb is None:
+            return
+        for key in ("loss", "top1", "lr"):
+            value = stats.get(key)
+            if value is not None and math.isfinite(value):
+                self.tb.add_scalar(f"step/{key}", value, step)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -18,15 +18,18 @@ from ..validate import (
     DECODE_CHOICES,
     LR_SCHEDULES,
     OPTIMIZERS,
+    PIPELINE_CHOICES,
     RECIPE_NAMES,
 )
 
 __all__ = [
     "CONFIG_ALIASES",
+    "CONFIG_KEYS",
     "RECIPE_NAMES",
     "RUNTIME_KEYS",
     "TRAIN_OPTIONS",
     "OptionSpec",
+    "long_flags",
     "option_for",
 ]
 
@@ -129,6 +132,23 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
         f"JPEG decoding: {_choices(DECODE_CHOICES)} (auto: the fastest measured on CPU "
         "workers; gpu: nvjpeg on the GPU, CUDA only).",
         DATA,
+    ),
+    _O(
+        "pipeline",
+        ("--pipeline",),
+        f"Input pipeline: {_choices(PIPELINE_CHOICES)} (tensor: small images decoded once, "
+        "cached, augmented in whole batches on the training device; loader: per-image "
+        "transforms in worker processes; auto: tensor where it applies).",
+        DATA,
+    ),
+    _O(
+        "data_on_device",
+        ("--data-on-device/--data-on-host",),
+        "Tensor pipeline: keep the decoded images on the training device (default: on CUDA "
+        "when they take at most a quarter of its free memory).",
+        DATA,
+        "bool",
+        runtime=True,
     ),
     _O(
         "recipe",
@@ -337,6 +357,15 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
         runtime=True,
     ),
     _O(
+        "log_interval",
+        ("--log-interval",),
+        "In a log file (stderr not a terminal): a progress line every N batches (loss, acc, "
+        "lr, images/s, eta); default: at least every 30 s. TensorBoard's per-step scalars too.",
+        RUN,
+        "int",
+        runtime=True,
+    ),
+    _O(
         "checkpoint_hist",
         ("--checkpoint-hist",),
         "Also keep the N best epochs as `epoch-<N>.pt` (besides last.pt and best.pt); 0: none.",
@@ -359,3 +388,25 @@ RUNTIME_KEYS = frozenset(o.field for o in TRAIN_OPTIONS if o.runtime)
 def option_for(field: str) -> OptionSpec:
     """The spec of TrainConfig field ``field``."""
     return next(o for o in TRAIN_OPTIONS if o.field == field)
+
+
+def long_flags(spec: OptionSpec) -> list[str]:
+    """The long flags of ``spec`` without their dashes; ``--x/--no-x`` gives ``x`` only (a config
+    key ``no_x = true`` would read backwards)."""
+    return [f.split("/")[0][2:] for f in spec.flags if f.startswith("--")]
+
+
+def _config_keys() -> dict[str, str]:
+    keys = dict(CONFIG_ALIASES)
+    for spec in TRAIN_OPTIONS:
+        for name in (spec.field, *long_flags(spec)):
+            key = name.replace("-", "_")
+            if keys.setdefault(key, spec.field) != spec.field:  # a table error, not a user's
+                raise ValueError(f"config key {key!r} would mean {keys[key]} and {spec.field}")
+    return keys
+
+
+#: every name a config file may give an option (``-`` read as ``_``) -> its TrainConfig field:
+#: the field (``dataset``), each long flag (``data``, ``batch_size``, ``wd``) and the older
+#: spellings of :data:`CONFIG_ALIASES`
+CONFIG_KEYS: dict[str, str] = _config_keys()

@@ -46,9 +46,17 @@ from . import distributed as D
 from .build import build_datasets, build_parts, runtime_config
 from .checkpointing import TrainCheckpoint, repair_best
 from .config import RUNTIME_KEYS, TrainConfig
-from .engine import EpochOutcome, EpochState, NonFiniteLossError, TrainParts, evaluate, train_epoch
+from .engine import (
+    EpochOutcome,
+    EpochState,
+    NonFiniteLossError,
+    TrainParts,
+    evaluate,
+    group_lrs,
+    train_epoch,
+)
 from .lock import RunLock
-from .metrics import MetricsLog, Sums, metric_columns
+from .metrics import MetricsLog, Sums, metric_columns, require_tensorboard
 from .progress import TrainProgress
 from .state import StopFlag, cpu_threads, deterministic_mode, get_rng_state, seed_all
 
@@ -196,8 +204,8 @@ def _write_json(path: Path, data: dict) -> None:
 def _log(ctx: D.DistContext, progress: TrainProgress | None, message: str) -> None:
     if not ctx.is_main:
         return
-    if progress is not None and progress.bars.live.is_started and progress.console.is_terminal:
-        progress.log(message)
+    if progress is not None:
+        progress.log(message)  # above the bars on a terminal
     else:
         print(message, file=sys.stderr, flush=True)
 
@@ -209,15 +217,6 @@ def _gather(ctx: D.DistContext, state: Any) -> list:
     out: list = [None] * ctx.world
     torch.distributed.all_gather_object(out, state)
     return out
-
-
-def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """``lr`` (the classifier's group, or the only one) and, when fine-tuning, ``lr_backbone``."""
-    lrs: dict[str, float] = {}
-    for group in optimizer.param_groups:
-        key = "lr_backbone" if str(group.get("name", "")).startswith("backbone") else "lr"
-        lrs.setdefault(key, group["lr"])
-    return lrs
 
 
 def batch_text(cfg: TrainConfig) -> str:
@@ -340,6 +339,8 @@ class _Run:
         cfg, s, ctx = self.cfg, self.state, self.ctx
         train_n, eval_n = (len(loader.dataset) for loader in self.loaders)
         _log(ctx, None, f"run: {self.run_dir}")
+        if self.log_file is not None and self.log_file.tb is not None:
+            _log(ctx, None, f"tensorboard: --logdir {self.run_dir / 'tensorboard'}")
         if note:
             _log(ctx, None, f"afictl: {note}")
         where = f", from epoch {s.epoch + 1}" + (f" step {s.step}" if s.step else "")
@@ -351,6 +352,9 @@ class _Run:
             f"{cfg.recipe}, {plural(cfg.epochs, 'epoch')}, {batch_text(cfg)}, "
             f"{plural(ctx.world, 'process')} on {ctx.device}" + (where if resumed else ""),
         )
+        pipe = getattr(self.parts.train_loader, "pipeline", None)
+        if pipe is not None:
+            _log(ctx, None, f"input pipeline: {pipe.kind} ({pipe.describe()})")
 
     @property
     def loaders(self) -> tuple:
@@ -430,7 +434,7 @@ class _Run:
         row: dict[str, float] = {}
         for suffix, model in models:
             label = f"eval{suffix.replace('_', ' ')} {self.state.epoch + 1}/{cfg.epochs}"
-            self.progress.start(label, len(parts.eval_loader))
+            self.progress.start(label, len(parts.eval_loader), training=False)
             ev = evaluate(
                 ctx=ctx,
                 model=model,
@@ -582,6 +586,8 @@ def _train(
     held: contextlib.ExitStack | None = None,
 ) -> TrainResult:
     seed_all(cfg.seed)
+    if cfg.tensorboard:
+        require_tensorboard()  # before the data and the run folder
     # Data first: a missing dataset fails before anything is created on disk.
     datasets = datasets if datasets is not None else build_datasets(cfg)
     classes = list(datasets[0].classes)
@@ -595,7 +601,8 @@ def _train(
     run.open_files(resume)
     total = cfg.epochs * parts.batches_per_epoch
     done = min(total, run.state.epoch * parts.batches_per_epoch + run.state.step)
-    run.progress = TrainProgress(ctx.is_main, total, done)
+    scalars = run.log_file.step if run.log_file is not None else None  # rank 0
+    run.progress = TrainProgress(ctx.is_main, total, done, every=cfg.log_interval, scalars=scalars)
     with StopFlag() as stop, run.progress:  # from here on SIGINT/SIGTERM end with a checkpoint
         run.announce(note, resume is not None)
         run.run_epochs(stop)
