@@ -34,10 +34,10 @@ PIPELINES = ("loader", "tensor")
 
 def bare_step(arch: str, batch_size: int, repeats: int) -> float:
     """images/s of the training step alone (the AFI row's own or its baseline's)."""
-    from afictl.models import get_model_info
+    from afictl.models import counterpart, get_model_info
 
     info = get_model_info(arch)
-    afi = arch if info.is_afi else info.counterpart
+    afi = arch if info.is_afi else counterpart(arch)
     (row,) = bench([afi], modes=("train",), batch_size=batch_size, num_classes=10, repeats=repeats)
     return row.images_per_sec if info.is_afi else row.baseline_images_per_sec
 

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 from scripts import ROOT, load_script
 
@@ -127,3 +128,27 @@ def test_header_check_benchmark_times_every_file_kind():
     ]
     for r in rows:
         assert r["check_us"] > 0 and r["pil_decode_us"] > 0 and r["torchvision_decode_us"] > 0
+
+
+@pytest.mark.slow  # two one-epoch `afictl train` processes and a bench
+def test_tensor_pipeline_benchmark_measures_both_pipelines(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for i in range(16):
+            path = tmp_path / "data" / split / f"c{i % 2}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), (i * 15, 0, 255 - i * 15)).save(path)
+    monkeypatch.setenv("AFICTL_CACHE", str(tmp_path / "cache"))
+    script = load_script(BENCHMARKS / "tensor_pipeline.py")
+    argv = ["--data", str(tmp_path / "data"), "--images", "16", "--archs", "resnet20"]
+    rows = script.main([*argv, "--batch-size", "8", "--repeats", "1", "-f", "json"])
+    (row,) = rows
+    assert row["bare_step_images_per_sec"] > 0
+    for pipeline in ("loader", "tensor"):
+        rate = row[f"{pipeline}_images_per_sec"]
+        assert rate > 0 and row[f"{pipeline}_ratio"] == round(
+            rate / row["bare_step_images_per_sec"], 3
+        )
+    out = capsys.readouterr().out
+    assert "second run (cache hit)" in out and "decoded MiB" in out

@@ -351,8 +351,8 @@ def test_ddp_interrupted_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
         "--seed",
         "3",
         "--deterministic",
-        "--workers",
-        "0",
+        "--pipeline",
+        "tensor",  # batches augmented per (seed, epoch, step, rank)
         "--format",
         "json",
     ]

@@ -33,3 +33,22 @@ def test_count_is_the_same_for_any_batch():
     assert count_ops(model, torch.randn(2, 3, 32, 32)) == count_ops(
         model, torch.randn(5, 3, 32, 32)
     )
+
+
+def test_bench_rows_carry_the_operations_per_step(capsys):
+    import json
+
+    from cli import run
+
+    code, out, err = run(
+        capsys, "bench", "-a", "afi_resnet20", "-b", "2", "--repeats", "1", "--mode", "infer",
+        "-f", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    (row,) = json.loads(out)
+    model = create_model("afi_resnet20")
+    base = create_model("resnet20")
+    x = torch.randn(2, 3, 32, 32)
+    assert row["ops_per_step"] == count_ops(model, x, "infer")
+    assert row["baseline_ops_per_step"] == count_ops(base, x, "infer")
+    assert row["ops_per_step"] > row["baseline_ops_per_step"] > 0

@@ -167,9 +167,12 @@ def test_train_writes_run_files_and_json(capsys, tmp_path):
 
 
 @pytest.mark.slow  # a subprocess or a resumed run: seconds
-def test_resume_is_exact(capsys, tmp_path):
+@pytest.mark.parametrize("pipeline", ["tensor", "loader"])
+def test_resume_is_exact(capsys, tmp_path, pipeline):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    args = ["train", "--arch", "afi_resnet20", *TINY, "--workers", "1"]  # augmentation in a worker
+    args = ["train", "--arch", "afi_resnet20", *TINY, "--pipeline", pipeline]
+    if pipeline == "loader":
+        args += ["--workers", "1"]  # augmentation in a worker
     assert run(capsys, *args, "--epochs", "2", "--run-dir", straight)[0] == 0
     assert run(capsys, *args, "--epochs", "1", "--run-dir", split)[0] == 0
     code, out, err = run(capsys, "train", "--resume", split, "--epochs", "2", "--format", "json")

@@ -30,6 +30,8 @@ _COLUMNS = [
     "speed_ratio",
     "ratio_min",
     "ratio_max",
+    "ops_per_step",
+    "baseline_ops_per_step",
     "threads",
 ]
 _FORMATTERS = {

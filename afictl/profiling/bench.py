@@ -18,6 +18,10 @@ Timing two models on a shared machine is noisy; what makes the comparison fair:
 A training step is zero_grad + forward + cross-entropy + backward + SGD (momentum 0.9) step;
 inference is one forward in eval mode under ``torch.inference_mode``.
 
+Each row also counts the aten operations of one eager step of each model (``ops_per_step``,
+:func:`afictl.profiling.op_count.count_ops`): on a GPU at CIFAR batch sizes a step is bound by
+kernel launches, roughly one per operation, rather than by arithmetic.
+
 ``timer="cpu"`` times with the process's CPU time instead of the wall clock: on a machine
 shared with other jobs, time spent preempted is then not counted (use it with one thread:
 with several, CPU time adds up the threads, spin-waiting included).
@@ -25,56 +29,28 @@ with several, CPU time adds up the threads, spin-waiting included).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..allocator import configure_allocator
 from ..errors import UserError
 from ..models import counterpart, create_model, get_model_info
 from ..train.state import deterministic_mode  # training's cuDNN settings, declared once
 from ..validate import BENCH_BATCH, check_option, check_value
 from .memory import resolve_device  # the same --device rules in memory and bench
+from .op_count import count_ops
 
 __all__ = ["AMP_CHOICES", "BenchRow", "bench", "configure_allocator", "pair_of", "resolve_device"]
 
 MODES = ("infer", "train")
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
-def configure_allocator(cache: bool) -> str:
-    """Keep freed memory in the process (glibc ``mallopt``) so that steps do not page-fault.
-
-    glibc returns large freed blocks to the kernel (``mmap`` above a threshold that it moves
-    between 128 KiB and 32 MiB, heap trimming), so every step can re-fault its activations in,
-    one page at a time; on the measured machine that was up to a third of a ResNet-110 step,
-    and it depends on the order in which two interleaved models free memory. With ``cache``
-    the thresholds are raised to 1 GiB / 2 GiB, the behaviour of caching allocators such as
-    jemalloc or PyTorch's CUDA allocator. Applies to the whole process, so to both models.
-    Returns a description for the report (``glibc-default``, ``glibc-cached`` or ``system``).
-    """
-    if not cache:
-        return "glibc-default"
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
-        return "system"
-    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
-    return "glibc-cached" if ok else "system"
 
 
 @dataclass
@@ -108,6 +84,10 @@ class BenchRow:
     timer: str
     torch_version: str
     cudnn_benchmark: bool  # cuDNN autotuning, as in training (no effect on CPU)
+    # aten operations one eager step calls (afictl.profiling.op_count): on a GPU each is at
+    # least one kernel launch, so at small batches they, not the arithmetic, set the pace
+    ops_per_step: int = 0
+    baseline_ops_per_step: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -399,5 +379,7 @@ def _bench_pair(
             clock=clock,
             progress=progress,
         )
-        rows.append(_row(*names, mode, warm, times, input_size=size, **settings))
+        row = _row(*names, mode, warm, times, input_size=size, **settings)
+        ops = [count_ops(models[n], x[:2], mode) for n in names]  # per step, any batch
+        rows.append(replace(row, ops_per_step=ops[0], baseline_ops_per_step=ops[1]))
     return rows

@@ -327,7 +327,7 @@ def train_epoch(
     return EpochOutcome(step, run.total(state.sums, skipped[0]), seconds, stopped, nonfinite)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: evaluation keeps no tensor
 def evaluate(
     *,
     ctx: DistContext,

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ..allocator import configure_allocator
 from ..checkpoint import (
     CheckpointError,
     CheckpointWriteError,
@@ -563,6 +564,10 @@ def train(
         resume = TrainCheckpoint.from_dict(resume)
     ctx = D.setup(cfg.device)
     auto_threads = ctx.device.type == "cpu" and not cfg.deterministic
+    if ctx.device.type == "cpu":
+        # freed activations stay in the process: no page faults every step (what afictl bench
+        # times with; docs/PERFORMANCE.md, "Input pipeline and training step")
+        configure_allocator(True)
     try:
         with (
             deterministic_mode(cfg.deterministic),
