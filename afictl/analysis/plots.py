@@ -39,6 +39,7 @@ __all__ = [
     "selectivity_figure",
     "selectivity_plot",
     "selectivity_range",
+    "title_with_note",
     "weights_norm",
 ]
 
@@ -69,7 +70,7 @@ def _short(path: str, width: int = 34) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
-def _title(fig: plt.Figure, title: str, note: str | None = None, size: float = 10) -> None:
+def title_with_note(fig: plt.Figure, title: str, note: str | None = None, size: float = 10) -> None:
     """The figure's title and, under it, ``note`` in red: a caveat no reader can miss.
 
     The title gets one blank line per line of the note, so that constrained layout makes room
@@ -174,7 +175,7 @@ def gradcam_plot(report: GradCamReport, note: str | None = None) -> plt.Figure:
     bar.set_label(f"{report.title} (1 = the map's maximum)", fontsize=_LABEL)
     bar.ax.tick_params(labelsize=_TICK)
     sizes = " / ".join(dict.fromkeys(_input_size(r.view) for r in report.results))
-    _title(
+    title_with_note(
         fig,
         f"{report.title} on the model's {sizes} input (area: share above half the maximum)",
         note,
@@ -355,7 +356,7 @@ def selectivity_plot(
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     how = "line: median, dot: mean" if kind == "violin" else "dashed: mean; legend: n, mean"
-    _title(fig, f"Class selectivity index per channel, stage {stage} ({how})", note)
+    title_with_note(fig, f"Class selectivity index per channel, stage {stage} ({how})", note)
     return fig
 
 

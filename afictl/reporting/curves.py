@@ -9,7 +9,6 @@ run and the newest run of its counterpart trained under the same budget.
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -155,7 +154,9 @@ def curves_plot(points: pd.DataFrame, notes: Sequence[str] = ()) -> Figure:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     _legend(fig, runs)
-    _title(fig, "Learning curves: loss and top-1 per epoch", notes)
+    from ..analysis.plots import title_with_note  # the analyses' red caveat under the title
+
+    title_with_note(fig, "Learning curves: loss and top-1 per epoch", "; ".join(notes), 11)
     return fig
 
 
@@ -201,25 +202,3 @@ def _legend(fig: Figure, runs: list[str]) -> None:
         fontsize=8,
         frameon=False,
     )
-
-
-def _title(fig: Figure, title: str, notes: Sequence[str]) -> None:
-    """The title and, under it, ``notes`` in red (as the analyses' figures mark a caveat): the
-    title gets a blank line per note line, which constrained layout keeps free for them."""
-    from matplotlib.text import Annotation
-
-    lines = [line for n in notes for line in textwrap.wrap(n, 130)]
-    head = fig.suptitle(title + "\n " * len(lines), fontsize=11)
-    if lines:
-        note = Annotation(
-            "\n".join(lines),
-            xy=(0.5, 0.0),
-            xycoords=head,
-            ha="center",
-            va="bottom",
-            color="red",
-            fontsize=8.5,
-            gid="note",
-        )
-        note.set_in_layout(False)  # its room is the title's blank lines
-        fig.add_artist(note)

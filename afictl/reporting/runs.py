@@ -332,17 +332,7 @@ def read_run(run_dir: Path) -> dict | None:
 def collect_runs(root: str | Path = "runs", skipped: list[str] | None = None) -> pd.DataFrame:
     """Every run folder under ``root`` with at least one evaluated epoch (newest last). A run
     with a damaged file is left out; one line naming its file and field goes to ``skipped``."""
-    root = Path(root)
-    rows = []
-    for d in sorted(root.glob("*/")) if root.is_dir() else []:
-        try:
-            row = read_run(d)
-        except RunDamage as exc:
-            if skipped is not None:
-                skipped.append(f"skipped a damaged run: {exc}")
-            continue
-        if row is not None:
-            rows.append(row)
+    rows = _each_run(root, read_run, skipped)
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     return df.sort_values("mtime").reset_index(drop=True) if not df.empty else df
 
@@ -475,18 +465,25 @@ def run_row(run_dir: Path) -> dict | None:
 def list_runs(root: str | Path = "runs", skipped: list[str] | None = None) -> list[dict]:
     """:func:`run_row` of every run folder under ``root`` (a folder with config.json), newest
     first. A damaged one is left out; one line naming its file and field goes to ``skipped``."""
+    rows = _each_run(root, run_row, skipped)
+    return sorted(rows, key=lambda r: (r["mtime"], r["run_dir"]), reverse=True)
+
+
+def _each_run(root: str | Path, read, skipped: list[str] | None) -> list[dict]:
+    """``read(folder)`` of every folder under ``root`` that is not None; a damaged one is left
+    out, with one line naming its file and field in ``skipped``."""
     root = Path(root)
     rows = []
     for d in sorted(root.glob("*/")) if root.is_dir() else []:
         try:
-            row = run_row(d)
+            row = read(d)
         except RunDamage as exc:
             if skipped is not None:
                 skipped.append(f"skipped a damaged run: {str(exc).splitlines()[0]}")
             continue
         if row is not None:
             rows.append(row)
-    return sorted(rows, key=lambda r: (r["mtime"], r["run_dir"]), reverse=True)
+    return rows
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
