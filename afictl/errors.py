@@ -21,3 +21,7 @@ class UnknownModelError(KeyError):
 
 class StageError(ValueError):
     """A stage name the model does not have; the message lists the valid names."""
+
+
+class ModelOptionError(UserError, ValueError):
+    """An option or argument a model cannot take (one line; a ValueError, as timm raises)."""

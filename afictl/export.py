@@ -46,7 +46,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +57,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .fileio import fsync_dir, temp_file, write_bytes
 from .validate import EXPORT_MAX_BATCH
 
 __all__ = [
@@ -68,7 +68,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "MissingExtraError",
-    "export",
+    "flat_metadata",
     "export_model",
     "infer_format",
     "require_onnx",
@@ -90,6 +90,24 @@ DEFAULT_RTOL = 1e-4
 INSTALL_HINT = 'pip install -e ".[export]" (from a checkout) or pip install "afictl[export]"'
 _ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")
 _INPUT_NAME, _OUTPUT_NAME = "images", "logits"
+
+
+#: config fields written as they are (the rest as JSON) in ONNX metadata_props and the
+#: safetensors header
+TEXT_FIELDS = ("afictl_version", "arch", "dataset")
+
+
+def flat_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """``config`` as string pairs (ONNX ``metadata_props``, the safetensors header):
+    ``afictl.arch``, ``afictl.num_classes``, ``afictl.preprocessing`` (JSON), ...; the
+    values that are not strings as JSON."""
+    return {
+        f"afictl.{'version' if k == 'afictl_version' else k}": v
+        if k in TEXT_FIELDS
+        else json.dumps(v)
+        for k, v in config.items()
+        if k not in ("format", "weights")
+    }
 
 
 class ExportError(UserError):
@@ -130,14 +148,6 @@ def full_disk(folder: Path, exc: OSError) -> DiskFullError:
     return DiskFullError(
         f"cannot write to {folder}: the disk is full ({reason}); the folder is as it was"
     )
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` with plain Python I/O, durably (written, flushed, fsynced)."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @dataclass
@@ -377,20 +387,6 @@ def verify_file(
     return diff, peak
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_export_args(path: Path, format: str | None, batch_size: int, opset: int) -> str:
     """The file format of ``path``, after refusing what the exporters cannot do (before any
     file is created)."""
@@ -420,12 +416,7 @@ def _check_export_args(path: Path, format: str | None, batch_size: int, opset: i
 def _temp_file(path: Path, fmt: str) -> Path:
     """An empty file next to ``path`` (same file system, so ``os.replace`` is atomic) with the
     permissions of a new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp.{fmt}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would carry over to the renamed file
-    return tmp
+    return temp_file(path, f".tmp.{fmt}")
 
 
 @contextlib.contextmanager
@@ -485,8 +476,6 @@ def _write_export(
     example = _inputs(result.export_batch, result.input_size, channels, seed)
     try:
         if result.format == "onnx":
-            from .weights import flat_metadata
-
             _export_onnx(model, example, tmp, opset, flat_metadata(metadata) if metadata else None)
         else:
             _export_pt2(model, example, tmp)
@@ -535,7 +524,7 @@ def _verify_export(
 def _publish(tmp: Path, path: Path) -> None:
     """Rename the verified file over ``path`` and make the rename itself durable."""
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def export_model(
@@ -611,76 +600,3 @@ def publish_all(tmp: Path, path: Path, companions: dict[Path, Path], result: Exp
 
 def _no_stage(name: str) -> None:
     """No progress reported."""
-
-
-def _source_model(
-    arch: str | None, checkpoint: str | Path | None, num_classes: int | None
-) -> tuple[nn.Module, dict[str, Any] | None, str]:
-    """The model to export (eval mode), the checkpoint it came from (None: random weights of
-    ``arch``) and its architecture."""
-    from .models import create_model
-
-    if checkpoint is None:
-        return create_model(arch, num_classes=num_classes).eval(), None, arch
-    if num_classes is not None:
-        raise UserError("--num-classes applies to --arch only: a checkpoint has its own")
-    from .checkpoint import model_from_checkpoint
-
-    model, ckpt = model_from_checkpoint(checkpoint, arch=arch)
-    return model, ckpt, ckpt["arch"]
-
-
-def export(
-    output: str | Path | None = None,
-    *,
-    arch: str | None = None,
-    checkpoint: str | Path | None = None,
-    num_classes: int | None = None,
-    input_size: int | None = None,
-    format: str | None = None,
-    **kwargs: Any,
-) -> ExportResult:
-    """Export a registered architecture (random weights) or a checkpoint (an afictl one, a plain
-    state dict of ``arch`` or a ``.safetensors`` file); see :func:`export_model` and
-    :func:`afictl.weights.export_safetensors`.
-
-    ``input_size`` defaults to the checkpoint's training resolution, else the registry's (32 or
-    224). ``output`` defaults to ``./<arch>.<format>`` (format default: onnx). Every file carries
-    :func:`afictl.weights.model_config` (preprocessing, class names). ``progress(stage)`` is
-    called as each stage begins (``loading``, then :func:`export_model`'s, or ``writing``).
-    """
-    if checkpoint is None and arch is None:
-        raise UserError("give --arch NAME (random weights) or --checkpoint FILE")
-    stage = kwargs.get("progress") or _no_stage
-    stage(f"loading {checkpoint or arch}")  # the imports too: a second or more
-    from .models import get_model_info
-    from .weights import export_safetensors, model_config
-
-    if output is not None:
-        format = infer_format(output, format)
-    format = format or "onnx"
-    if format == "onnx":
-        require_onnx()  # before building anything
-    model, ckpt, arch = _source_model(arch, checkpoint, num_classes)
-    ckpt = ckpt or {}
-    config = ckpt.get("config") or {}
-    recorded = config.get("input_size") or ckpt.get("input_size")
-    size = input_size or int(recorded or get_model_info(arch).input_size)
-    metadata = model_config(
-        arch,
-        ckpt.get("num_classes") or num_classes or get_model_info(arch).num_classes,
-        model_kwargs=ckpt.get("model_kwargs"),
-        dataset=config.get("dataset"),
-        input_size=size,
-        class_names=ckpt.get("class_names"),
-    )
-    output = Path(output) if output is not None else Path(f"{arch}.{format}")
-    if format == "safetensors":
-        run = ckpt if ckpt.get("source") is None and ckpt.get("config") else None
-        stage(f"writing {output}")
-        return export_safetensors(
-            model, output, metadata, checkpoint=run, verify=kwargs.get("verify", True)
-        )
-    return export_model(
-        model, output, format=format, input_size=size, arch=arch, metadata=metadata, **kwargs
-    )

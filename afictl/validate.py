@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .train.recipes import RECIPE_NAMES
 
 __all__ = [
     "AMP_CHOICES",
@@ -32,7 +33,6 @@ __all__ = [
     "NUMERIC_BOUNDS",
     "OPTIMIZERS",
     "OPTION_CHECKS",
-    "RECIPE_NAMES",
     "SEED_MAX",
     "THREADS_MAX",
     "Bound",
@@ -59,16 +59,6 @@ AA_FIXED = ("trivial", "autoaugment", "autoaugment-imagenet", "autoaugment-cifar
 _AA_RAND = re.compile(r"rand(-m\d+(\.\d+)?|-n\d+|-mstd\d+(\.\d+)?)+")
 #: inputs smaller than 8 pixels vanish in the first strided layers; larger than 4096 exhaust memory
 INPUT_SIZE_RANGE = (8, 4096)
-#: the recipes of afictl/train/config.py (listed here so that --help and the checks need no
-#: import of it; tests/test_option_bounds.py checks that the two agree)
-RECIPE_NAMES = (
-    "paper-cifar",
-    "paper-imagenet",
-    "modern-cifar",
-    "modern-imagenet",
-    "office-home",
-    "quick",
-)
 #: --seed: the loader reseeds with seed x 100003 + epoch and DDP ranks with seed + 1000 x rank;
 #: up to 2^32 - 1 (NumPy's range) these stay far inside torch.manual_seed's 64 bits
 SEED_MAX = 2**32 - 1
@@ -265,6 +255,11 @@ def _aa(value: Any) -> str:
     )
 
 
+def _recipe(value: Any) -> str:
+    """One of the recipes (afictl/train/recipes.py)."""
+    return _choice(*RECIPE_NAMES)(value)
+
+
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else check(value)
 
@@ -314,7 +309,7 @@ _OPTIONAL |= {"workers", "threads", "log_interval"}
 OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "arch": _text,
     "dataset": _text,
-    "recipe": _choice(*RECIPE_NAMES),
+    "recipe": _recipe,
     "data_root": _optional(_path),
     "download": _flag,
     "eval_split": _choice("eval"),

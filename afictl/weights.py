@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import (
+from .checkpoint_format import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     read_torch_file,
@@ -40,6 +40,7 @@ from .checkpoint import (
 )
 from .data.transforms import preprocessing
 from .errors import UserError
+from .export import TEXT_FIELDS, flat_metadata
 from .models import create_meta_model, create_model, get_model_info
 
 __all__ = [
@@ -105,22 +106,6 @@ def config_path(path: str | Path) -> Path:
 
 
 #: The config's fields that are strings, stored as they are (the others as JSON).
-_TEXT_FIELDS = ("afictl_version", "arch", "dataset")
-
-
-def flat_metadata(config: dict[str, Any]) -> dict[str, str]:
-    """``config`` as string pairs (ONNX ``metadata_props``, the safetensors header):
-    ``afictl.arch``, ``afictl.num_classes``, ``afictl.preprocessing`` (JSON), ...; the
-    values that are not strings as JSON."""
-    return {
-        f"afictl.{'version' if k == 'afictl_version' else k}": v
-        if k in _TEXT_FIELDS
-        else json.dumps(v)
-        for k, v in config.items()
-        if k not in ("format", "weights")
-    }
-
-
 def _config_from_header(meta: dict[str, str]) -> dict[str, Any] | None:
     """The config of :func:`flat_metadata` read back (None: a header afictl did not write)."""
     if "afictl.arch" not in meta:
@@ -129,7 +114,7 @@ def _config_from_header(meta: dict[str, str]) -> dict[str, Any] | None:
     for key, value in meta.items():
         name = key[len("afictl.") :] if key.startswith("afictl.") else None
         name = "afictl_version" if name == "version" else name
-        if name in _TEXT_FIELDS:
+        if name in TEXT_FIELDS:
             config[name] = value
         elif name is not None:
             try:

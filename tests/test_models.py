@@ -222,7 +222,7 @@ def test_classifier_surface(name):
     )
 
 
-def test_create_meta_model_skips_init_and_restores_it():
+def test_create_meta_model_stays_on_meta_without_dynamo():
     init = torch.nn.init.kaiming_normal_
     model = create_meta_model("afi_mobilenet_v2")
     assert all(p.is_meta for p in model.parameters())

@@ -257,3 +257,35 @@ def test_report_after_two_real_shapes_runs(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "report" / "figure4_table4.png").stat().st_size > 10_000
     assert not (tmp_path / "report" / "figure4_table5.png").exists()  # no ImageNet runs
     assert "Figure 4 of Table 5 not drawn" in err
+
+
+def test_figure4_joins_an_attention_variant_to_its_registered_baseline():
+    """afi_mobilenetv2_se's baseline is mobilenetv2 (the registry's), not its name without
+    ``afi_``: Figure 4 draws it as an AFI point joined to the mobilenetv2 point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from afictl.models import get_model_info
+    from afictl.reporting.figure4 import _panel
+
+    arch = "afi_mobilenetv2_se"
+    assert get_model_info(arch).baseline == "mobilenetv2" != arch.removeprefix("afi_")
+    common = {"finished": True, "budget": "same", "params": 2.4e6}
+    points = pd.DataFrame(
+        [
+            {"arch": "mobilenetv2", "model": "MobileNetV2", "top1": 60.0, "flops": 2e8} | common,
+            {"arch": arch, "model": arch, "top1": 63.0, "flops": 3e8} | common,
+        ]
+    )
+    fig, ax = plt.subplots()
+    try:
+        _panel(ax, points, "flops", 1e9)
+        (line,) = ax.lines
+        assert list(line.get_xdata()) == [0.2, 0.3] and list(line.get_ydata()) == [60.0, 63.0]
+        assert line.get_linestyle() == "--"
+        markers = [c.get_paths()[0].vertices.shape[0] for c in ax.collections]
+        assert markers[0] != markers[1]  # a square for the baseline, a circle for the AFI model
+    finally:
+        plt.close(fig)

@@ -1,5 +1,5 @@
 """The training parts on their own (no training run): optimizers, schedules, EMA, the
-checkpoint history and gradient clipping, each checked against its formula."""
+checkpoint history, each checked against its formula."""
 
 import bisect
 import math
@@ -15,7 +15,6 @@ from afictl.train.history import CheckpointHistory
 from afictl.train.optim import (
     build_optimizer,
     build_scheduler,
-    clip_grad,
     param_groups,
 )
 
@@ -327,22 +326,3 @@ def test_history_ties_and_disabled(tmp_path):
     assert off.offer(1, 1.0, {}) is None and not (tmp_path / "b").exists()
     with pytest.raises(ValueError):
         CheckpointHistory(tmp_path, keep=-1)
-
-
-# --- gradient clipping --------------------------------------------------------------------
-
-
-def test_clip_grad_bounds_the_norm_and_returns_the_norm_before():
-    torch.manual_seed(0)
-    params = [nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(7))]
-    for p in params:
-        p.grad = torch.randn_like(p) * 10
-    before = math.sqrt(sum(float(p.grad.double().square().sum()) for p in params))
-    grads = [p.grad.clone() for p in params]
-    assert clip_grad(params, 1e9) == pytest.approx(before, rel=1e-6)
-    assert all(torch.equal(p.grad, g) for p, g in zip(params, grads, strict=True))
-    assert clip_grad(params, 2.0) == pytest.approx(before, rel=1e-6)
-    after = math.sqrt(sum(float(p.grad.double().square().sum()) for p in params))
-    assert after <= 2.0 * (1 + 1e-6) and after == pytest.approx(2.0, rel=1e-5)
-    for p, g in zip(params, grads, strict=True):  # the direction is kept
-        assert_close_scaled(p.grad, g * (2.0 / before), 1e-5)

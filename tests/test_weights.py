@@ -16,7 +16,7 @@ from scripts import ROOT, load_script
 from afictl.checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
 from afictl.data.shapes import SHAPE_CLASSES
 from afictl.data.transforms import eval_transform, preprocessing
-from afictl.export import export
+from afictl.exporter import export
 from afictl.models import create_model
 from afictl.train.pretrained import load_pretrained
 from afictl.weights import config_path, first_misfit, load_exported, read_weights

@@ -266,7 +266,8 @@ def export_cli(
     --to picks the file format; --format and --output are the results format and file, as in
     every command. ONNX needs the extra: pip install -e ".[export]".
     """
-    from ..export import DEFAULT_OPSET, export
+    from ..export import DEFAULT_OPSET
+    from ..exporter import export
     from ..progress import progress
 
     numbers = (batch_size, tolerance, input_size, arch if checkpoint is None else None)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write
+
 __all__ = [
     "DecodedSplit",
     "cache_folder",
@@ -114,14 +116,10 @@ def _write(path: Path, split: DecodedSplit, digest: str) -> None:
     """Save atomically: a crash leaves the old file or none, never half a file."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     meta = {"format": _FORMAT, "digest": digest, "classes": json.dumps(split.classes)}
-    try:
-        save_file({"images": split.images, "labels": split.labels}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tensors = {"images": split.images, "labels": split.labels}
+    # a cache that can be rebuilt: no fsync, whose cost grows with the split
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), fsync=False)
 
 
 def cached_split(

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import StageError, UserError
+from ..errors import ModelOptionError, StageError
 from ..layers import AFIModule, StageFeatures
 from ..layers.recompute import recomputed
+from .features import feature_take_indices
 
 __all__ = [
     "Backbone",
@@ -64,37 +65,6 @@ def parse_afi_stages(afi_stages: Sequence[int] | str | None, num_stages: int) ->
     if bad:
         raise ValueError(f"afi_stages {bad} out of range 1..{num_stages}")
     return stages
-
-
-class ModelOptionError(UserError, ValueError):
-    """An option or argument a model cannot take (one line; a ValueError, as timm raises)."""
-
-
-def feature_take_indices(
-    num_stages: int, indices: int | Sequence[int] | None = None
-) -> tuple[list[int], int]:
-    """Absolute, sorted stage indices for ``indices``, and the largest of them.
-
-    ``None``: every stage; an int ``n``: the last ``n``; a sequence: those indices, negative
-    ones counting from the end (timm's convention).
-    """
-    if indices is None:
-        indices = num_stages
-    if isinstance(indices, int):
-        if not 0 < indices <= num_stages:
-            raise ModelOptionError(
-                f"out_indices={indices}: an int n takes the last n stages, 1..{num_stages}"
-            )
-        take = list(range(num_stages - indices, num_stages))
-    else:
-        take = sorted({i + num_stages if i < 0 else i for i in indices})
-        bad = [i for i in take if not 0 <= i < num_stages]
-        if bad or not take:
-            raise ModelOptionError(
-                f"out_indices {list(indices)} out of range: {num_stages} stages, indices "
-                f"0..{num_stages - 1} (negative from the end)"
-            )
-    return take, take[-1]
 
 
 class Backbone(nn.Module):
@@ -138,6 +108,13 @@ class Backbone(nn.Module):
     @pretrained_cfg.setter
     def pretrained_cfg(self, cfg: dict[str, Any]) -> None:
         self.__dict__["_pretrained_cfg"] = cfg
+
+    @property
+    def is_meta(self) -> bool:
+        """Whether the model is built on the ``meta`` device (shapes only): the families'
+        initialisers skip then, as there is nothing to set, and random ones (``normal_``,
+        ``kaiming_normal_``) run on meta as Python references that import torch._dynamo (1 s)."""
+        return any(p.is_meta for p in self.parameters())
 
     def add_stage(self, attr: str, stage: nn.Module, num_chs: int, reduction: int) -> None:
         """Register a stage under ``attr`` with its output channels and its total stride."""
@@ -327,7 +304,8 @@ class Backbone(nn.Module):
             device=old.weight.device,
             dtype=old.weight.dtype,
         )
-        nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+        if not new.weight.is_meta:  # shapes only: see is_meta
+            nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
         self.set_submodule(self.first_conv_path, new)
         self.in_chans = in_chans
 

@@ -76,6 +76,10 @@ class DenseNet(Backbone):
         self.num_features = channels
         self.num_classes = num_classes
         self.fc = self.new_classifier(num_classes)
+        if not self.is_meta:  # shapes only: nothing to initialise
+            self._init_weights()
+
+    def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

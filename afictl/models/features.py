@@ -15,9 +15,36 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ._base import feature_take_indices
+from ..errors import ModelOptionError
 
 __all__ = ["FeatureInfo", "FeatureNet", "feature_take_indices"]
+
+
+def feature_take_indices(
+    num_stages: int, indices: int | Sequence[int] | None = None
+) -> tuple[list[int], int]:
+    """Absolute, sorted stage indices for ``indices``, and the largest of them.
+
+    ``None``: every stage; an int ``n``: the last ``n``; a sequence: those indices, negative
+    ones counting from the end (timm's convention).
+    """
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ModelOptionError(
+                f"out_indices={indices}: an int n takes the last n stages, 1..{num_stages}"
+            )
+        take = list(range(num_stages - indices, num_stages))
+    else:
+        take = sorted({i + num_stages if i < 0 else i for i in indices})
+        bad = [i for i in take if not 0 <= i < num_stages]
+        if bad or not take:
+            raise ModelOptionError(
+                f"out_indices {list(indices)} out of range: {num_stages} stages, indices "
+                f"0..{num_stages - 1} (negative from the end)"
+            )
+    return take, take[-1]
 
 
 class FeatureInfo:

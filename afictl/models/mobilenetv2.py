@@ -224,6 +224,8 @@ class MobileNetV2(Backbone):
 
     def _init_weights(self) -> None:
         """torchvision's initialisation; AFI modules keep their own (non-negative W1)."""
+        if self.is_meta:  # shapes only: nothing to initialise
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

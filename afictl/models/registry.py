@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UnknownModelError
-from ._base import ModelOptionError
+from ..errors import ModelOptionError, UnknownModelError
 from .features import FeatureNet
 
 __all__ = [
@@ -236,39 +234,13 @@ def pretrained_cfg(model: nn.Module) -> dict[str, Any]:
     }
 
 
-#: ``torch.nn.init`` functions the families call; ``create_meta_model`` makes them no-ops.
-_INIT_FUNCTIONS = (
-    "uniform_",
-    "normal_",
-    "trunc_normal_",
-    "constant_",
-    "ones_",
-    "zeros_",
-    "kaiming_uniform_",
-    "kaiming_normal_",
-    "xavier_uniform_",
-    "xavier_normal_",
-)
-
-
-@contextmanager
-def _skip_init() -> Iterator[None]:
-    """Leave parameters as allocated: on ``meta`` there are no values to initialise, and the
-    random initialisers run there as Python references that import torch._dynamo (about 1 s)."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    for name in saved:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
-
-
 def create_meta_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
     """A registered model on the ``meta`` device: shapes only, no memory, no initialisation.
 
-    What counting needs (``afictl models``, ``flops``, the ``memory`` account).
+    What counting needs (``afictl models``, ``flops``, the ``memory`` account). Nothing global
+    is patched (safe beside other threads): the families' initialisers skip a meta model
+    (``Backbone.is_meta``), and the default ones of ``nn.Conv2d``/``nn.Linear``/norms are
+    shape-only on meta.
     """
-    with torch.device("meta"), _skip_init():
+    with torch.device("meta"):
         return create_model(name, num_classes=num_classes, **kwargs)

@@ -188,6 +188,8 @@ class ResNet(Backbone):
         return Stage(*layers)
 
     def _init_weights(self) -> None:
+        if self.is_meta:  # shapes only: nothing to initialise
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

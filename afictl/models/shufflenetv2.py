@@ -140,9 +140,10 @@ class ShuffleNetV2(Backbone):
         self.num_features = last
         self.num_classes = num_classes
         self.fc = self.new_classifier(num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if not self.is_meta:  # shapes only: nothing to initialise
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.relu(self.bn1(self.conv1(x)))

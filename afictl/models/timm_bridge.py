@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._base import ModelOptionError
+from ..errors import ModelOptionError
 from .registry import create_model, get_model_info, list_models
 
 __all__ = ["PREFIX", "REGISTERED", "create_timm_model", "install", "register", "timm_name"]

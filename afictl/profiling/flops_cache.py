@@ -25,6 +25,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ..fileio import atomic_write
+from .counting import FLOP_COUNTER, THOP, count, count_params
+
 __all__ = [
     "COUNTS_FILE",
     "FLOP_COUNTER",
@@ -34,6 +37,7 @@ __all__ = [
     "StaleCountsWarning",
     "compute_entries",
     "compute_entry",
+    "counts",
     "default_keys",
     "model_fingerprint",
     "shipped_cache",
@@ -41,9 +45,6 @@ __all__ = [
 ]
 
 COUNTS_FILE = Path(__file__).with_name("counts.json")
-#: Counting methods; bump the suffix when a rule in flops.py changes what it counts.
-THOP = "thop-bn2-afi-eq10/v1"  # thop MACs, BN 2/element, AFI scoring by Eq. 10, per image
-FLOP_COUNTER = "flop-counter/v1"  # torch's FlopCounterMode, 2 FLOPs per MAC
 #: Batches the entries are counted at: thop counts are linear in the batch (one image is
 #: profiled and scaled, as live counting does); FlopCounterMode is counted at the paper's 32.
 METHOD_BATCH = {THOP: 1, FLOP_COUNTER: 32}
@@ -172,32 +173,26 @@ def default_keys() -> list[CountKey]:
     return keys
 
 
+def counts(key: CountKey, model, cache: CountsCache | None) -> dict[str, int | float]:
+    """The counts of ``key`` for ``model``: ``cache``'s when it holds an entry that matches the
+    model, else counted live (:func:`afictl.profiling.counting.count`)."""
+    hit = cache.lookup(key, model) if cache is not None else None
+    if hit is not None:
+        return hit
+    return count(model, key.input_size, key.method, key.batch_size)
+
+
 def compute_entry(key: CountKey) -> dict:
     """Count ``key`` live: the entry a counts file holds for it."""
     from ..models import create_meta_model
-    from .flops import count_params, flop_counter_count, thop_count
 
     model = create_meta_model(key.arch, key.num_classes, **dict(key.kwargs))
-    entry = {
+    return {
         "key": key.to_dict(),
         "fingerprint": model_fingerprint(model),
         "params": count_params(model),
+        "counts": count(model, key.input_size, key.method, key.batch_size),
     }
-    if key.method == THOP:
-        c = thop_count(model, key.input_size, batch_size=key.batch_size, copy_model=False)
-        counts = {
-            "macs": c.macs,
-            "afi_scoring": c.afi_scoring,
-            "afi_aggregation": c.afi_aggregation,
-        }
-    else:
-        counts = {"flops": flop_counter_count(model, key.input_size, key.batch_size)}
-    entry["counts"] = {k: _count(v) for k, v in counts.items()}
-    return entry
-
-
-def _count(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else float(value)
 
 
 def compute_entries(keys: list[CountKey] | None = None, *, verbose: bool = False) -> list[dict]:
@@ -219,8 +214,7 @@ def write_counts(entries: list[dict], path: Path = COUNTS_FILE) -> Path:
         "regenerate": "python -m afictl.profiling.flops_cache --write",
         "entries": entries,
     }
-    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
-    return Path(path)
+    return atomic_write(path, json.dumps(doc, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..models import get_model_info
+
 __all__ = ["budget_caption", "plot_figure4", "training_subtitle"]
 
 _AXES = (("flops", "FLOPs (G, batch 32)", 1e9), ("params", "parameters (M)", 1e6))
@@ -27,7 +29,8 @@ def _joined(r: pd.Series) -> bool:
 def _panel(ax, points: pd.DataFrame, key: str, scale: float) -> None:
     by_arch = {r["arch"]: r for _, r in points.iterrows()}
     for _, r in points.iterrows():
-        afi = r["arch"].startswith("afi_")
+        info = get_model_info(r["arch"])  # the points are registered architectures
+        afi = info.is_afi
         colour = "tab:red" if afi else "tab:blue"
         partial = not bool(r.get("finished", True))
         x, y = r[key] / scale, r["top1"]
@@ -41,7 +44,7 @@ def _panel(ax, points: pd.DataFrame, key: str, scale: float) -> None:
         )
         label = r["model"] + (" (partial)" if partial else "")
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        base = by_arch.get(r["arch"].removeprefix("afi_")) if afi else None
+        base = by_arch.get(info.baseline) if afi else None
         if base is not None and _joined(r):
             ax.plot(
                 [base[key] / scale, x],

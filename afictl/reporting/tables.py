@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..models import get_model_info, list_models
+from ..models import counterpart, get_model_info, list_models
 from ..paper import (
     OFFICE_HOME_PAIRS,
     TABLE3,
@@ -94,6 +94,13 @@ def _delta(value, ref):
 
 def _registered(arch: str | None) -> bool:
     return arch is not None and arch in set(list_models())
+
+
+def _pair_key(arch: str) -> tuple[str, bool, str]:
+    """Sort key putting each AFI model right after its baseline, as the registry declares it
+    (``afi_mobilenetv2_se`` after ``mobilenetv2``); an unregistered name is its own baseline."""
+    info = get_model_info(arch) if _registered(arch) else None
+    return (info.baseline or arch, info.is_afi, arch) if info else (arch, False, arch)
 
 
 @cache
@@ -245,8 +252,6 @@ def table_runs(
     compare with (:func:`pick_pair`); a baseline's own row shows the run its AFI model (the
     one :func:`afictl.models.counterpart` names) is compared with, so that the delta is the
     difference of the two rows."""
-    from ..models import counterpart
-
     archs = list(archs)
     shown: dict[str, pd.Series | None] = {}
     bases: dict[str, pd.Series | None] = {}
@@ -330,7 +335,7 @@ def table_accuracy(number: int, ctx: TableContext, dataset: str) -> pd.DataFrame
         PaperRow(r["arch"], r["arch"], number, None, None)
         for r in sorted(
             _figure_runs(ctx, dataset),
-            key=lambda r: (r["arch"].removeprefix("afi_"), r["arch"].startswith("afi_")),
+            key=lambda r: _pair_key(r["arch"]),
         )
         if r["arch"] not in listed
     ]
@@ -412,13 +417,9 @@ def table7(ctx: TableContext, dataset: str) -> pd.DataFrame:
     rows, col = [], ctx.column()
     for base, paper in TABLE7.items():
         cells = [(base, "baseline", paper["baseline"], pick_run(ctx.runs, base, dataset))]
+        afi = counterpart(base)
         cells += [
-            (
-                f"afi_{base}",
-                f"stage {s}",
-                paper[s],
-                pick_run(ctx.runs, f"afi_{base}", dataset, afi_stages=s),
-            )
+            (afi, f"stage {s}", paper[s], pick_run(ctx.runs, afi, dataset, afi_stages=s))
             for s in ("1", "2", "3")
         ]
         base_run = cells[0][3]
@@ -437,7 +438,7 @@ def table7(ctx: TableContext, dataset: str) -> pd.DataFrame:
         4,
         "top1_vs_baseline",
         [
-            _delta(t, base_top.get(m.removeprefix("afi_"))) if c != "baseline" else None
+            _delta(t, base_top.get(get_model_info(m).baseline)) if c != "baseline" else None
             for m, c, t in zip(df["model"], df["column"], df[col], strict=True)
         ],
     )
@@ -487,8 +488,7 @@ def table3(transfer_rows: Iterable[dict]) -> pd.DataFrame:
     for r in transfer_rows:
         ours.setdefault(r["arch"], {})[r["pair"]] = float(r["top1"])
     rows = []
-    key = lambda a: (a.removeprefix("afi_"), a.startswith("afi_"))  # noqa: E731
-    for arch in sorted(set(TABLE3) | set(ours), key=key):
+    for arch in sorted(set(TABLE3) | set(ours), key=_pair_key):
         for source in ("paper", "ours"):
             if source == "paper" and arch not in TABLE3:
                 continue

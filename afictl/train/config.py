@@ -16,6 +16,9 @@ Recipes (section 4.3 of the paper):
   as far as afictl has its pieces; ``modern-cifar``: the same ideas at CIFAR scale (the sources
   of each value are in docs/TRAINING.md).
 
+The recipes' values are declared with the options, in afictl/train/options.py (``RECIPES``:
+``afictl train --help`` states them without importing torch); this module re-exports them.
+
 The config is immutable once resolved: derived values (``num_classes``, ``world_size``, the
 run folder) come in with :func:`dataclasses.replace`.
 """
@@ -34,7 +37,15 @@ from ..data.datasets import DATA_ENV
 from ..errors import UserError
 from ..models import get_model_info
 from ..validate import LR_MAX, OPTION_CHECKS, check_option, check_options, check_stages_of
-from .options import CONFIG_ALIASES, CONFIG_KEYS, RUNTIME_KEYS, TRAIN_OPTIONS, long_flags
+from .options import (
+    CONFIG_ALIASES,
+    CONFIG_KEYS,
+    DEFAULTS,
+    RECIPES,
+    RUNTIME_KEYS,
+    TRAIN_OPTIONS,
+    long_flags,
+)
 
 __all__ = [
     "DERIVED_KEYS",
@@ -50,110 +61,6 @@ __all__ = [
     "resolve_config_sources",
 ]
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper-cifar": dict(
-        epochs=300,
-        batch_size=64,
-        lr=0.1,
-        lr_reference_batch=None,
-        lr_milestones=["50%", "75%"],
-        lr_gamma=0.1,
-        warmup_epochs=0.0,
-        momentum=0.9,
-        weight_decay=1e-4,
-    ),
-    "paper-imagenet": dict(
-        epochs=90,
-        batch_size=64,
-        lr=0.1,
-        lr_reference_batch=256,
-        lr_milestones=[30, 60, 80],
-        lr_gamma=0.1,
-        warmup_epochs=0.0,
-        momentum=0.9,
-        weight_decay=1e-4,
-    ),
-    # Milestones in epochs, not percent: the schedule does not depend on --epochs, so
-    # 1 epoch + resume + 1 epoch equals 2 epochs; the drop at 0.75 settles a 1-epoch run.
-    # Office-Home fine-tuning (paper section 4.2): 20 epochs, the new classifier at
-    # 0.01 (1 + 10 p)^-0.75, the rest of the network at a tenth of it (`afictl transfer`).
-    "office-home": dict(
-        epochs=20,
-        batch_size=32,
-        lr=0.01,
-        lr_reference_batch=None,
-        lr_milestones=[],
-        lr_gamma=0.1,
-        warmup_epochs=0.0,
-        momentum=0.9,
-        weight_decay=5e-4,
-        sched="inv",
-        backbone_lr_mult=0.1,
-    ),
-    "quick": dict(
-        epochs=2,
-        batch_size=32,
-        lr=0.05,
-        lr_reference_batch=None,
-        lr_milestones=[0.75],
-        lr_gamma=0.1,
-        warmup_epochs=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
-    ),
-    # torchvision's ResNet-50 "new recipe" (references/classification/README.md, Vryniotis
-    # 2021): lr 0.5 at batch 1024, cosine, 5 warm-up epochs, wd 2e-5 not on norms, smoothing
-    # 0.1, mixup 0.2, cutmix 1.0, TrivialAugment, random erasing 0.1, EMA; 600 epochs. Left
-    # out (afictl has no such option): ra-sampler, train crop 176 / eval resize 232.
-    "modern-imagenet": dict(
-        epochs=600,
-        batch_size=1024,
-        lr=0.5,
-        lr_reference_batch=1024,
-        lr_milestones=[],
-        lr_gamma=0.1,
-        sched="cosine",
-        warmup_epochs=5.0,
-        min_lr=0.0,
-        momentum=0.9,
-        weight_decay=2e-5,
-        wd_norm_bias=False,
-        label_smoothing=0.1,
-        mixup=0.2,
-        cutmix=1.0,
-        aa="trivial",
-        reprob=0.1,
-        model_ema=True,
-        model_ema_decay=0.99998,
-    ),
-    # The same ideas at CIFAR scale: batch 128, lr 0.1, cosine with 5 warm-up epochs, wd 5e-4
-    # not on norms/biases, Nesterov; CutMix alpha 1 on half the batches (CutMix paper's CIFAR
-    # setting), AutoAugment's CIFAR-10 policy, random erasing 0.25 (timm's default), smoothing
-    # 0.1, EMA 0.999 (a ~1000-step horizon, 2.5 epochs at 50k images); 300 epochs as the paper.
-    "modern-cifar": dict(
-        epochs=300,
-        batch_size=128,
-        lr=0.1,
-        lr_reference_batch=None,
-        lr_milestones=[],
-        lr_gamma=0.1,
-        sched="cosine",
-        warmup_epochs=5.0,
-        min_lr=0.0,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        wd_norm_bias=False,
-        label_smoothing=0.1,
-        cutmix=1.0,
-        mixup_prob=0.5,
-        aa="autoaugment-cifar10",
-        reprob=0.25,
-        model_ema=True,
-        model_ema_decay=0.999,
-    ),
-}
-
 #: Fields derived by the run, written to config.json but never read from a config file.
 DERIVED_KEYS = frozenset({"lr_effective", "model_kwargs", "num_classes", "world_size", "run_dir"})
 
@@ -161,7 +68,9 @@ DERIVED_KEYS = frozenset({"lr_effective", "model_kwargs", "num_classes", "world_
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run depends on. ``None`` fields are filled in by :func:`resolve_config`;
-    every field a user sets is an option of afictl/train/options.py (one spec each)."""
+    every field a user sets is an option of afictl/train/options.py (one spec each), and a
+    default that --help states or that a recipe may leave unset is read from its
+    ``DEFAULTS``."""
 
     arch: str
     dataset: str
@@ -180,34 +89,37 @@ class TrainConfig:
     lr_milestones: list = field(default_factory=list)  # epochs (30) or percent of training ("50%")
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0
-    sched: str = "step"  # step: milestones; cosine: to min_lr; inv: lr x (1 + 10 p)^-0.75
-    min_lr: float = 0.0
-    backbone_lr_mult: float = 1.0  # lr of everything but the classifier, relative to lr
+    # step: milestones; cosine: to min_lr; inv: lr x (1 + 10 p)^-0.75
+    sched: str = DEFAULTS["sched"]
+    min_lr: float = DEFAULTS["min_lr"]
+    # lr of everything but the classifier, relative to lr
+    backbone_lr_mult: float = DEFAULTS["backbone_lr_mult"]
     pretrained: str | None = None  # initial weights (all but the classifier) from a checkpoint
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    nesterov: bool = False
-    wd_norm_bias: bool = True  # weight decay on norm weights and biases too (the paper's)
+    nesterov: bool = DEFAULTS["nesterov"]
+    # weight decay on norm weights and biases too (the paper's)
+    wd_norm_bias: bool = DEFAULTS["wd_norm_bias"]
     clip_grad: float | None = None  # max global gradient norm; None or 0: off
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    aa: str | None = None  # augmentation policy of the train split; None or "none": off
-    reprob: float = 0.0
+    label_smoothing: float = DEFAULTS["label_smoothing"]
+    mixup: float = DEFAULTS["mixup"]
+    cutmix: float = DEFAULTS["cutmix"]
+    mixup_prob: float = DEFAULTS["mixup_prob"]
+    aa: str | None = DEFAULTS["aa"]  # augmentation policy of the train split; None or "none": off
+    reprob: float = DEFAULTS["reprob"]
     decode: str = "auto"
     pipeline: str = "auto"  # auto | tensor | loader (afictl/data/pipeline.py)
     data_on_device: bool | None = None  # tensor pipeline; None: on CUDA when it fits
-    model_ema: bool = False
-    model_ema_decay: float = 0.9998
+    model_ema: bool = DEFAULTS["model_ema"]
+    model_ema_decay: float = DEFAULTS["model_ema_decay"]
     best_of: str = "raw"  # the weights best.pt keeps: raw or ema
     checkpoint_hist: int = 0
     afi_stages: list[int] | None = None
     reduction: int | None = None
-    seed: int = 0
+    seed: int = DEFAULTS["seed"]
     deterministic: bool = False
-    device: str = "auto"
-    amp: str = "none"
+    device: str = DEFAULTS["device"]
+    amp: str = DEFAULTS["amp"]
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False

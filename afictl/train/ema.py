@@ -24,11 +24,13 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from .options import DEFAULTS
+
 __all__ = ["DEFAULT_EMA_DECAY", "ModelEma", "unwrap_model"]
 
 #: timm train.py's ``--model-ema-decay`` default, applied every step (torchvision's reference
-#: defaults to 0.99998 every 32 steps, rescaled by batch size and epochs).
-DEFAULT_EMA_DECAY = 0.9998
+#: defaults to 0.99998 every 32 steps, rescaled by batch size and epochs); declared in options.
+DEFAULT_EMA_DECAY = DEFAULTS["model_ema_decay"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

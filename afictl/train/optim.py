@@ -1,8 +1,9 @@
-"""Optimizers, per-iteration learning-rate schedules and gradient clipping.
+"""Optimizers and per-iteration learning-rate schedules.
 
 Options are named as in timm's ``train.py`` (``--opt``, ``--momentum``, ``--weight-decay``,
 ``--sched``, ``--warmup-epochs``, ``--min-lr``, ``--clip-grad``); every part is plain torch
-(``torch.optim``, ``torch.optim.lr_scheduler.LambdaLR``, ``torch.nn.utils.clip_grad_norm_``).
+(``torch.optim``, ``torch.optim.lr_scheduler.LambdaLR``); ``--clip-grad`` is applied in the
+step itself (afictl/train/engine.py, after unscaling under fp16).
 The defaults are the paper's recipes (section 4.3): SGD with momentum, weight decay on every
 parameter, the lr divided by 10 at milestones.
 
@@ -18,11 +19,14 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+# the --opt and --sched choices, declared once with the options' checks
+from ..validate import LR_SCHEDULES as SCHEDULES
+from ..validate import OPTIMIZERS
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -32,7 +36,6 @@ __all__ = [
     "SCHEDULES",
     "build_optimizer",
     "build_scheduler",
-    "clip_grad",
     "cosine_factor",
     "inv_factor",
     "lr_factor",
@@ -40,11 +43,6 @@ __all__ = [
     "split_no_decay",
     "warmup_factor",
 ]
-
-#: ``--opt`` choices (timm's names).
-OPTIMIZERS = ("sgd", "adamw")
-#: ``--sched`` choices: the paper's milestones, timm's default cosine, the Office-Home schedule.
-SCHEDULES = ("step", "cosine", "inv")
 
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[dict]:
@@ -122,19 +120,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         # decoupled weight decay (Loshchilov & Hutter); betas (0.9, 0.999) as timm and torch
         return torch.optim.AdamW(groups, lr=cfg.lr_effective, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {opt!r}; choose one of {', '.join(OPTIMIZERS)}")
-
-
-def clip_grad(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: float) -> float:
-    """Scale the gradients so that their total 2-norm is at most ``max_norm`` (timm's
-    ``--clip-grad`` with its default ``--clip-mode norm``); returns the norm before clipping
-    (``inf``/``nan`` when a gradient is not finite; then nothing sensible was clipped).
-
-    Under ``--amp fp16`` call it after ``scaler.unscale_(optimizer)``, as torch's AMP recipe
-    says, so the norm is that of the true gradients. ``max_norm=0`` would zero every
-    gradient: the caller skips the call when clipping is off (``--clip-grad`` unset or 0).
-    """
-    total = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-    return float(total)
 
 
 def inv_factor(step: int, total_steps: int) -> float:

@@ -1,14 +1,32 @@
-"""Every option of ``afictl train``, declared once: name, flags, help, panel, type.
+"""Every option of ``afictl train``, declared once: name, flags, help, panel, type, the
+recipes' values and the defaults that no recipe sets.
 
 :class:`~afictl.train.config.TrainConfig` holds the values, ``afictl/cli/train.py`` builds the
-command's options from :data:`TRAIN_OPTIONS`, and :mod:`.config` reads the aliases and the keys
-that may change on resume from here. Light on purpose (stdlib and afictl.validate only, no
-torch): ``afictl train --help`` imports it.
+command's options from :data:`TRAIN_OPTIONS`, and :mod:`.config` reads the recipes, the
+aliases and the keys that may change on resume from here. Light on purpose (stdlib and
+afictl.validate only, no torch): ``afictl train --help`` imports it, and shows each default
+from :data:`RECIPES` and :data:`DEFAULTS` (:attr:`OptionSpec.shown_default`), never a copy.
+
+Adding a training option (say ``--foo``, a float):
+
+1. here, one :class:`OptionSpec` in :data:`TRAIN_OPTIONS` (field ``foo``, flags, help, panel,
+   kind); its default, if the help should state it or a recipe may leave it unset, in
+   :data:`DEFAULTS`; a recipe's value in :data:`RECIPES`. The command line, the config-file
+   keys (``foo``), ``--dry-run`` and ``--help`` follow from the spec;
+2. afictl/validate.py: its check, ``"foo": Bound(0.0)`` in ``NUMERIC_BOUNDS`` (or an entry of
+   ``OPTION_CHECKS`` for a choice, taking its tuple from there: ``_choice(*FOO_CHOICES)``);
+   validate.py cannot read the spec (this module imports it), so the bound stays there;
+3. afictl/train/config.py: the field of :class:`~afictl.train.config.TrainConfig`,
+   ``foo: float = DEFAULTS["foo"]`` (or a literal where :data:`DEFAULTS` has none);
+4. where the run uses it (``cfg.foo``), and a test. tests/test_option_declarations.py checks
+   that steps 1-3 agree.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from ..validate import (
     AA_FIXED,
@@ -19,12 +37,14 @@ from ..validate import (
     LR_SCHEDULES,
     OPTIMIZERS,
     PIPELINE_CHOICES,
-    RECIPE_NAMES,
 )
+from .recipes import RECIPE_NAMES, RECIPES
 
 __all__ = [
     "CONFIG_ALIASES",
     "CONFIG_KEYS",
+    "DEFAULTS",
+    "RECIPES",
     "RECIPE_NAMES",
     "RUNTIME_KEYS",
     "TRAIN_OPTIONS",
@@ -45,10 +65,34 @@ DATA, RECIPE, REGULARISATION, MODEL, RUN = (
 CONFIG_ALIASES = {"lr_schedule": "sched", "smoothing": "label_smoothing"}
 
 
+#: what a run uses for an option that no recipe, config file or flag sets (TrainConfig's field
+#: defaults read these): every option some recipe sets but not all, and those --help states
+DEFAULTS: dict[str, Any] = dict(
+    sched="step",
+    min_lr=0.0,
+    backbone_lr_mult=1.0,
+    nesterov=False,
+    wd_norm_bias=True,  # the paper's: decay on every parameter
+    label_smoothing=0.0,
+    mixup=0.0,
+    cutmix=0.0,
+    mixup_prob=1.0,
+    aa=None,
+    reprob=0.0,
+    model_ema=False,
+    model_ema_decay=0.9998,  # timm train.py's --model-ema-decay, applied every step
+    seed=0,
+    device="auto",
+    amp="none",
+)
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """One option: ``field`` of TrainConfig, ``flags`` as typer takes them (``--x/--no-x`` for a
-    flag), ``kind`` int|float|str|bool|path|dir, and whether it may change on ``--resume``."""
+    flag), ``kind`` int|float|str|bool|path|dir, and whether it may change on ``--resume``;
+    ``show_default``: --help states its :data:`DEFAULTS` value (a recipe's value is always
+    stated)."""
 
     field: str
     flags: tuple[str, ...]
@@ -57,11 +101,49 @@ class OptionSpec:
     kind: str = "str"
     runtime: bool = False
     metavar: str | None = None  # the choices, shown in --help in place of TEXT
-    shown_default: str | None = None  # what the run uses when the option is not given
+    show_default: bool = False
+
+    @property
+    def shown_default(self) -> str | None:
+        """What the run uses when the option is not given, as --help states it: each recipe's
+        value (:data:`RECIPES`, else :data:`DEFAULTS`) for an option some recipe sets."""
+        if any(self.field in r for r in RECIPES.values()):
+            return _recipe_values(self.field)
+        if self.show_default:
+            return _shown(DEFAULTS[self.field])
+        return None
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a user writes it: 1e-4 (not 0.0001), on/off, 50%,75%, none."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, list | tuple):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, float) and value and abs(value) < 1e-3:
+        return re.sub(r"\.?0*e-0*", "e-", f"{value:e}")
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _recipe_values(field: str) -> str:
+    """``the recipe's: 1e-4 in paper-cifar, paper-imagenet; 5e-4 in ...`` (recipes grouped by
+    value, in :data:`RECIPE_NAMES` order), or ``0.9 in every recipe``."""
+    groups: dict[str, list[str]] = {}
+    for name, recipe in RECIPES.items():
+        groups.setdefault(_shown(recipe.get(field, DEFAULTS.get(field))), []).append(name)
+    if len(groups) == 1:
+        return f"{next(iter(groups))} in every recipe"
+    return "the recipe's: " + "; ".join(f"{v} in {', '.join(n)}" for v, n in groups.items())
 
 
 def _choices(values: tuple[str, ...]) -> str:
     return ", ".join(f"`{v}`" for v in values)
+
+
+def _metavar(values: tuple[str, ...]) -> str:
+    return f"[{'|'.join(values)}]"
 
 
 _O = OptionSpec
@@ -191,7 +273,7 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
     _O(
         "lr_reference_batch",
         ("--lr-reference-batch",),
-        "Scale the lr by effective batch / this (256 in paper-imagenet).",
+        "Scale the lr by effective batch / this.",
         RECIPE,
         "int",
     ),
@@ -209,7 +291,7 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
         "training (50%,75%).",
         RECIPE,
     ),
-    _O("lr_gamma", ("--lr-gamma",), "Factor at each milestone (0.1).", RECIPE, "float"),
+    _O("lr_gamma", ("--lr-gamma",), "Factor at each milestone.", RECIPE, "float"),
     _O(
         "warmup_epochs",
         ("--warmup-epochs",),
@@ -217,9 +299,9 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
         RECIPE,
         "float",
     ),
-    _O("min_lr", ("--min-lr",), "Last learning rate of --sched cosine (0).", RECIPE, "float"),
-    _O("momentum", ("--momentum",), "SGD momentum (0.9).", RECIPE, "float"),
-    _O("weight_decay", ("--weight-decay", "--wd"), "Weight decay (1e-4).", RECIPE, "float"),
+    _O("min_lr", ("--min-lr",), "Last learning rate of --sched cosine.", RECIPE, "float"),
+    _O("momentum", ("--momentum",), "SGD momentum.", RECIPE, "float"),
+    _O("weight_decay", ("--weight-decay", "--wd"), "Weight decay.", RECIPE, "float"),
     _O("nesterov", ("--nesterov/--no-nesterov",), "Nesterov momentum (SGD).", RECIPE, "bool"),
     _O(
         "wd_norm_bias",
@@ -246,7 +328,7 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
     _O(
         "label_smoothing",
         ("--smoothing", "--label-smoothing"),
-        "Label smoothing of the training loss (0).",
+        "Label smoothing of the training loss.",
         REGULARISATION,
         "float",
     ),
@@ -284,7 +366,7 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
     _O(
         "model_ema_decay",
         ("--model-ema-decay",),
-        "EMA decay per optimizer step (0.9998).",
+        "EMA decay per optimizer step.",
         REGULARISATION,
         "float",
     ),
@@ -298,9 +380,10 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
     _O(
         "seed",
         ("--seed",),
-        "Seed of weights, data order, augmentation and generated data (0).",
+        "Seed of weights, data order, augmentation and generated data.",
         RUN,
         "int",
+        show_default=True,
     ),
     _O(
         "deterministic",
@@ -316,15 +399,15 @@ TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
         RUN,
         runtime=True,
         metavar="[auto|cpu|cuda]",
-        shown_default="auto",
+        show_default=True,
     ),
     _O(
         "amp",
         ("--amp",),
         f"Mixed precision: {_choices(AMP_CHOICES)} (fp16: CUDA; bf16 also on CPU).",
         RUN,
-        metavar="[none|bf16|fp16]",
-        shown_default="none",
+        metavar=_metavar(AMP_CHOICES),
+        show_default=True,
     ),
     _O(
         "channels_last", ("--channels-last/--no-channels-last",), "NHWC memory format.", RUN, "bool"

@@ -39,9 +39,9 @@ from ..checkpoint import (
     CheckpointWriteError,
     load_checkpoint,
     save_checkpoint,
-    validate_checkpoint,
 )
 from ..errors import UserError
+from ..fileio import atomic_write
 from ..models import get_model_info
 from . import distributed as D
 from .build import build_datasets, build_parts, runtime_config
@@ -59,6 +59,7 @@ from .engine import (
 from .lock import RunLock
 from .metrics import MetricsLog, Sums, metric_columns, require_tensorboard
 from .progress import TrainProgress
+from .resume_check import validate_resume
 from .state import StopFlag, cpu_threads, deterministic_mode, get_rng_state, seed_all
 
 __all__ = ["RunState", "TrainResult", "default_run_dir", "load_resume", "plural", "train"]
@@ -139,7 +140,7 @@ def load_resume(
         cfg = TrainConfig.from_dict(ckpt["config"])
     except (TypeError, AttributeError):  # not a dict, or without the fields every run records
         raise CheckpointError(f"{path} records an incomplete config; cannot resume it") from None
-    validate_checkpoint(ckpt, resume=cfg)  # before anything of the run folder is rewritten
+    validate_resume(ckpt, cfg)  # before anything of the run folder is rewritten
     fixed = {
         k: v
         for k, v in overrides.items()
@@ -197,9 +198,7 @@ def _open_run_dir(
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def _log(ctx: D.DistContext, progress: TrainProgress | None, message: str) -> None:
