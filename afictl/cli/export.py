@@ -247,8 +247,7 @@ def export_cli(
     output: OutputOpt = None,
     print_format: PrintFormatOpt = None,
 ) -> None:
-    """Export a model to ONNX or torch.export (.pt2) with a dynamic batch, and verify the file;
-    or its weights alone to .safetensors.
+    """Export a model to ONNX or .pt2 (dynamic batch, verified) or its weights to .safetensors.
 
     The model is --arch NAME with random weights (eval mode) or a checkpoint (-c: a run's .pt,
     a plain state dict with --arch, or a .safetensors file). ONNX uses the
