@@ -159,7 +159,7 @@ def eval_loader(
     """The evaluation data of a checkpoint: ``data``/``data_root`` if given, else its recorded run.
 
     With no ``data``, the dataset, root, split, size and seed come from the checkpoint's run
-    configuration (issue 9: ``afictl selectivity --stage conv3`` needs nothing else).
+    configuration (``afictl selectivity --stage conv3`` needs nothing else).
     """
     from ..data import build_dataset  # the data package builds every dataset by name
 

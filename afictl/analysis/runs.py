@@ -1,4 +1,4 @@
-"""Which checkpoints an analysis uses when none is named (issue 9: the bare command lines).
+"""Which checkpoints an analysis uses when none is named (the bare command lines).
 
 ``afictl gradcam image.jpg`` and ``afictl selectivity --stage conv3`` take the newest run under
 ``./runs/`` that has a ``best.pt`` and, beside it, the newest run of its counterpart (the
