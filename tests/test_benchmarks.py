@@ -147,8 +147,7 @@ def test_tensor_pipeline_benchmark_measures_both_pipelines(tmp_path, capsys, mon
     assert row["bare_step_images_per_sec"] > 0
     for pipeline in ("loader", "tensor"):
         rate = row[f"{pipeline}_images_per_sec"]
-        assert rate > 0 and row[f"{pipeline}_ratio"] == round(
-            rate / row["bare_step_images_per_sec"], 3
-        )
+        ratio = rate / row["bare_step_images_per_sec"]  # of the rounded rates: within rounding
+        assert rate > 0 and abs(row[f"{pipeline}_ratio"] - ratio) <= 1e-3 * max(1.0, ratio)
     out = capsys.readouterr().out
     assert "second run (cache hit)" in out and "decoded MiB" in out
