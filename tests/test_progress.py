@@ -227,12 +227,8 @@ def test_bench_in_a_log_file_writes_lines_on_stderr_only(capsys, monkeypatch):
 
 
 def _no_stage_delay(monkeypatch):
-    original = Progress.__init__
-
-    def no_delay(self, *args, **kwargs):
-        original(self, *args, **(kwargs | {"stage_delay": 0.0}))
-
-    monkeypatch.setattr(Progress, "__init__", no_delay)
+    """Every stage named at once (tests/conftest.py otherwise delays the lines past any test)."""
+    monkeypatch.setattr("afictl.cli.export.STAGE_LINE_DELAY", 0.0)
 
 
 def _stages(err: str, total: int) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["batch_generator", "normalise", "pad_crop_flip", "per_image"]
+__all__ = ["batch_generator", "normalise", "pad_crop_flip", "per_image", "pixel_scale"]
 
 
 def batch_generator(
@@ -55,9 +55,18 @@ def normalise(
     images: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32
 ) -> torch.Tensor:
     """uint8 (B, C, H, W) -> ``dtype``, scaled to [0, 1] and normalised per channel."""
-    m = torch.tensor(mean, device=images.device, dtype=dtype)[:, None, None] * 255
-    s = torch.tensor(std, device=images.device, dtype=dtype)[:, None, None] * 255
+    m, s = pixel_scale(mean, std, images.device, dtype)
     return (images.to(dtype) - m) / s
+
+
+def pixel_scale(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` in uint8 units, shaped (C, 1, 1): what :func:`normalise` subtracts
+    and divides by (a loader builds them once, not per batch)."""
+    m = torch.tensor(mean, device=device, dtype=dtype)[:, None, None] * 255
+    s = torch.tensor(std, device=device, dtype=dtype)[:, None, None] * 255
+    return m, s
 
 
 def per_image(

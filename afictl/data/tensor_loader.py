@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .batch_augment import batch_generator, normalise, pad_crop_flip, per_image
+from .batch_augment import batch_generator, pad_crop_flip, per_image, pixel_scale
 from .loaders import Batch, ResumableSampler, ShardSampler
 from .tensor_cache import DecodedSplit
 
@@ -60,7 +60,8 @@ class TensorLoader:
         self.generator = torch.Generator()
         self.classes = split.classes
         self.batch_size, self.train = batch_size, train
-        self.mean, self.std, self.pad, self.flip = mean, std, pad, flip
+        self.pad, self.flip = pad, flip
+        self._mean, self._std = pixel_scale(mean, std, self.device)  # once, not per batch
         # per image, after the flip on uint8 (--aa) and after normalising (--reprob): timm's order
         self.augment, self.erase = augment, erase
         self.seed, self.rank = seed, rank
@@ -97,7 +98,7 @@ class TensorLoader:
             x = pad_crop_flip(x, g, self.pad, self.flip)
             if self.augment is not None:
                 x = per_image(x, g, self.augment)
-        x = normalise(x, self.mean, self.std)
+        x = (x.float() - self._mean) / self._std  # batch_augment.normalise
         if g is not None and self.erase is not None:
             x = per_image(x, g, self.erase)
         return Batch(x, self.labels[chosen].to(self.device, non_blocking=True), [])

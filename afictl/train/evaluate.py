@@ -106,7 +106,7 @@ def _dataset(ckpt: dict, data: str | None, opts: dict, data_root: Any, download:
         data,
         data_root if data_root is not None else (config.get("data_root") if same else None),
         opts["split"],
-        input_size=_input_size(ckpt, data),
+        input_size=_input_size(ckpt),
         download=download,
         size=size if size is not None else (config.get("data_size") if same else None),
         seed=int(config.get("seed") or 0) if same else 0,
@@ -121,7 +121,8 @@ def _dataset(ckpt: dict, data: str | None, opts: dict, data_root: Any, download:
     return data, dataset
 
 
-def _input_size(ckpt: dict, data: str) -> int:
+def _input_size(ckpt: dict) -> int:
+    """The pixels the checkpoint's model was trained at."""
     config = ckpt.get("config") or {}
     info = get_model_info(ckpt["arch"])
     return int(config.get("input_size") or ckpt.get("input_size") or info.input_size)
@@ -220,7 +221,7 @@ def evaluate_checkpoint(
     dev = pick_device(opts["device"])
     model, ckpt = _model_on(checkpoint, arch, dev)
     data, dataset = _dataset(ckpt, data, opts, data_root, download)
-    loader = _loader(dataset, data, _input_size(ckpt, data), opts, dev)
+    loader = _loader(dataset, data, _input_size(ckpt), opts, dev)
     ctx = DistContext(0, 1, 0, dev)
     meter = ConfusionMeter(int(ckpt["num_classes"]), dev) if confusion else None
     sums, seconds = _run(ctx, model, _counted(loader, progress), opts, meter)
