@@ -17,16 +17,22 @@ __all__ = ["export"]
 
 
 def _source_model(
-    arch: str | None, checkpoint: str | Path | None, num_classes: int | None
+    arch: str | None,
+    checkpoint: str | Path | None,
+    num_classes: int | None,
+    model_options: dict[str, Any],
 ) -> tuple[nn.Module, dict[str, Any] | None, str]:
     """The model to export (eval mode), the checkpoint it came from (None: random weights of
-    ``arch``) and its architecture."""
+    ``arch`` built with ``model_options``) and its architecture."""
     from .models import create_model
 
     if checkpoint is None:
-        return create_model(arch, num_classes=num_classes).eval(), None, arch
-    if num_classes is not None:
-        raise UserError("--num-classes applies to --arch only: a checkpoint has its own")
+        model = create_model(arch, num_classes=num_classes, **model_options)
+        return model.eval(), None, arch
+    if num_classes is not None or model_options:
+        raise UserError(
+            "--num-classes and the model options apply to --arch only: a checkpoint has its own"
+        )
     from .checkpoint import model_from_checkpoint
 
     model, ckpt = model_from_checkpoint(checkpoint, arch=arch)
@@ -41,6 +47,7 @@ def export(
     num_classes: int | None = None,
     input_size: int | None = None,
     format: str | None = None,
+    model_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> ExportResult:
     """Export a registered architecture (random weights) or a checkpoint (an afictl one, a plain
@@ -48,7 +55,8 @@ def export(
     :func:`afictl.weights.export_safetensors`.
 
     ``input_size`` defaults to the checkpoint's training resolution, else the registry's (32 or
-    224). ``output`` defaults to ``./<arch>.<format>`` (format default: onnx). Every file carries
+    224); ``model_options`` build ``arch`` (afictl/model_options.py). ``output`` defaults to
+    ``./<arch>.<format>`` (format default: onnx). Every file carries
     :func:`afictl.weights.model_config` (preprocessing, class names). ``progress(stage)`` is
     called as each stage begins (``loading``, then :func:`export_model`'s, or ``writing``).
     """
@@ -64,8 +72,8 @@ def export(
     format = format or "onnx"
     if format == "onnx":
         require_onnx()  # before building anything
-    model, ckpt, arch = _source_model(arch, checkpoint, num_classes)
-    ckpt = ckpt or {}
+    model, ckpt, arch = _source_model(arch, checkpoint, num_classes, model_options or {})
+    ckpt = ckpt or {"model_kwargs": model_options}
     config = ckpt.get("config") or {}
     recorded = config.get("input_size") or ckpt.get("input_size")
     size = input_size or int(recorded or get_model_info(arch).input_size)

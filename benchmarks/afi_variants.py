@@ -42,8 +42,8 @@ def no_aggregation() -> Iterator[None]:
     """
     old = AFIJoin._join, StageFeatures.append, StageFeatures.integrate
 
-    def bound(self, xi, r, conv, attn):
-        return conv(torch.cat([xi, xi], dim=1))
+    def bound(self, xi, r, attn):
+        return torch.cat([xi, xi], dim=1)
 
     AFIJoin._join = bound
     StageFeatures.append = lambda self, x: self.features.append(x)

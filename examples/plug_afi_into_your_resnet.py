@@ -1,8 +1,8 @@
 """Plug the AFI module into your own residual network in a few lines.
 
-Each block halves its first convolution to X(i) and makes one call to its `AFIJoin`, naming
-the modules around the AFI point; the join returns the next convolution of [X(i), R(i)]
-(Eq. 4). The stage shares one `StageFeatures` (X(1..i-1)) per forward: `afictl.models.Stage`
+Each block halves its first convolution to X(i) and hands it to its `AFIJoin`, which returns
+[X(i), R(i)] for the next convolution (Eq. 4); everything else in the block stays as you wrote
+it. The stage shares one `StageFeatures` (X(1..i-1)) per forward: `afictl.models.Stage`
 does that for you. The same model exports, traces and compiles.
 Run: python examples/plug_afi_into_your_resnet.py
 """
@@ -25,13 +25,15 @@ class MyBlock(nn.Module):
         self.conv1 = nn.Conv2d(channels, first, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(first)
         self.relu = nn.ReLU()
-        self.join = AFIJoin(channels, index, reduction=4)  # X(i) -> conv2([X(i), R(i)])
+        self.join = AFIJoin(channels, index, reduction=4)  # X(i) -> [X(i), R(i)]
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor, feats=None) -> torch.Tensor:
-        out = self.join(x, feats, first=self.conv1, norm=self.bn1, act=self.relu, conv=self.conv2)
-        return torch.relu(x + self.bn2(out))
+        out = self.relu(self.bn1(self.conv1(x)))  # X(i)
+        out = self.join(out, feats)  # [X(i), R(i)] in AFI blocks 2..n, X(i) otherwise
+        out = self.bn2(self.conv2(out))
+        return torch.relu(x + out)
 
 
 def my_network(

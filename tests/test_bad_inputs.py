@@ -319,7 +319,8 @@ def test_valid_values_still_pass():
             "lr_milestones": "50%,3",
         }
     )
-    assert (cfg.afi_stages, cfg.reduction, cfg.amp, cfg.input_size, cfg.lr) == (
+    kw = cfg.model_kwargs
+    assert (kw["afi_stages"], kw["reduction"], cfg.amp, cfg.input_size, cfg.lr) == (
         [1, 3],
         2,
         "bf16",

@@ -18,7 +18,7 @@ from afictl.train import TrainParts, load_resume, resolve_config, train
 from afictl.train.build import build_parts, runtime_config
 from afictl.train.distributed import DistContext
 from afictl.train.ema import ModelEma
-from afictl.train.engine import EpochState, evaluate, optimizer_step, train_epoch
+from afictl.train.engine import RunProgress, evaluate, optimizer_step, train_epoch
 from afictl.train.state import (
     DeviceLayoutError,
     StopFlag,
@@ -326,8 +326,8 @@ def test_skipped_steps_under_accumulation_in_an_epoch():
     _inf_for_first(parts.model, 2)
     with warnings.catch_warnings(record=True) as caught, StopFlag() as stop:
         warnings.simplefilter("always")
-        out = train_epoch(parts, cfg, CPU, EpochState(), stop=stop)
-    assert _scheduler_warnings(caught) == [] and not out.nonfinite and out.steps == 4
+        out = train_epoch(parts, cfg, CPU, RunProgress(), stop=stop)
+    assert _scheduler_warnings(caught) == [] and not out.nonfinite and out.step == 4
     assert parts.scheduler.last_epoch == 1 and parts.ema.n_averaged.item() == 1
     assert parts.scaler.get_scale() == 2.0**9
 

@@ -1,6 +1,7 @@
-"""Each training option's default, choices and recipe values are declared once
-(afictl/train/options.py, afictl/validate.py): every other place reads them, and --help states
-a recipe-dependent default as each recipe's value."""
+"""Each training option is declared once, as a field of TrainOptions (afictl/train/options.py:
+flags, help, panel, kind, check, default), each model option once (afictl/model_options.py):
+the command line, the config keys, the checks and --help derive from them, and --help states a
+recipe-dependent default as each recipe's value."""
 
 import dataclasses
 import re
@@ -9,11 +10,20 @@ import pytest
 from cli import run
 
 from afictl import validate
+from afictl.model_options import MODEL_OPTIONS
+from afictl.models import get_model_info, list_models
 from afictl.train import optim
 from afictl.train.config import RECIPES as CONFIG_RECIPES
 from afictl.train.config import TrainConfig
 from afictl.train.ema import DEFAULT_EMA_DECAY
-from afictl.train.options import DEFAULTS, RECIPE_NAMES, RECIPES, TRAIN_OPTIONS, option_for
+from afictl.train.options import (
+    DEFAULTS,
+    RECIPE_NAMES,
+    RECIPES,
+    TRAIN_OPTIONS,
+    TrainOptions,
+    option_for,
+)
 from afictl.train.options import _shown as shown_value
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -40,7 +50,9 @@ def test_trainconfig_defaults_are_the_declared_ones():
     """TrainConfig's field defaults are DEFAULTS' values, the choices' defaults are among
     validate.py's choices, and every default passes its own check unchanged."""
     for name, value in DEFAULTS.items():
-        assert _FIELDS[name].default == value, name
+        f = _FIELDS[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        assert default == value, name
     for name, choices in _CHOICES.items():
         assert _FIELDS[name].default in choices, name
     for name, f in _FIELDS.items():
@@ -105,13 +117,27 @@ def test_shown_default_of_options_no_recipe_sets():
 
 
 def test_each_option_has_its_field_and_its_check():
-    """The steps of "adding a training option" (afictl/train/options.py): a spec, a check in
-    validate.py (a bound for a number), a TrainConfig field; and no field a user sets without
-    a spec (eval_split: only `eval` exists; num_classes, world_size: derived)."""
+    """One declaration per option: every TrainOptions field carries its spec and check (a bound
+    for a number), the command line has a spec per field with flags and per model option, and
+    no field a user sets lacks one (eval_split, model_kwargs: config files only; num_classes,
+    world_size: derived)."""
     specs = {o.field: o for o in TRAIN_OPTIONS}
-    assert set(_FIELDS) - set(specs) == {"eval_split", "num_classes", "world_size"}
+    assert set(_FIELDS) - set(specs) == {"eval_split", "model_kwargs", "num_classes", "world_size"}
+    assert set(MODEL_OPTIONS) <= set(specs)  # every registered model option reachable
     for field, spec in specs.items():
         assert field in validate.OPTION_CHECKS, field
-        if spec.kind in ("int", "float"):
+        if spec.kind in ("int", "float") and field != "width":  # width: a set of multipliers
             assert field in validate.NUMERIC_BOUNDS, field
-    assert set(DEFAULTS) <= set(specs)
+    for f in dataclasses.fields(TrainOptions):
+        assert f.metadata["option"].check is option_for(f.name).check, f.name
+    assert set(DEFAULTS) <= set(_FIELDS)
+
+
+def test_every_registered_model_option_is_declared_and_a_train_flag(capsys):
+    """Each option a registered builder takes is one of afictl/model_options.py's, and
+    `afictl train --help` lists every one."""
+    taken = {o for name in list_models() for o in get_model_info(name).options}
+    assert taken == set(MODEL_OPTIONS)
+    text = _help_text(capsys)
+    for option in MODEL_OPTIONS.values():
+        assert option.flag in text, option.name

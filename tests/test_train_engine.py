@@ -20,10 +20,11 @@ from torch import nn
 
 from afictl.checkpoint import load_checkpoint
 from afictl.data import Batch
+from afictl.model_options import MODEL_OPTIONS
 from afictl.train import TrainCheckpoint, TrainConfig, TrainParts, resolve_config
 from afictl.train.config import DERIVED_KEYS, load_config_file
 from afictl.train.distributed import DistContext
-from afictl.train.engine import EpochState, train_epoch
+from afictl.train.engine import RunProgress, train_epoch
 from afictl.train.options import TRAIN_OPTIONS
 from afictl.train.state import StopFlag
 
@@ -62,6 +63,8 @@ def test_no_function_over_60_lines():
 def test_every_config_field_is_one_option():
     derived = DERIVED_KEYS - {"run_dir"}  # run_dir: an option, but not read from a config file
     settable = {f.name for f in dataclasses.fields(TrainConfig)} - derived - {"eval_split"}
+    # model_kwargs is set through one flag per model option (afictl/model_options.py)
+    settable = settable - {"model_kwargs"} | set(MODEL_OPTIONS)
     declared = [o.field for o in TRAIN_OPTIONS]
     assert sorted(declared) == sorted(settable) and len(set(declared)) == len(declared)
     flags = [f for o in TRAIN_OPTIONS for flag in o.flags for f in flag.split("/")]
@@ -103,7 +106,8 @@ def test_old_names_still_load(tmp_path):
         "format": "afictl-checkpoint",
     }
     ckpt = TrainCheckpoint.from_dict(v1)
-    assert (ckpt.best_epoch, ckpt.step, ckpt.version, ckpt.model_ema) == (1, 0, 1, None)
+    p = ckpt.progress
+    assert (p.best_epoch, p.step, ckpt.version, ckpt.model_ema) == (1, 0, 1, None)
     out = ckpt.to_dict()
     assert out["version"] == 2 and "model_ema" not in out and "format" not in out
     assert TrainCheckpoint.from_dict(out).to_dict() == out
@@ -187,7 +191,7 @@ def _data(n=16, seed=1):
 
 def _epoch(parts, cfg):
     with StopFlag() as stop:
-        return train_epoch(parts, cfg, CPU, EpochState(), stop=stop)
+        return train_epoch(parts, cfg, CPU, RunProgress(), stop=stop)
 
 
 def test_accumulation_of_n_steps_equals_one_step_of_n_times_the_batch():
@@ -199,7 +203,7 @@ def test_accumulation_of_n_steps_equals_one_step_of_n_times_the_batch():
     _epoch(whole, _cfg())
     for a, b in zip(accumulated.model.parameters(), whole.model.parameters(), strict=True):
         assert_close_scaled(a.detach(), b.detach(), rel=1e-6)  # float32 sums in another order
-    assert accumulated.scheduler.last_epoch == 1 and out.steps == 4  # one optimizer step
+    assert accumulated.scheduler.last_epoch == 1 and out.step == 4  # one optimizer step
     # a ragged last group (5 batches, 2 per step): 3 steps, the last of one batch
     five = [Batch(x[i : i + 3], y[i : i + 3], []) for i in range(0, 15, 3)]
     ragged = _linear_parts(_cfg(grad_accum_steps=2), five)

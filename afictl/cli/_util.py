@@ -7,11 +7,16 @@ importing torch.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ..model_options import MODEL_OPTIONS, ModelOption
 from ..render import Format
 from ..validate import AMP_CHOICES, check_option  # light: stdlib and afictl.errors only
 
@@ -28,6 +33,7 @@ __all__ = [
     "OutputOpt",
     "WEIGHTS_HELP",
     "absolute_path",
+    "model_option_flags",
     "resolve_device",
 ]
 
@@ -130,3 +136,42 @@ def absolute_path(option: str, path: Path | None) -> str | None:
     from ..validate import check_option
 
     return str(Path(check_option(option, str(path))).expanduser().absolute())
+
+
+_KINDS: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "stages": str}
+MODEL_PANEL = "Model options"
+
+
+def model_option_parameter(o: ModelOption, panel: str = MODEL_PANEL) -> inspect.Parameter:
+    """The Typer parameter of a model option: its flag, help and type, ``None`` when not
+    given (the model's default then)."""
+    extra = {"metavar": o.metavar} if o.metavar else {}
+    flags = (o.flag, o.short) if o.short else (o.flag,)
+    info = typer.Option(*flags, help=o.help, rich_help_panel=panel, **extra)
+    annotation = Annotated[_KINDS[o.kind] | None, info]
+    return inspect.Parameter(
+        o.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
+def model_option_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with a flag per model option (afictl/model_options.py) after its own
+    options; those given reach it, checked, as one dict ``model_options``."""
+    hints = typing.get_type_hints(command, include_extras=True)  # the command's own names
+    own = [
+        p.replace(annotation=hints[n], kind=inspect.Parameter.KEYWORD_ONLY)
+        for n, p in inspect.signature(command).parameters.items()
+        if n != "model_options"
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> Any:
+        given = {k: values.pop(k) for k in MODEL_OPTIONS}
+        model_options = {k: check_option(k, v) for k, v in given.items() if v is not None}
+        return command(**values, model_options=model_options)
+
+    params = own + [model_option_parameter(o) for o in MODEL_OPTIONS.values()]
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer reads the new signature, not the command's own
+    return wrapper

@@ -15,6 +15,7 @@ from ._util import (
     InputSizeOpt,
     NumClassesOpt,
     OutputOpt,
+    model_option_flags,
 )
 
 if TYPE_CHECKING:
@@ -69,10 +70,6 @@ ThreadsOpt = Annotated[
     int | None,
     typer.Option("--threads", min=1, help="torch.set_num_threads (default: PyTorch's)."),
 ]
-MemoryEfficientOpt = Annotated[
-    bool,
-    typer.Option("--memory-efficient", help="The AFI model recomputes [X(i), R(i)] in backward."),
-]
 AllocatorCacheOpt = Annotated[
     bool,
     typer.Option(
@@ -103,6 +100,7 @@ def _timed_rows(
         return bench(archs, modes=modes, repeats=repeats, progress=job.tick, **options)
 
 
+@model_option_flags
 def bench_cli(
     arch: ArchOpt = None,
     mode: ModeOpt = None,
@@ -117,11 +115,11 @@ def bench_cli(
     amp: AmpOpt = "none",
     compile: CompileOpt = False,
     threads: ThreadsOpt = None,
-    memory_efficient: MemoryEfficientOpt = False,
     allocator_cache: AllocatorCacheOpt = True,
     timer: TimerOpt = "wall",
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """Throughput of each AFI model and its baseline, timed in one process.
 
@@ -149,7 +147,7 @@ def bench_cli(
         amp=amp,
         compile=compile,
         threads=threads,
-        memory_efficient=memory_efficient,
+        model_options=model_options,
         allocator_cache=allocator_cache,
         timer=timer,
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import UserError
 from ..render import Format
-from ._util import WEIGHTS_HELP, OutputOpt
+from ._util import WEIGHTS_HELP, OutputOpt, model_option_flags
 
 if TYPE_CHECKING:
     from ..export import ExportResult
@@ -232,6 +232,7 @@ def _render_result(result: ExportResult, results_format: Format, output: Path | 
     )
 
 
+@model_option_flags
 def export_cli(
     checkpoint: ExportCheckpointOpt = None,
     arch: ExpectedArchOpt = None,
@@ -246,6 +247,7 @@ def export_cli(
     fmt: ResultsFormatOpt = "table",
     output: OutputOpt = None,
     print_format: PrintFormatOpt = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """Export a model to ONNX or .pt2 (dynamic batch, verified) or its weights to .safetensors.
 
@@ -282,6 +284,7 @@ def export_cli(
             num_classes=num_classes,
             input_size=input_size,
             format=file_format,
+            model_options=model_options,
             opset=opset or DEFAULT_OPSET,
             batch_size=batch_size,
             verify=verify,

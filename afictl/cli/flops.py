@@ -10,13 +10,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import UserError
+from ..model_options import MODEL_OPTIONS
 from ..render import Format, human, render, signed_pct
-from ._util import ArchOpt, FormatOpt, OutputOpt
+from ._util import ArchOpt, FormatOpt, OutputOpt, model_option_flags
 
 _ARCH_COLUMNS = [
     "arch",
@@ -69,23 +70,18 @@ def _progress(total: int, what: str) -> Iterator[Callable[[str], None]]:
         yield lambda arch: job.advance(1, model=arch)
 
 
-def _model_kwargs(arch: list[str], afi_stages: str | None, reduction: int | None) -> dict:
-    """The AFI options given, checked as train checks them (afictl/validate.py)."""
-    from ..models import get_model_info
-    from ..validate import check_option, check_stages_of
+def _model_kwargs(arch: list[str], options: dict[str, Any]) -> dict:
+    """The model options given, checked against each AFI model (their baselines are counted
+    at their defaults)."""
+    from ..models import check_model_options, get_model_info
 
-    for name in arch:
-        get_model_info(name)  # unknown names fail before any counting
-    kwargs: dict = {}
-    if afi_stages is not None:
-        kwargs["afi_stages"] = check_option("afi_stages", afi_stages)
-        for name in arch:
-            check_stages_of(kwargs["afi_stages"], name, get_model_info(name).num_stages)
-    if reduction is not None:
-        kwargs["reduction"] = reduction
-    if kwargs and any(not get_model_info(a).is_afi for a in arch):
-        raise UserError("--afi-stages/--reduction apply to AFI models only")
-    return kwargs
+    infos = [get_model_info(name) for name in arch]  # unknown names fail before any counting
+    if options and any(not i.is_afi for i in infos):
+        flags = ", ".join(MODEL_OPTIONS[k].flag for k in options)
+        raise UserError(f"{flags}: flops takes model options for AFI models only")
+    for info in infos:
+        options = check_model_options(info.name, options)
+    return options
 
 
 def _stage_rows(arch: list[str], as_table2: bool, kwargs: dict, **sizes) -> list:
@@ -147,12 +143,6 @@ ClassesOpt = Annotated[
 PerStageOpt = Annotated[
     bool, typer.Option("--per-stage", help="Per-stage parameters and FLOPs (Table 2).")
 ]
-StagesOpt = Annotated[
-    str | None, typer.Option(help="Stages with AFI blocks, e.g. '1' or '1,2' (Table 7).")
-]
-ReductionOpt = Annotated[
-    int | None, typer.Option("--reduction", "-r", min=1, help="AFI reduction ratio r (Table 8).")
-]
 ExactOpt = Annotated[
     bool | None,
     typer.Option(
@@ -169,6 +159,7 @@ CacheOpt = Annotated[
 ]
 
 
+@model_option_flags
 def flops_cli(
     arch: ArchOpt = None,
     table: TableOpt = None,
@@ -176,12 +167,11 @@ def flops_cli(
     input_size: InputSizeOpt = None,
     num_classes: ClassesOpt = None,
     per_stage: PerStageOpt = False,
-    afi_stages: StagesOpt = None,
-    reduction: ReductionOpt = None,
     exact: ExactOpt = None,
     use_cache: CacheOpt = True,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """Parameters and FLOPs (thop MACs x batch size, the paper's convention).
 
@@ -193,7 +183,7 @@ def flops_cli(
     options are counted live.
     """
     arch = arch or []
-    kwargs = _model_kwargs(arch, afi_stages, reduction)
+    kwargs = _model_kwargs(arch, model_options or {})
     sizes = dict(batch_size=batch_size, input_size=input_size, num_classes=num_classes)
     show = dict(formatters=_formatters())
     try:

@@ -6,8 +6,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..errors import UserError
 from ..render import Format
-from ._util import ArchOpt, DeviceOpt, FormatOpt, InputSizeOpt, NumClassesOpt, OutputOpt
+from ._util import (
+    ArchOpt,
+    DeviceOpt,
+    FormatOpt,
+    InputSizeOpt,
+    NumClassesOpt,
+    OutputOpt,
+    model_option_flags,
+)
 
 if TYPE_CHECKING:
     from ..profiling.memory import MemoryRow
@@ -39,13 +48,6 @@ _RSS_COLUMNS = [
 
 BatchSizeOpt = Annotated[
     int, typer.Option("--batch-size", "-b", min=1, help="Batch size (Table 6: 64).")
-]
-MemoryEfficientOpt = Annotated[
-    bool,
-    typer.Option(
-        "--memory-efficient",
-        help="AFI models recompute [X(i), R(i)] in backward instead of storing it.",
-    ),
 ]
 RssOpt = Annotated[
     bool,
@@ -82,16 +84,17 @@ def _measured_rows(archs: list[str], batch_size: int, **options: Any) -> list[Me
         return memory_report(archs, batch_size, progress=job.tick, **options)
 
 
+@model_option_flags
 def memory_cli(
     arch: ArchOpt = None,
     batch_size: BatchSizeOpt = 64,
     input_size: InputSizeOpt = None,
     num_classes: NumClassesOpt = None,
-    memory_efficient: MemoryEfficientOpt = False,
     device: DeviceOpt = "auto",
     rss: RssOpt = False,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
     """Training and inference memory of each model beside its baseline, and the ratios.
 
@@ -107,6 +110,11 @@ def memory_cli(
     from ..render import render
 
     device = resolve_device(device)
+    model_options = dict(model_options or {})
+    memory_efficient = bool(model_options.pop("memory_efficient", False))
+    if model_options:  # the rss account rebuilds each model in a fresh process from its name
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in model_options)
+        raise UserError(f"{flags}: memory measures each model at its default options")
     rows = _measured_rows(
         arch or ["afi_resnet50"],
         batch_size,

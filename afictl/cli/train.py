@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..model_options import MODEL_OPTIONS
 from ..render import Format, check_writable, human, render, write_text
 from ..train.options import RECIPE, RUN, TRAIN_OPTIONS, OptionSpec
 from ._util import FormatOpt, OutputOpt, absolute_path
@@ -148,7 +149,7 @@ def _resolve(
     """The run's config, where each value came from, and the checkpoint to resume (or None)."""
     from ..errors import UserError
     from ..train import load_resume
-    from ..train.config import resolve_config_sources
+    from ..train.config import fold_model_options, resolve_config_sources
     from ..validate import check_options
 
     if resume is None:
@@ -159,10 +160,29 @@ def _resolve(
     _check_resume(options, config, overwrite)
     arch = options.pop("arch")
     options.pop("run_dir")
-    given = check_options(options)
+    given = fold_model_options(check_options(options))
+    model_kwargs = given.pop("model_kwargs", {})
     cfg, ckpt = load_resume(resume, given, arch=arch)
+    _check_same_model(cfg, model_kwargs)
     from_run = f"run {cfg.run_dir}"
-    return cfg, {k: "flag" if given.get(k) is not None else from_run for k in vars(cfg)}, ckpt
+    given |= model_kwargs
+    names = [*vars(cfg), *MODEL_OPTIONS]
+    return cfg, {k: "flag" if given.get(k) is not None else from_run for k in names}, ckpt
+
+
+def _check_same_model(cfg: Any, given: dict[str, Any]) -> None:
+    """Model options given with --resume: only the run's own values (the weights fit no other)."""
+    from ..errors import UserError
+    from ..models import check_model_options
+
+    given = check_model_options(cfg.arch, given)
+    defaults = {k: o.default for k, o in MODEL_OPTIONS.items()}
+    changed = sorted(k for k, v in given.items() if cfg.model_kwargs.get(k, defaults[k]) != v)
+    if changed:
+        raise UserError(
+            f"cannot change {', '.join(changed)} when resuming: the run's model was built with "
+            f"{cfg.model_kwargs or 'the defaults'} ({cfg.run_dir}/config.json)"
+        )
 
 
 def _data_plan(cfg: Any, count: bool):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import checks
 from ..errors import ModelOptionError, StageError
 from ..layers import AFIModule, StageFeatures
 from ..layers.recompute import recomputed
@@ -58,9 +59,10 @@ def parse_afi_stages(afi_stages: Sequence[int] | str | None, num_stages: int) ->
     """Stages (1-based) that get AFI blocks; ``None`` means all (Table 7 ablation option)."""
     if afi_stages is None:
         return tuple(range(1, num_stages + 1))
-    if isinstance(afi_stages, str):
-        afi_stages = [int(s) for s in re.split(r"[,\s]+", afi_stages.strip()) if s]
-    stages = tuple(sorted(set(int(s) for s in afi_stages)))
+    try:
+        stages = tuple(checks.stages(afi_stages))  # the option's own check (model_options.py)
+    except checks.Invalid as exc:
+        raise ValueError(f"afi_stages {exc}") from None
     bad = [s for s in stages if not 1 <= s <= num_stages]
     if bad:
         raise ValueError(f"afi_stages {bad} out of range 1..{num_stages}")

@@ -35,7 +35,8 @@ class DenseLayer(nn.Module):
         self.join = AFIJoin(growth)  # baseline probe: the new feature maps
 
     def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
-        new = self.join(F.relu(self.bn(x)), feats, first=self.conv)
+        new = self.conv(F.relu(self.bn(x)))
+        new = self.join(new, feats)  # an identity: the analyses' probe on the new maps
         return torch.cat([x, new], dim=1)
 
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..layers import AFIJoin, StageFeatures, first_conv_width
 from ..layers.attention import create_attn
+from ..model_options import AFI_STAGES, ATTN, DROPOUT, MEMORY_EFFICIENT, REDUCTION
 from ._base import Backbone, Stage, parse_afi_stages
 from .registry import register_model
 
@@ -121,16 +122,23 @@ class InvertedResidual(nn.Module):
         return self.conv[0][0]
 
     def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
-        # The join point: after the first ConvBNAct (the expansion; the depthwise one where
-        # t = 1 in torchvision's variant), before the next convolution.
-        first, nxt, *rest = self.conv
-        if isinstance(nxt, ConvBNAct):
-            nxt, *tail = nxt
-            rest = [*tail, *rest]
-        out = self.join(
-            x, feats, first=first[0], norm=first[1], act=first[2], conv=nxt, attn=self.attn
-        )
-        for layer in rest:
+        # self.conv: the 1x1 expansion (conv-BN-act), the 3x3 depthwise (conv-BN-act), the 1x1
+        # projection and its BN. torchvision's t = 1 block has no expansion: its first
+        # conv-BN-act is the depthwise one, and the projection reads the join.
+        (conv1, bn1, act1), *others = self.conv
+        layers: list[nn.Module] = []
+        for layer in others:
+            layers += list(layer) if isinstance(layer, ConvBNAct) else [layer]
+        conv2, *rest = layers
+
+        def conv1_to_conv2(x: Tensor, feats: StageFeatures | None) -> Tensor:
+            out = act1(bn1(conv1(x)))  # X(i) (halved in an AFI block)
+            out = self.join(out, feats, attn=self.attn)  # [X(i), attn(R(i))] in an AFI block
+            return conv2(out)  # the depthwise convolution (t = 1: the projection)
+
+        # recomputed in backward in a memory-efficient AFI block
+        out = self.join.recompute(conv1_to_conv2, x, feats, block=self)
+        for layer in rest:  # BN and activation of the depthwise, projection, BN
             out = layer(out)
         if self.use_res_connect:
             return x + out
@@ -175,11 +183,11 @@ class MobileNetV2(Backbone):
         *,
         cifar: bool = False,
         afi: bool = False,
-        afi_stages: Sequence[int] | str | None = None,
-        reduction: int = 4,
-        attn: str | None = None,
-        dropout: float | None = None,
-        memory_efficient: bool = False,
+        afi_stages: Sequence[int] | str | None = AFI_STAGES.default,
+        reduction: int = REDUCTION.default,
+        attn: str | None = ATTN.default,
+        dropout: float | None = DROPOUT.default,
+        memory_efficient: bool = MEMORY_EFFICIENT.default,
     ) -> None:
         super().__init__()
         if attn is not None and not afi:
@@ -278,7 +286,7 @@ def _mobilenetv2(*, cifar: bool, afi: bool, **kwargs) -> MobileNetV2:
 
 
 @register_model(
-    family="mobilenetv2", input_size=32, num_stages=7, num_params=2_412_212, options=("dropout",)
+    family="mobilenetv2", input_size=32, num_stages=7, num_params=2_412_212, options=(DROPOUT,)
 )
 def mobilenetv2(**kwargs) -> MobileNetV2:
     """MobileNetV2 for 32x32 inputs (pytorch-cifar's, Table 4)."""
@@ -291,7 +299,7 @@ def mobilenetv2(**kwargs) -> MobileNetV2:
     num_stages=7,
     num_params=2_351_972,
     baseline="mobilenetv2",
-    options=("dropout", "attn"),
+    options=(DROPOUT, ATTN),
 )
 def afi_mobilenetv2(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 for 32x32 inputs (Table 4)."""
@@ -304,7 +312,7 @@ def afi_mobilenetv2(**kwargs) -> MobileNetV2:
     num_stages=7,
     num_params=2_450_888,
     baseline="mobilenetv2",
-    options=("dropout",),
+    options=(DROPOUT,),
 )
 def afi_mobilenetv2_se(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 with SE on R(i) (Table 9)."""
@@ -317,7 +325,7 @@ def afi_mobilenetv2_se(**kwargs) -> MobileNetV2:
     num_stages=7,
     num_params=2_351_972,
     baseline="mobilenetv2",
-    options=("dropout",),
+    options=(DROPOUT,),
 )
 def afi_mobilenetv2_ge(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 with Gather-Excite on R(i) (Table 9)."""
@@ -330,7 +338,7 @@ def afi_mobilenetv2_ge(**kwargs) -> MobileNetV2:
     num_stages=7,
     num_params=2_449_356,
     baseline="mobilenetv2",
-    options=("dropout",),
+    options=(DROPOUT,),
 )
 def afi_mobilenetv2_cbam(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 with CBAM on R(i) (Table 9)."""
@@ -343,7 +351,7 @@ def afi_mobilenetv2_cbam(**kwargs) -> MobileNetV2:
     num_stages=7,
     num_params=2_352_016,
     baseline="mobilenetv2",
-    options=("dropout",),
+    options=(DROPOUT,),
 )
 def afi_mobilenetv2_eca(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 with ECA on R(i) (Table 9)."""
@@ -351,7 +359,7 @@ def afi_mobilenetv2_eca(**kwargs) -> MobileNetV2:
 
 
 @register_model(
-    family="mobilenetv2", input_size=224, num_stages=7, num_params=3_504_872, options=("dropout",)
+    family="mobilenetv2", input_size=224, num_stages=7, num_params=3_504_872, options=(DROPOUT,)
 )
 def mobilenet_v2(**kwargs) -> MobileNetV2:
     """torchvision's MobileNetV2 (Table 5)."""
@@ -364,7 +372,7 @@ def mobilenet_v2(**kwargs) -> MobileNetV2:
     num_stages=7,
     num_params=3_444_632,
     baseline="mobilenet_v2",
-    options=("dropout", "attn"),
+    options=(DROPOUT, ATTN),
 )
 def afi_mobilenet_v2(**kwargs) -> MobileNetV2:
     """AFI-MobileNetV2 for ImageNet (Table 5)."""

@@ -15,13 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import checks
 from ..errors import ModelOptionError, UnknownModelError
+from ..model_options import AFI_OPTIONS, MODEL_OPTIONS, ModelOption, canonical_options
 from .features import FeatureNet
 
 __all__ = [
     "AFI_OPTIONS",
     "ModelInfo",
     "UnknownModelError",
+    "check_model_options",
     "counterpart",
     "create_meta_model",
     "create_model",
@@ -30,11 +33,6 @@ __all__ = [
     "pretrained_cfg",
     "register_model",
 ]
-
-
-#: The options every AFI model takes: stages with AFI blocks (Table 7), the reduction ratio r of
-#: the scoring function (Table 8), and recomputation of [X(i), R(i)] in backward (Table 6).
-AFI_OPTIONS = ("afi_stages", "reduction", "memory_efficient")
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,8 @@ class ModelInfo:
     builder: Callable[..., nn.Module]
     num_stages: int  # residual stages conv1..convK
     num_params: int  # parameters at the home dataset's number of classes
-    options: tuple[str, ...]  # keyword options the builder takes besides num_classes
+    #: the keyword options the builder takes besides num_classes (afictl/model_options.py)
+    options: dict[str, ModelOption]
 
     @property
     def is_afi(self) -> bool:
@@ -73,7 +72,7 @@ def register_model(
     num_stages: int,
     num_params: int,
     baseline: str | None = None,
-    options: tuple[str, ...] = (),
+    options: tuple[ModelOption, ...] = (),
     name: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a builder under its function name (or ``name``), with what it accepts and measures.
@@ -98,7 +97,7 @@ def register_model(
             builder=fn,
             num_stages=num_stages,
             num_params=num_params,
-            options=(*AFI_OPTIONS, *options) if baseline else tuple(options),
+            options={o.name: o for o in ((*AFI_OPTIONS, *options) if baseline else options)},
         )
         return fn
 
@@ -173,7 +172,8 @@ def create_model(
     with one line naming those it takes.
     """
     info = get_model_info(name)
-    kwargs = _model_options(info, kwargs, drop_rate)
+    kwargs = _with_drop_rate(info, check_model_options(name, kwargs, legacy=False), drop_rate)
+    kwargs = {o.name: o.default for o in info.options.values()} | kwargs
     if out_indices is not None and not features_only:
         raise ModelOptionError(f"out_indices applies to features_only=True models ({name})")
     num_classes = info.num_classes if num_classes is None else num_classes
@@ -188,13 +188,42 @@ def create_model(
     return FeatureNet(model, out_indices) if features_only else model
 
 
-def _model_options(info: ModelInfo, kwargs: dict[str, Any], drop_rate: float | None) -> dict:
-    """The builder's options: the registered ones only; ``drop_rate`` as ``dropout`` where the
-    family has that option."""
-    unknown = sorted(set(kwargs) - set(info.options))
+#: the options only AFI blocks have
+AFI_NAMES = frozenset(o.name for o in MODEL_OPTIONS.values() if o.afi)
+
+
+def check_model_options(
+    name: str, options: dict[str, Any], *, legacy: bool = True
+) -> dict[str, Any]:
+    """``options`` of model ``name``, each value checked and normalised by its declaration
+    (afictl/model_options.py); :class:`ModelOptionError` (one line naming the option) for an
+    option the model does not take or a value out of range. ``legacy``: options read from a
+    file (checkpoint, config) may have the names they had before, returned under the current
+    ones; :func:`create_model` takes the current names only."""
+    info = get_model_info(name)
+    options = canonical_options(options) if legacy else options
+    unknown = sorted(str(k) for k in set(options) - set(info.options))
     if unknown:
         takes = ", ".join(info.options) if info.options else "no options besides num_classes"
-        raise ModelOptionError(f"{info.name} does not take {', '.join(unknown)}; it takes {takes}")
+        afi = not info.is_afi and all(k in AFI_NAMES for k in unknown)
+        note = " (it has no AFI modules)" if afi else ""
+        raise ModelOptionError(f"{name} does not take {', '.join(unknown)}; it takes {takes}{note}")
+    out = {}
+    for key, value in options.items():
+        try:
+            out[key] = None if value is None else info.options[key].check(value)
+        except checks.Invalid as exc:
+            raise ModelOptionError(f"{name}: {key} {exc}") from None
+    bad = [s for s in out.get("afi_stages") or () if s > info.num_stages]
+    if bad:
+        raise ModelOptionError(
+            f"afi_stages {bad[0]} out of range: {name} has stages 1..{info.num_stages}"
+        )
+    return out
+
+
+def _with_drop_rate(info: ModelInfo, kwargs: dict[str, Any], drop_rate: float | None) -> dict:
+    """timm's ``drop_rate`` as the family's ``dropout`` option where it has one."""
     if drop_rate is None:
         return kwargs
     if not 0.0 <= drop_rate < 1.0:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..layers import AFIJoin, StageFeatures, first_conv_width
+from ..model_options import AFI_STAGES, MEMORY_EFFICIENT, REDUCTION
 from ._base import Backbone, Stage, parse_afi_stages
 from .registry import register_model
 
@@ -60,8 +61,14 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        # conv2([X(i), R(i)]) with X(i) = relu(bn1(conv1(x))) in an AFI block, else conv2(X(i))
-        out = self.join(x, feats, first=self.conv1, norm=self.bn1, act=self.relu, conv=self.conv2)
+
+        def conv1_to_conv2(x: Tensor, feats: StageFeatures | None) -> Tensor:
+            out = self.relu(self.bn1(self.conv1(x)))  # X(i) (halved in an AFI block)
+            out = self.join(out, feats)  # [X(i), R(i)] in an AFI block; X(i) otherwise
+            return self.conv2(out)
+
+        # recomputed in backward in a memory-efficient AFI block
+        out = self.join.recompute(conv1_to_conv2, x, feats, block=self)
         return self.relu(self.bn2(out) + identity)
 
 
@@ -107,7 +114,14 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor, feats: StageFeatures | None = None) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.join(x, feats, first=self.conv1, norm=self.bn1, act=self.relu, conv=self.conv2)
+
+        def conv1_to_conv2(x: Tensor, feats: StageFeatures | None) -> Tensor:
+            out = self.relu(self.bn1(self.conv1(x)))  # X(i) (halved in an AFI block)
+            out = self.join(out, feats)  # [X(i), R(i)] in an AFI block; X(i) otherwise
+            return self.conv2(out)
+
+        # recomputed in backward in a memory-efficient AFI block
+        out = self.join.recompute(conv1_to_conv2, x, feats, block=self)
         out = self.relu(self.bn2(out))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
@@ -124,13 +138,13 @@ class ResNet(Backbone):
         *,
         cifar: bool = False,
         afi: bool = False,
-        afi_stages: Sequence[int] | str | None = None,
-        reduction: int = 4,
+        afi_stages: Sequence[int] | str | None = AFI_STAGES.default,
+        reduction: int = REDUCTION.default,
         groups: int = 1,
         width_per_group: int = 64,
         widths: Sequence[int] | None = None,
         stem_kernel: int = 3,
-        memory_efficient: bool = False,
+        memory_efficient: bool = MEMORY_EFFICIENT.default,
     ) -> None:
         super().__init__()
         self.afi = afi

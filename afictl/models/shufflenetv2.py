@@ -23,18 +23,21 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import AFIJoin, StageFeatures, first_conv_width
+from ..model_options import AFI_STAGES, MEMORY_EFFICIENT, REDUCTION, SHUFFLENET_WIDTHS, WIDTH
 from ._base import Backbone, Stage, parse_afi_stages
 from .registry import register_model
 
 __all__ = ["ShuffleNetV2", "ShuffleUnit", "channel_shuffle"]
 
 # Width multiplier -> (stage widths..., last 1x1 width), as in the ShuffleNet V2 paper's Table 5.
-WIDTHS: dict[float, tuple[int, int, int, int]] = {
-    0.5: (48, 96, 192, 1024),
-    1.0: (116, 232, 464, 1024),
-    1.5: (176, 352, 704, 1024),
-    2.0: (244, 488, 976, 2048),
-}
+# The multipliers are declared with the option (afictl/model_options.py), the widths here.
+WIDTHS: dict[float, tuple[int, int, int, int]] = dict(
+    zip(
+        SHUFFLENET_WIDTHS,
+        [(48, 96, 192, 1024), (116, 232, 464, 1024), (176, 352, 704, 1024), (244, 488, 976, 2048)],
+        strict=True,
+    )
+)
 BLOCKS = (4, 8, 4)  # units per stage, the down-sampling unit included
 
 
@@ -96,7 +99,14 @@ class ShuffleUnit(nn.Module):
             keep, x = x.chunk(2, dim=1)
         else:
             keep = self.branch1(x)
-        out = self.join(x, feats, first=self.conv1, norm=self.bn1, act=self.relu, conv=self.conv2)
+
+        def conv1_to_conv2(x: Tensor, feats: StageFeatures | None) -> Tensor:
+            out = self.relu(self.bn1(self.conv1(x)))  # X(i) (halved in an AFI unit)
+            out = self.join(out, feats)  # [X(i), R(i)] in an AFI unit; X(i) otherwise
+            return self.conv2(out)  # 3x3 depthwise
+
+        # recomputed in backward in a memory-efficient AFI unit
+        out = self.join.recompute(conv1_to_conv2, x, feats, block=self)
         out = self.bn2(out)
         out = self.relu(self.bn3(self.conv3(out)))
         return channel_shuffle(torch.cat([keep, out], dim=1))
@@ -109,11 +119,11 @@ class ShuffleNetV2(Backbone):
         self,
         num_classes: int = 100,
         *,
-        width: float = 1.0,
+        width: float = WIDTH.default,
         afi: bool = False,
-        afi_stages: Sequence[int] | str | None = None,
-        reduction: int = 4,
-        memory_efficient: bool = False,
+        afi_stages: Sequence[int] | str | None = AFI_STAGES.default,
+        reduction: int = REDUCTION.default,
+        memory_efficient: bool = MEMORY_EFFICIENT.default,
     ) -> None:
         super().__init__()
         if width not in WIDTHS:
@@ -157,7 +167,7 @@ class ShuffleNetV2(Backbone):
 
 
 @register_model(
-    family="shufflenetv2", input_size=32, num_stages=3, num_params=1_356_104, options=("width",)
+    family="shufflenetv2", input_size=32, num_stages=3, num_params=1_356_104, options=(WIDTH,)
 )
 def shufflenetv2(**kwargs) -> ShuffleNetV2:
     """ShuffleNetV2 1x for 32x32 inputs (Table 4)."""
@@ -170,7 +180,7 @@ def shufflenetv2(**kwargs) -> ShuffleNetV2:
     num_stages=3,
     num_params=1_245_556,
     baseline="shufflenetv2",
-    options=("width",),
+    options=(WIDTH,),
 )
 def afi_shufflenetv2(**kwargs) -> ShuffleNetV2:
     """AFI-ShuffleNetV2 1x for 32x32 inputs (Table 4)."""

@@ -33,7 +33,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -88,6 +88,7 @@ class BenchRow:
     # least one kernel launch, so at small batches they, not the arithmetic, set the pace
     ops_per_step: int = 0
     baseline_ops_per_step: int = 0
+    model_options: dict = field(default_factory=dict)  # the AFI model's, as given
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,12 +212,13 @@ def _pair(
     num_classes: int | None,
     device: str,
     channels_last: bool,
-    memory_efficient: bool,
+    model_options: dict[str, Any],
     batch_size: int,
     size: int,
 ) -> tuple[dict[str, nn.Module], torch.Tensor, torch.Tensor]:
-    """Both models of a pair on ``device``, and one input batch with its targets."""
-    afi_kwargs = {"memory_efficient": True} if memory_efficient else {}
+    """Both models of a pair on ``device`` (the AFI one with ``model_options``), and one input
+    batch with its targets."""
+    afi_kwargs = model_options
     models = {}
     for name, kwargs in ((afi_name, afi_kwargs), (base_name, {})):
         model = create_model(name, num_classes=num_classes, **kwargs).to(device)  # options checked
@@ -296,7 +298,7 @@ def bench(
     amp: str = "none",
     compile: bool = False,
     threads: int | None = None,
-    memory_efficient: bool = False,
+    model_options: dict[str, Any] | None = None,
     allocator_cache: bool = True,
     timer: str = "wall",
     seed: int = 0,
@@ -305,7 +307,8 @@ def bench(
     """Time each AFI model of ``archs`` against its baseline (see the module docstring).
 
     ``device`` is ``auto`` (CUDA when available), ``cpu`` or ``cuda``; ``amp`` is ``none``,
-    ``bf16`` or ``fp16`` (CUDA only, with gradient scaling in training).
+    ``bf16`` or ``fp16`` (CUDA only, with gradient scaling in training). ``model_options``
+    build each AFI model (afictl/model_options.py; e.g. ``memory_efficient=True``).
     """
     device = _check(
         modes=modes,
@@ -322,8 +325,9 @@ def bench(
     allocator = configure_allocator(allocator_cache) if device == "cpu" else "cuda-caching"
     settings = dict(batch_size=batch_size, device=device, channels_last=channels_last)
     settings |= dict(repeats=repeats, iters=iters, warmup=warmup, amp=amp)
-    settings |= dict(compile=compile, memory_efficient=memory_efficient)
-    settings |= dict(allocator=allocator, timer=timer)
+    options = model_options or {}
+    settings |= dict(compile=compile, memory_efficient=bool(options.get("memory_efficient")))
+    settings |= dict(model_options=options, allocator=allocator, timer=timer)
     rows = []
     with deterministic_mode(False):  # what afictl train runs under without --deterministic
         settings["cudnn_benchmark"] = torch.backends.cudnn.benchmark
@@ -361,7 +365,7 @@ def _bench_pair(
         afi_name,
         base_name,
         num_classes=num_classes,
-        memory_efficient=settings["memory_efficient"],
+        model_options=settings["model_options"],
         size=size,
         batch_size=settings["batch_size"],
         device=settings["device"],

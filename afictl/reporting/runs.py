@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..model_options import fold_model_options
+
 __all__ = [
     "CURVE_BOUNDS",
     "RUN_COLUMNS",
@@ -149,20 +151,12 @@ def _stages(value: object, file: Path, key: str) -> str | None:
 
 
 def _model_kwargs(config: dict, file: Path) -> dict:
-    """model_kwargs with afi_stages and reduction folded in from the config's top level."""
+    """The model options a config records, under their current names (also those a config
+    written before 0.9 has at its top level: afictl/model_options.py)."""
     raw = config.get("model_kwargs")
     if raw is not None and not isinstance(raw, dict):
         raise RunDamage(file, "model_kwargs", f"is {type(raw).__name__}, not an object")
-    kw = dict(raw or {})
-    if "afi_stages" not in kw and config.get("afi_stages") is not None:
-        kw["afi_stages"] = config["afi_stages"]
-    if "r" in kw:  # checkpoints and configs written before the option was named ``reduction``
-        kw["reduction"] = kw.pop("r")
-    if "reduction" not in kw:
-        for key in ("reduction", "r"):
-            if config.get(key) is not None:
-                kw["reduction"] = config[key]
-    return kw
+    return fold_model_options(config).get("model_kwargs") or {}
 
 
 @dataclass(frozen=True)

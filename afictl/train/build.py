@@ -229,7 +229,7 @@ def _seed_rngs(cfg: TrainConfig, ctx: D.DistContext, resume: TrainCheckpoint | N
         if len(resume.rng) == ctx.world:
             _restore_rng(resume.rng[ctx.rank], ctx)
         else:  # resumed on another number of processes: fresh, distinct streams
-            seed_all(cfg.seed + 1000 * ctx.rank + resume.epoch)
+            seed_all(cfg.seed + 1000 * ctx.rank + resume.progress.epoch)
     elif ctx.rank:
         seed_all(cfg.seed + 1000 * ctx.rank)  # distinct augmentation per rank
 

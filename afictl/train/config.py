@@ -28,22 +28,23 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from ..data import dataset_spec, resolve_data_root
 from ..data.datasets import DATA_ENV
 from ..errors import UserError
-from ..models import get_model_info
-from ..validate import LR_MAX, OPTION_CHECKS, check_option, check_options, check_stages_of
+from ..model_options import MODEL_OPTIONS, fold_model_options
+from ..models import check_model_options, get_model_info
+from ..validate import LR_MAX, OPTION_CHECKS, check_option, check_options
 from .options import (
     CONFIG_ALIASES,
     CONFIG_KEYS,
-    DEFAULTS,
     RECIPES,
     RUNTIME_KEYS,
     TRAIN_OPTIONS,
+    TrainOptions,
     long_flags,
 )
 
@@ -62,74 +63,15 @@ __all__ = [
 ]
 
 #: Fields derived by the run, written to config.json but never read from a config file.
-DERIVED_KEYS = frozenset({"lr_effective", "model_kwargs", "num_classes", "world_size", "run_dir"})
+DERIVED_KEYS = frozenset({"lr_effective", "num_classes", "world_size", "run_dir"})
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run depends on. ``None`` fields are filled in by :func:`resolve_config`;
-    every field a user sets is an option of afictl/train/options.py (one spec each), and a
-    default that --help states or that a recipe may leave unset is read from its
-    ``DEFAULTS``."""
+class TrainConfig(TrainOptions):
+    """Everything a run depends on: the options (:class:`~afictl.train.options.TrainOptions`,
+    one declaration each) and what the run derives from them. ``None`` fields are filled in by
+    :func:`resolve_config`."""
 
-    arch: str
-    dataset: str
-    recipe: str
-    data_root: str | None = None
-    download: bool = False
-    data_size: int | None = None
-    input_size: int | None = None
-    eval_split: str = "eval"
-    epochs: int = 1
-    batch_size: int = 64  # global: split across DDP processes
-    grad_accum_steps: int = 1  # batches per optimizer step
-    opt: str = "sgd"
-    lr: float = 0.1
-    lr_reference_batch: int | None = None  # lr x effective batch / this, when set
-    lr_milestones: list = field(default_factory=list)  # epochs (30) or percent of training ("50%")
-    lr_gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    # step: milestones; cosine: to min_lr; inv: lr x (1 + 10 p)^-0.75
-    sched: str = DEFAULTS["sched"]
-    min_lr: float = DEFAULTS["min_lr"]
-    # lr of everything but the classifier, relative to lr
-    backbone_lr_mult: float = DEFAULTS["backbone_lr_mult"]
-    pretrained: str | None = None  # initial weights (all but the classifier) from a checkpoint
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = DEFAULTS["nesterov"]
-    # weight decay on norm weights and biases too (the paper's)
-    wd_norm_bias: bool = DEFAULTS["wd_norm_bias"]
-    clip_grad: float | None = None  # max global gradient norm; None or 0: off
-    label_smoothing: float = DEFAULTS["label_smoothing"]
-    mixup: float = DEFAULTS["mixup"]
-    cutmix: float = DEFAULTS["cutmix"]
-    mixup_prob: float = DEFAULTS["mixup_prob"]
-    aa: str | None = DEFAULTS["aa"]  # augmentation policy of the train split; None or "none": off
-    reprob: float = DEFAULTS["reprob"]
-    decode: str = "auto"
-    pipeline: str = "auto"  # auto | tensor | loader (afictl/data/pipeline.py)
-    data_on_device: bool | None = None  # tensor pipeline; None: on CUDA when it fits
-    model_ema: bool = DEFAULTS["model_ema"]
-    model_ema_decay: float = DEFAULTS["model_ema_decay"]
-    best_of: str = "raw"  # the weights best.pt keeps: raw or ema
-    checkpoint_hist: int = 0
-    afi_stages: list[int] | None = None
-    reduction: int | None = None
-    seed: int = DEFAULTS["seed"]
-    deterministic: bool = False
-    device: str = DEFAULTS["device"]
-    amp: str = DEFAULTS["amp"]
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    workers: int | None = None
-    threads: int | None = None  # CPU threads; None: torch's default, or 1 on a busy machine
-    bad_images: str = "skip"
-    tensorboard: bool | None = None
-    log_interval: int | None = None  # batches between progress lines; None: every 30 s
-    run_dir: str | None = None
-    # derived
     num_classes: int | None = None
     world_size: int = 1
 
@@ -161,15 +103,6 @@ class TrainConfig:
     def mixing(self) -> bool:
         return self.mixup_prob > 0 and (self.mixup > 0 or self.cutmix > 0)
 
-    @property
-    def model_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {}
-        if self.afi_stages is not None:
-            kw["afi_stages"] = list(self.afi_stages)
-        if self.reduction is not None:
-            kw["reduction"] = int(self.reduction)
-        return kw
-
     def milestone_epochs(self) -> list[float]:
         return parse_milestones(self.lr_milestones, self.epochs)
 
@@ -177,15 +110,15 @@ class TrainConfig:
         """Plain types only (stored in checkpoints read with ``weights_only=True``)."""
         d = asdict(self)
         d["lr_effective"] = self.lr_effective
-        d["model_kwargs"] = self.model_kwargs
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """The config of ``d`` (a config.json, a checkpoint's config: also those written before
-        a field was renamed, e.g. ``lr_schedule``); unknown keys are ignored."""
+        a field was renamed, e.g. ``lr_schedule``, or before the model options moved into
+        ``model_kwargs``); unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
-        d = {CONFIG_ALIASES.get(k, k): v for k, v in d.items()}
+        d = fold_model_options({CONFIG_ALIASES.get(k, k): v for k, v in d.items()})
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -314,6 +247,7 @@ def _check(cfg: TrainConfig) -> TrainConfig:
             if f.name in OPTION_CHECKS
         },
     )
+    cfg = replace(cfg, model_kwargs=check_model_options(cfg.arch, cfg.model_kwargs))
     parse_milestones(cfg.lr_milestones, cfg.epochs)
     _check_lr(cfg)
     _check_accumulation(cfg)
@@ -416,13 +350,6 @@ def resolve_config_sources(
         raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     values = {**RECIPES[recipe], **merged, **fills}
     sources = {**dict.fromkeys(RECIPES[recipe], f"recipe {recipe}"), **sources, **notes}
-    if (
-        values.get("afi_stages") is not None or values.get("reduction") is not None
-    ) and not info.is_afi:
-        raise UserError(
-            f"{info.name} has no AFI modules: --afi-stages and --reduction apply to AFI models"
-        )
-    check_stages_of(values.get("afi_stages") or [], info.name, info.num_stages)
     if values.get("amp") is None:
         values["amp"] = "none"
     root = resolve_data_root(dataset, values.get("data_root"))  # recorded, for the analyses
@@ -439,7 +366,9 @@ def resolve_config_sources(
         raise UserError(f"bad configuration: {exc}") from None
     cfg = _check(cfg)
     _check_input_size(cfg)
-    return cfg, {f.name: sources.get(f.name, "default") for f in fields(cfg)}
+    return cfg, {
+        k: sources.get(k, "default") for k in [*(f.name for f in fields(cfg)), *MODEL_OPTIONS]
+    }
 
 
 def _given(
@@ -452,12 +381,17 @@ def _given(
     if config_file:
         from_file = check_options(load_config_file(config_file), str(config_file))
         layers.insert(0, (from_file, f"config file {config_file}"))
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = {"model_kwargs": {}}
     sources: dict[str, str] = {}
     for values, source in layers:
+        values = fold_model_options({CONFIG_ALIASES.get(k, k): v for k, v in values.items()})
+        kw = values.pop("model_kwargs", None) or {}
+        if not isinstance(kw, dict):
+            raise UserError(f"{source}: model_kwargs must map option names to values")
+        merged["model_kwargs"].update(kw)
+        sources.update(dict.fromkeys(kw, source))
         for key, value in values.items():
             if value is not None:
-                key = CONFIG_ALIASES.get(key, key)
                 merged[key], sources[key] = value, source
     return merged, sources
 
@@ -490,14 +424,17 @@ def explain_config(cfg: TrainConfig, sources: dict[str, str]) -> list[dict[str, 
     """One (option, value, source) row per option of ``afictl train``, in the table's order,
     and the learning rate actually used when the batch scales it (``--dry-run``)."""
     rows = []
+    takes = get_model_info(cfg.arch).options
     for spec in TRAIN_OPTIONS:
-        rows.append(
-            dict(
-                option=f"--{long_flags(spec)[0]}",
-                value=getattr(cfg, spec.field),
-                source=sources.get(spec.field, "default"),
-            )
+        if spec.model and spec.field not in takes:
+            continue
+        value = (
+            cfg.model_kwargs.get(spec.field, spec.default)
+            if spec.model
+            else getattr(cfg, spec.field)
         )
+        option = f"--{long_flags(spec)[0]}"
+        rows.append(dict(option=option, value=value, source=sources.get(spec.field, "default")))
         if spec.field == "lr" and cfg.lr_reference_batch:
             how = f"derived: --lr x {cfg.effective_batch} / {cfg.lr_reference_batch}"
             rows.append(dict(option="lr (effective)", value=cfg.lr_effective, source=how))

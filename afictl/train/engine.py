@@ -2,10 +2,10 @@
 
 :class:`TrainParts` holds what a run builds once (model, loaders, optimizer, scheduler, scaler,
 EMA, batch mixer; afictl/train/build.py builds it); :func:`train_epoch` takes it, the run's
-config and an :class:`EpochState` (where the epoch starts). Loss and accuracy are accumulated
-on the device and read back only every ``sync_every`` optimizer steps (every step on CPU, where
-reading is free), so the loop does not stall a GPU. At each read the ranks agree on two flags:
-stop (SIGINT/SIGTERM seen by any rank) and non-finite loss.
+config and its :class:`~afictl.train.state.RunProgress`, which it advances. Loss and
+accuracy are accumulated on the device and read back only every ``sync_every`` optimizer steps
+(every step on CPU, where reading is free), so the loop does not stall a GPU. At each read the
+ranks agree on two flags: stop (SIGINT/SIGTERM seen by any rank) and non-finite loss.
 
 One optimizer step takes ``grad_accum_steps`` batches (gradients summed, each batch's loss
 divided by the group's size, DDP's all-reduce only on the group's last batch); the gradient
@@ -19,7 +19,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,12 +31,11 @@ from ..errors import UserError
 from .distributed import DistContext, all_reduce_sum
 from .metrics import Sums, topk_correct
 from .progress import TrainProgress
-from .state import StopFlag
+from .state import RunProgress, StopFlag
 
 __all__ = [
-    "EpochOutcome",
-    "EpochState",
     "NonFiniteLossError",
+    "RunProgress",
     "TrainParts",
     "autocast",
     "evaluate",
@@ -73,24 +72,6 @@ class TrainParts:
     def module(self) -> nn.Module:
         """The model itself (its weights are what checkpoints hold)."""
         return unwrap(self.model)
-
-
-@dataclass
-class EpochState:
-    """Where an epoch starts: after ``start_step`` batches, with their sums and seconds."""
-
-    start_step: int = 0
-    sums: Sums = field(default_factory=Sums)
-    seconds: float = 0.0
-
-
-@dataclass
-class EpochOutcome:
-    steps: int  # batches consumed in this epoch so far (including skipped-from-resume ones)
-    sums: Sums  # this rank's running sums
-    seconds: float  # training time of this epoch so far
-    stopped: str | None  # signal name when interrupted
-    nonfinite: bool
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -222,7 +203,7 @@ class _Running:
         self.loss += loss.detach().double() * n
         self.top1 += (logits.detach().argmax(1) == labels).sum()
 
-    def stats(self, state: EpochState, world: int, optimizer) -> dict[str, float]:
+    def stats(self, state: RunProgress, world: int, optimizer) -> dict[str, float]:
         """This rank's running means of the epoch so far, the images/s of all ranks and the
         learning rate (what a progress line shows)."""
         before, n = state.sums, state.sums.n + self.n
@@ -270,22 +251,20 @@ def train_epoch(
     parts: TrainParts,
     cfg,
     ctx: DistContext,
-    state: EpochState,
+    state: RunProgress,
     *,
     stop: StopFlag,
     progress: TrainProgress | None = None,
     warn: Callable[[str], None] = print,
-) -> EpochOutcome:
-    """Train until the loader is exhausted, a stop signal arrives, or the loss is not finite.
-
-    ``cfg`` is the run's :class:`~afictl.train.config.TrainConfig` (amp, channels_last,
-    label_smoothing, bad_images, grad_accum_steps, clip_grad).
-    """
+) -> RunProgress:
+    """Train from ``state.step`` until the loader ends, a stop signal (``state.interrupted``)
+    or a non-finite loss (``state.nonfinite``); returns ``state``, its step, this rank's sums
+    and seconds advanced. ``cfg``: the run's :class:`~afictl.train.config.TrainConfig`."""
     parts.model.train()
     accum = max(1, cfg.grad_accum_steps)
     sync_every = 1 if ctx.device.type == "cpu" else 20
-    total = state.start_step + len(parts.train_loader)
-    step = reported = state.start_step
+    total = state.step + len(parts.train_loader)
+    step = reported = state.step
     run, skipped = _Running(ctx.device), [0]
     stopped, nonfinite, pending = None, False, False
     for batch in parts.train_loader:
@@ -323,8 +302,10 @@ def train_epoch(
                 break
     if not nonfinite:
         nonfinite = _flags(ctx, False, not math.isfinite(run.loss.item()))[1]
-    seconds = state.seconds + time.perf_counter() - run.t0
-    return EpochOutcome(step, run.total(state.sums, skipped[0]), seconds, stopped, nonfinite)
+    state.seconds += time.perf_counter() - run.t0
+    state.step, state.sums = step, run.total(state.sums, skipped[0])
+    state.interrupted, state.nonfinite = stopped, nonfinite
+    return state
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: evaluation keeps no tensor

@@ -1,55 +1,67 @@
-"""Every option of ``afictl train``, declared once: name, flags, help, panel, type, the
-recipes' values and the defaults that no recipe sets.
+"""Every option of ``afictl train``, declared once: the field of :class:`TrainOptions` that
+holds it, with its flags, help, panel, kind, check and default (:func:`option`), and the model
+options of afictl/model_options.py.
 
-:class:`~afictl.train.config.TrainConfig` holds the values, ``afictl/cli/train.py`` builds the
-command's options from :data:`TRAIN_OPTIONS`, and :mod:`.config` reads the recipes, the
-aliases and the keys that may change on resume from here. Light on purpose (stdlib and
-afictl.validate only, no torch): ``afictl train --help`` imports it, and shows each default
-from :data:`RECIPES` and :data:`DEFAULTS` (:attr:`OptionSpec.shown_default`), never a copy.
+Everything else derives from these declarations: the command line (afictl/cli/train.py turns
+:data:`TRAIN_OPTIONS` into Typer options), the config-file keys (:data:`CONFIG_KEYS`), every
+value's check (:data:`OPTION_CHECKS`, read through :func:`afictl.validate.check_option`),
+``--dry-run`` and ``--help``, which states a default from :data:`RECIPES` or the field's
+default (:attr:`OptionSpec.shown_default`), never a copy. Light on purpose (stdlib and afictl's
+checks, no torch): ``afictl train --help`` imports it.
+:class:`~afictl.train.config.TrainConfig` adds to :class:`TrainOptions` what a run derives.
 
-Adding a training option (say ``--foo``, a float):
+Adding a training option (say ``--foo``, a float that is off at 0) is one declaration here::
 
-1. here, one :class:`OptionSpec` in :data:`TRAIN_OPTIONS` (field ``foo``, flags, help, panel,
-   kind); its default, if the help should state it or a recipe may leave it unset, in
-   :data:`DEFAULTS`; a recipe's value in :data:`RECIPES`. The command line, the config-file
-   keys (``foo``), ``--dry-run`` and ``--help`` follow from the spec;
-2. afictl/validate.py: its check, ``"foo": Bound(0.0)`` in ``NUMERIC_BOUNDS`` (or an entry of
-   ``OPTION_CHECKS`` for a choice, taking its tuple from there: ``_choice(*FOO_CHOICES)``);
-   validate.py cannot read the spec (this module imports it), so the bound stays there;
-3. afictl/train/config.py: the field of :class:`~afictl.train.config.TrainConfig`,
-   ``foo: float = DEFAULTS["foo"]`` (or a literal where :data:`DEFAULTS` has none);
-4. where the run uses it (``cfg.foo``), and a test. tests/test_option_declarations.py checks
-   that steps 1-3 agree.
+    foo: float = option(
+        0.0, "--foo", help="What it does; 0: off.", panel=REGULARISATION, kind="float",
+        check=Bound(0.0),
+    )
+
+plus its use (``cfg.foo``) and a test; a recipe's value, if some recipe sets it, goes in
+afictl/train/recipes.py.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
-from ..validate import (
+from .. import checks
+from ..checks import (
     AA_FIXED,
     AMP_CHOICES,
     BAD_IMAGES_CHOICES,
     BEST_OF_CHOICES,
     DECODE_CHOICES,
+    INPUT_SIZE_RANGE,
+    LR_MAX,
     LR_SCHEDULES,
+    MIX_ALPHA_RANGE,
     OPTIMIZERS,
     PIPELINE_CHOICES,
+    SEED_MAX,
+    THREADS_MAX,
+    Bound,
 )
+from ..model_options import LEGACY_NAMES, MODEL_OPTIONS, ModelOption
 from .recipes import RECIPE_NAMES, RECIPES
 
 __all__ = [
     "CONFIG_ALIASES",
     "CONFIG_KEYS",
+    "DECLARED_CHECKS",
     "DEFAULTS",
+    "OPTION_CHECKS",
     "RECIPES",
     "RECIPE_NAMES",
     "RUNTIME_KEYS",
     "TRAIN_OPTIONS",
     "OptionSpec",
+    "TrainOptions",
     "long_flags",
+    "option",
     "option_for",
 ]
 
@@ -65,43 +77,24 @@ DATA, RECIPE, REGULARISATION, MODEL, RUN = (
 CONFIG_ALIASES = {"lr_schedule": "sched", "smoothing": "label_smoothing"}
 
 
-#: what a run uses for an option that no recipe, config file or flag sets (TrainConfig's field
-#: defaults read these): every option some recipe sets but not all, and those --help states
-DEFAULTS: dict[str, Any] = dict(
-    sched="step",
-    min_lr=0.0,
-    backbone_lr_mult=1.0,
-    nesterov=False,
-    wd_norm_bias=True,  # the paper's: decay on every parameter
-    label_smoothing=0.0,
-    mixup=0.0,
-    cutmix=0.0,
-    mixup_prob=1.0,
-    aa=None,
-    reprob=0.0,
-    model_ema=False,
-    model_ema_decay=0.9998,  # timm train.py's --model-ema-decay, applied every step
-    seed=0,
-    device="auto",
-    amp="none",
-)
-
-
 @dataclass(frozen=True)
 class OptionSpec:
-    """One option: ``field`` of TrainConfig, ``flags`` as typer takes them (``--x/--no-x`` for a
-    flag), ``kind`` int|float|str|bool|path|dir, and whether it may change on ``--resume``;
-    ``show_default``: --help states its :data:`DEFAULTS` value (a recipe's value is always
-    stated)."""
+    """One option: ``field`` it sets, ``flags`` as typer takes them (``--x/--no-x`` for a flag),
+    ``kind`` int|float|str|bool|path|dir, its ``check`` (:mod:`afictl.checks`), whether it may
+    change on ``--resume``; ``show_default``: --help states its default (a recipe's value is
+    always stated); ``model``: an option of the model (held in ``model_kwargs``)."""
 
     field: str
     flags: tuple[str, ...]
     help: str
     panel: str
     kind: str = "str"
+    check: Callable[[Any], Any] = checks.text
     runtime: bool = False
-    metavar: str | None = None  # the choices, shown in --help in place of TEXT
+    metavar: str | None = None
     show_default: bool = False
+    default: Any = None
+    model: bool = False
 
     @property
     def shown_default(self) -> str | None:
@@ -110,8 +103,27 @@ class OptionSpec:
         if any(self.field in r for r in RECIPES.values()):
             return _recipe_values(self.field)
         if self.show_default:
-            return _shown(DEFAULTS[self.field])
+            return _shown(self.default)
         return None
+
+
+def option(
+    default: Any = MISSING,
+    *flags: str,
+    help: str = "",
+    panel: str = RUN,
+    kind: str = "str",
+    check: Callable[[Any], Any],
+    runtime: bool = False,
+    metavar: str | None = None,
+    show_default: bool = False,
+) -> Any:
+    """A field of :class:`TrainOptions` with its option's declaration (no ``flags``: a field
+    that config files set but the command line does not)."""
+    spec = OptionSpec("", flags, help, panel, kind, check, runtime, metavar, show_default)
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"option": spec})
+    return field(default=default, metadata={"option": spec})
 
 
 def _shown(value: Any) -> str:
@@ -146,331 +158,513 @@ def _metavar(values: tuple[str, ...]) -> str:
     return f"[{'|'.join(values)}]"
 
 
-_O = OptionSpec
-TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
-    _O("arch", ("--arch", "-a"), "Registered architecture (see `afictl models`).", MODEL),
-    _O(
-        "afi_stages",
-        ("--afi-stages",),
-        "Stages (1-based, e.g. 1,2) that get AFI blocks (Table 7); AFI models only.",
-        MODEL,
-    ),
-    _O(
-        "reduction",
-        ("--reduction", "-r"),
-        "Reduction ratio r of the AFI modules (Table 8); AFI models only.",
-        MODEL,
-        "int",
-    ),
-    _O(
-        "pretrained",
-        ("--pretrained",),
-        "Initial weights from a checkpoint, plain state dict or .safetensors: every tensor "
-        "that fits; an AFI model adapts its baseline's (docs/EXPORT.md).",
-        MODEL,
-        "path",
-    ),
-    _O(
-        "dataset",
-        ("--data", "-d"),
-        "cifar10, cifar100, imagenet, imagefolder, shapes or synthetic. Default: the "
+UNIT = Bound(0.0, 1.0)  # a probability
+BELOW_ONE = Bound(0.0, 1.0, hi_open=True)
+ALPHA = Bound(*MIX_ALPHA_RANGE, off=0.0)  # Beta(alpha, alpha) needs alpha > 0 in float32
+POSITIVE = Bound(1, integer=True)
+COUNT = Bound(0, integer=True)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every value of a run that a user sets (flag, config file, recipe), one declaration
+    each; ``None`` means not given (the recipe, the data or the machine decides)."""
+
+    arch: str = option(
+        MISSING,
+        "--arch",
+        "-a",
+        help="Registered architecture (see `afictl models`).",
+        panel=MODEL,
+        check=checks.text,
+    )
+    dataset: str = option(
+        MISSING,
+        "--data",
+        "-d",
+        help="cifar10, cifar100, imagenet, imagefolder, shapes or synthetic. Default: the "
         "architecture's home dataset (imagenet for 224-pixel models, cifar100 for 32-pixel ones).",
-        DATA,
-    ),
-    _O(
-        "data_root",
-        ("--data-root",),
-        "Folder of the dataset. Default: `$AFICTL_DATA/<dataset>`, else `./data/<dataset>`.",
-        DATA,
-        "path",
+        panel=DATA,
+        check=checks.text,
+    )
+    recipe: str = option(
+        MISSING,
+        "--recipe",
+        help=f"{_choices(RECIPE_NAMES)}. Default: paper-imagenet for 224-pixel inputs, paper-cifar "
+        "for 32-pixel ones, quick for shapes.",
+        panel=RECIPE,
+        check=checks.choice(*RECIPE_NAMES),
+    )
+    pretrained: str | None = option(
+        None,
+        "--pretrained",
+        help="Initial weights from a checkpoint, plain state dict or .safetensors: every tensor "
+        "that fits; an AFI model adapts its baseline's (docs/EXPORT.md).",
+        panel=MODEL,
+        kind="path",
+        check=checks.path,
+    )  # initial weights (all but the classifier) from a checkpoint
+    data_root: str | None = option(
+        None,
+        "--data-root",
+        help="Folder of the dataset. Default: `$AFICTL_DATA/<dataset>`, else `./data/<dataset>`.",
+        panel=DATA,
+        kind="path",
+        check=checks.path,
         runtime=True,
-    ),
-    _O("download", ("--download/--no-download",), "Download CIFAR if missing.", DATA, "bool"),
-    _O(
-        "data_size",
-        ("--data-size",),
-        "Images per split: generated for shapes (default 4000), a fixed random subset otherwise.",
-        DATA,
-        "int",
-    ),
-    _O(
-        "input_size",
-        ("--input-size",),
-        "Input pixels. Default: the files' size (CIFAR, shapes: 32), else the model's (32 or 224).",
-        DATA,
-        "int",
-    ),
-    _O(
-        "bad_images",
-        ("--bad-images",),
-        f"Unreadable image files: {_choices(BAD_IMAGES_CHOICES)} (skip: each named in a "
+    )
+    download: bool = option(
+        False,
+        "--download/--no-download",
+        help="Download CIFAR if missing.",
+        panel=DATA,
+        kind="bool",
+        check=checks.flag,
+    )
+    data_size: int | None = option(
+        None,
+        "--data-size",
+        help="Images per split: generated for shapes (default 4000), a fixed random subset "
+        "otherwise.",
+        panel=DATA,
+        kind="int",
+        check=POSITIVE,
+    )
+    input_size: int | None = option(
+        None,
+        "--input-size",
+        help="Input pixels. Default: the files' size (CIFAR, shapes: 32), else the model's (32 or "
+        "224).",
+        panel=DATA,
+        kind="int",
+        check=Bound(*INPUT_SIZE_RANGE, integer=True),
+    )
+    bad_images: str = option(
+        "skip",
+        "--bad-images",
+        help=f"Unreadable image files: {_choices(BAD_IMAGES_CHOICES)} (skip: each named in a "
         "warning, counted in metrics; stop: exit naming the file).",
-        DATA,
+        panel=DATA,
+        check=checks.choice(*BAD_IMAGES_CHOICES),
         runtime=True,
-    ),
-    _O(
-        "decode",
-        ("--decode",),
-        f"JPEG decoding: {_choices(DECODE_CHOICES)} (auto: the fastest measured on CPU "
+    )
+    decode: str = option(
+        "auto",
+        "--decode",
+        help=f"JPEG decoding: {_choices(DECODE_CHOICES)} (auto: the fastest measured on CPU "
         "workers; gpu: nvjpeg on the GPU, CUDA only).",
-        DATA,
-    ),
-    _O(
-        "pipeline",
-        ("--pipeline",),
-        f"Input pipeline: {_choices(PIPELINE_CHOICES)} (tensor: small images decoded once, "
+        panel=DATA,
+        check=checks.choice(*DECODE_CHOICES),
+    )
+    pipeline: str = option(
+        "auto",
+        "--pipeline",
+        help=f"Input pipeline: {_choices(PIPELINE_CHOICES)} (tensor: small images decoded once, "
         "cached, augmented in whole batches on the training device; loader: per-image "
         "transforms in worker processes; auto: tensor where it applies).",
-        DATA,
-    ),
-    _O(
-        "data_on_device",
-        ("--data-on-device/--data-on-host",),
-        "Tensor pipeline: keep the decoded images on the training device (default: on CUDA "
+        panel=DATA,
+        check=checks.choice(*PIPELINE_CHOICES),
+    )  # auto | tensor | loader (afictl/data/pipeline.py)
+    data_on_device: bool | None = option(
+        None,
+        "--data-on-device/--data-on-host",
+        help="Tensor pipeline: keep the decoded images on the training device (default: on CUDA "
         "when they take at most a quarter of its free memory).",
-        DATA,
-        "bool",
+        panel=DATA,
+        kind="bool",
+        check=checks.flag,
         runtime=True,
-    ),
-    _O(
-        "recipe",
-        ("--recipe",),
-        f"{_choices(RECIPE_NAMES)}. Default: paper-imagenet for 224-pixel inputs, paper-cifar "
-        "for 32-pixel ones, quick for shapes.",
-        RECIPE,
-    ),
-    _O(
-        "epochs",
-        ("--epochs", "-e"),
-        "Epochs in total (with --resume: continue up to this many).",
-        RECIPE,
-        "int",
+    )  # tensor pipeline; None: on CUDA when it fits
+    epochs: int = option(
+        1,
+        "--epochs",
+        "-e",
+        help="Epochs in total (with --resume: continue up to this many).",
+        panel=RECIPE,
+        kind="int",
+        check=POSITIVE,
         runtime=True,
-    ),
-    _O(
-        "batch_size",
-        ("--batch-size", "-b"),
-        "Global batch size of one forward pass (split over DDP processes).",
-        RECIPE,
-        "int",
-    ),
-    _O(
-        "grad_accum_steps",
-        ("--grad-accum-steps",),
-        "Batches per optimizer step (gradients accumulated): the effective batch is "
+    )
+    batch_size: int = option(
+        64,
+        "--batch-size",
+        "-b",
+        help="Global batch size of one forward pass (split over DDP processes).",
+        panel=RECIPE,
+        kind="int",
+        check=POSITIVE,
+    )  # global: split across DDP processes
+    grad_accum_steps: int = option(
+        1,
+        "--grad-accum-steps",
+        help="Batches per optimizer step (gradients accumulated): the effective batch is "
         "batch x this, and --lr-reference-batch scales the lr by it.",
-        RECIPE,
-        "int",
-    ),
-    _O("opt", ("--opt",), f"Optimizer: {_choices(OPTIMIZERS)}.", RECIPE),
-    _O(
-        "lr",
-        ("--lr",),
-        "Base learning rate (scaled by effective batch / --lr-reference-batch when that is set).",
-        RECIPE,
-        "float",
-    ),
-    _O(
-        "lr_reference_batch",
-        ("--lr-reference-batch",),
-        "Scale the lr by effective batch / this.",
-        RECIPE,
-        "int",
-    ),
-    _O(
-        "sched",
-        ("--sched",),
-        f"Learning-rate schedule, per iteration: {_choices(LR_SCHEDULES)} (step: x --lr-gamma "
+        panel=RECIPE,
+        kind="int",
+        check=POSITIVE,
+    )  # batches per optimizer step
+    opt: str = option(
+        "sgd",
+        "--opt",
+        help=f"Optimizer: {_choices(OPTIMIZERS)}.",
+        panel=RECIPE,
+        check=checks.choice(*OPTIMIZERS),
+    )
+    lr: float = option(
+        0.1,
+        "--lr",
+        help="Base learning rate (scaled by effective batch / --lr-reference-batch when that is "
+        "set).",
+        panel=RECIPE,
+        kind="float",
+        check=Bound(0.0, LR_MAX, lo_open=True),
+    )
+    lr_reference_batch: int | None = option(
+        None,
+        "--lr-reference-batch",
+        help="Scale the lr by effective batch / this.",
+        panel=RECIPE,
+        kind="int",
+        check=POSITIVE,
+    )  # lr x effective batch / this, when set
+    sched: str = option(
+        "step",
+        "--sched",
+        help=f"Learning-rate schedule, per iteration: {_choices(LR_SCHEDULES)} (step: x --lr-gamma "
         "at each milestone; cosine: to --min-lr; inv: (1 + 10 p)^-0.75).",
-        RECIPE,
-    ),
-    _O(
-        "lr_milestones",
-        ("--lr-milestones",),
-        "Where --sched step multiplies the lr by --lr-gamma: epochs (30,60,80) or percent of "
+        panel=RECIPE,
+        check=checks.choice(*LR_SCHEDULES),
+    )
+    lr_milestones: list = option(
+        [],
+        "--lr-milestones",
+        help="Where --sched step multiplies the lr by --lr-gamma: epochs (30,60,80) or percent of "
         "training (50%,75%).",
-        RECIPE,
-    ),
-    _O("lr_gamma", ("--lr-gamma",), "Factor at each milestone.", RECIPE, "float"),
-    _O(
-        "warmup_epochs",
-        ("--warmup-epochs",),
-        "Linear lr warm-up, in epochs (may be fractional).",
-        RECIPE,
-        "float",
-    ),
-    _O("min_lr", ("--min-lr",), "Last learning rate of --sched cosine.", RECIPE, "float"),
-    _O("momentum", ("--momentum",), "SGD momentum.", RECIPE, "float"),
-    _O("weight_decay", ("--weight-decay", "--wd"), "Weight decay.", RECIPE, "float"),
-    _O("nesterov", ("--nesterov/--no-nesterov",), "Nesterov momentum (SGD).", RECIPE, "bool"),
-    _O(
-        "wd_norm_bias",
-        ("--wd-norm-bias/--no-wd-norm-bias",),
-        "Weight decay on norm layers and biases too (the paper's; timm and torchvision's new "
+        panel=RECIPE,
+        check=checks.milestones,
+    )  # epochs (30) or percent of training ("50%")
+    lr_gamma: float = option(
+        0.1,
+        "--lr-gamma",
+        help="Factor at each milestone.",
+        panel=RECIPE,
+        kind="float",
+        check=Bound(0.0, lo_open=True),
+    )
+    warmup_epochs: float = option(
+        0.0,
+        "--warmup-epochs",
+        help="Linear lr warm-up, in epochs (may be fractional).",
+        panel=RECIPE,
+        kind="float",
+        check=Bound(0.0),
+    )
+    min_lr: float = option(
+        0.0,
+        "--min-lr",
+        help="Last learning rate of --sched cosine.",
+        panel=RECIPE,
+        kind="float",
+        check=Bound(0.0, LR_MAX),
+    )
+    momentum: float = option(
+        0.9,
+        "--momentum",
+        help="SGD momentum.",
+        panel=RECIPE,
+        kind="float",
+        check=BELOW_ONE,
+    )
+    weight_decay: float = option(
+        1e-4,
+        "--weight-decay",
+        "--wd",
+        help="Weight decay.",
+        panel=RECIPE,
+        kind="float",
+        check=Bound(0.0),
+    )
+    nesterov: bool = option(
+        False,
+        "--nesterov/--no-nesterov",
+        help="Nesterov momentum (SGD).",
+        panel=RECIPE,
+        kind="bool",
+        check=checks.flag,
+    )
+    wd_norm_bias: bool = option(
+        True,
+        "--wd-norm-bias/--no-wd-norm-bias",
+        help="Weight decay on norm layers and biases too (the paper's; timm and torchvision's new "
         "recipes exempt them: --no-wd-norm-bias).",
-        RECIPE,
-        "bool",
-    ),
-    _O(
-        "backbone_lr_mult",
-        ("--backbone-lr-mult",),
-        "Learning rate of everything but the classifier, relative to --lr (fine-tuning: 0.1).",
-        RECIPE,
-        "float",
-    ),
-    _O(
-        "clip_grad",
-        ("--clip-grad",),
-        "Clip the gradients' global L2 norm to this (after unscaling under fp16); 0: off.",
-        RECIPE,
-        "float",
-    ),
-    _O(
-        "label_smoothing",
-        ("--smoothing", "--label-smoothing"),
-        "Label smoothing of the training loss.",
-        REGULARISATION,
-        "float",
-    ),
-    _O("mixup", ("--mixup",), "MixUp alpha; 0: off.", REGULARISATION, "float"),
-    _O("cutmix", ("--cutmix",), "CutMix alpha; 0: off.", REGULARISATION, "float"),
-    _O(
-        "mixup_prob",
-        ("--mixup-prob",),
-        "Probability that a batch is mixed (MixUp or CutMix, one of them at random when both).",
-        REGULARISATION,
-        "float",
-    ),
-    _O(
-        "aa",
-        ("--aa",),
-        "Augmentation policy of the train split: `rand-m9-mstd0.5` (RandAugment in timm's "
+        panel=RECIPE,
+        kind="bool",
+        check=checks.flag,
+    )
+    backbone_lr_mult: float = option(
+        1.0,
+        "--backbone-lr-mult",
+        help="Learning rate of everything but the classifier, relative to --lr (fine-tuning: 0.1).",
+        panel=RECIPE,
+        kind="float",
+        check=Bound(0.0),
+    )
+    clip_grad: float | None = option(
+        None,
+        "--clip-grad",
+        help="Clip the gradients' global L2 norm to this (after unscaling under fp16); 0: off.",
+        panel=RECIPE,
+        kind="float",
+        check=Bound(0.0),
+    )  # max global gradient norm; None or 0: off
+    label_smoothing: float = option(
+        0.0,
+        "--smoothing",
+        "--label-smoothing",
+        help="Label smoothing of the training loss.",
+        panel=REGULARISATION,
+        kind="float",
+        check=BELOW_ONE,
+    )
+    mixup: float = option(
+        0.0,
+        "--mixup",
+        help="MixUp alpha; 0: off.",
+        panel=REGULARISATION,
+        kind="float",
+        check=ALPHA,
+    )
+    cutmix: float = option(
+        0.0,
+        "--cutmix",
+        help="CutMix alpha; 0: off.",
+        panel=REGULARISATION,
+        kind="float",
+        check=ALPHA,
+    )
+    mixup_prob: float = option(
+        1.0,
+        "--mixup-prob",
+        help="Probability that a batch is mixed (MixUp or CutMix, one of them at random when "
+        "both).",
+        panel=REGULARISATION,
+        kind="float",
+        check=UNIT,
+    )
+    aa: str | None = option(
+        None,
+        "--aa",
+        help="Augmentation policy of the train split: `rand-m9-mstd0.5` (RandAugment in timm's "
         f"notation), {_choices(AA_FIXED)} or `none`.",
-        REGULARISATION,
-    ),
-    _O(
-        "reprob",
-        ("--reprob",),
-        "Random erasing probability (train split); 0: off.",
-        REGULARISATION,
-        "float",
-    ),
-    _O(
-        "model_ema",
-        ("--model-ema/--no-model-ema",),
-        "Keep an exponential moving average of the weights (BN buffers included), evaluated "
+        panel=REGULARISATION,
+        check=checks.augment_policy,
+    )  # augmentation policy of the train split; None or "none": off
+    reprob: float = option(
+        0.0,
+        "--reprob",
+        help="Random erasing probability (train split); 0: off.",
+        panel=REGULARISATION,
+        kind="float",
+        check=UNIT,
+    )
+    model_ema: bool = option(
+        False,
+        "--model-ema/--no-model-ema",
+        help="Keep an exponential moving average of the weights (BN buffers included), evaluated "
         "each epoch (`eval_top1_ema`) and saved in the checkpoints.",
-        REGULARISATION,
-        "bool",
-    ),
-    _O(
-        "model_ema_decay",
-        ("--model-ema-decay",),
-        "EMA decay per optimizer step.",
-        REGULARISATION,
-        "float",
-    ),
-    _O(
-        "best_of",
-        ("--best-of",),
-        f"Which weights best.pt keeps and ranks by: {_choices(BEST_OF_CHOICES)} (ema needs "
+        panel=REGULARISATION,
+        kind="bool",
+        check=checks.flag,
+    )
+    model_ema_decay: float = option(
+        0.9998,
+        "--model-ema-decay",
+        help="EMA decay per optimizer step.",
+        panel=REGULARISATION,
+        kind="float",
+        check=Bound(0.0, 1.0, lo_open=True, hi_open=True),
+    )
+    best_of: str = option(
+        "raw",
+        "--best-of",
+        help=f"Which weights best.pt keeps and ranks by: {_choices(BEST_OF_CHOICES)} (ema needs "
         "--model-ema).",
-        REGULARISATION,
-    ),
-    _O(
-        "seed",
-        ("--seed",),
-        "Seed of weights, data order, augmentation and generated data.",
-        RUN,
-        "int",
+        panel=REGULARISATION,
+        check=checks.choice(*BEST_OF_CHOICES),
+    )  # the weights best.pt keeps: raw or ema
+    seed: int = option(
+        0,
+        "--seed",
+        help="Seed of weights, data order, augmentation and generated data.",
+        panel=RUN,
+        kind="int",
+        check=Bound(0, SEED_MAX, integer=True),
         show_default=True,
-    ),
-    _O(
-        "deterministic",
-        ("--deterministic/--no-deterministic",),
-        "Deterministic kernels (bit-exact reruns and resumes on CPU).",
-        RUN,
-        "bool",
-    ),
-    _O(
-        "device",
-        ("--device",),
-        "`auto` (default: cuda when present), `cpu` or `cuda`.",
-        RUN,
+    )
+    deterministic: bool = option(
+        False,
+        "--deterministic/--no-deterministic",
+        help="Deterministic kernels (bit-exact reruns and resumes on CPU).",
+        panel=RUN,
+        kind="bool",
+        check=checks.flag,
+    )
+    device: str = option(
+        "auto",
+        "--device",
+        help="`auto` (default: cuda when present), `cpu` or `cuda`.",
+        panel=RUN,
+        check=checks.device,
         runtime=True,
         metavar="[auto|cpu|cuda]",
         show_default=True,
-    ),
-    _O(
-        "amp",
-        ("--amp",),
-        f"Mixed precision: {_choices(AMP_CHOICES)} (fp16: CUDA; bf16 also on CPU).",
-        RUN,
+    )
+    amp: str = option(
+        "none",
+        "--amp",
+        help=f"Mixed precision: {_choices(AMP_CHOICES)} (fp16: CUDA; bf16 also on CPU).",
+        panel=RUN,
+        check=checks.choice(*AMP_CHOICES),
         metavar=_metavar(AMP_CHOICES),
         show_default=True,
-    ),
-    _O(
-        "channels_last", ("--channels-last/--no-channels-last",), "NHWC memory format.", RUN, "bool"
-    ),
-    _O("compile", ("--compile/--no-compile",), "torch.compile the model.", RUN, "bool"),
-    _O("sync_bn", ("--sync-bn/--no-sync-bn",), "SyncBatchNorm across DDP processes.", RUN, "bool"),
-    _O(
-        "threads",
-        ("--threads",),
-        "CPU threads (default: one per core, or one per idle core when other processes keep the "
+    )
+    channels_last: bool = option(
+        False,
+        "--channels-last/--no-channels-last",
+        help="NHWC memory format.",
+        panel=RUN,
+        kind="bool",
+        check=checks.flag,
+    )
+    compile: bool = option(
+        False,
+        "--compile/--no-compile",
+        help="torch.compile the model.",
+        panel=RUN,
+        kind="bool",
+        check=checks.flag,
+    )
+    sync_bn: bool = option(
+        False,
+        "--sync-bn/--no-sync-bn",
+        help="SyncBatchNorm across DDP processes.",
+        panel=RUN,
+        kind="bool",
+        check=checks.flag,
+    )
+    threads: int | None = option(
+        None,
+        "--threads",
+        help="CPU threads (default: one per core, or one per idle core when other processes keep "
+        "the "
         "CPU busy; torch's default with --deterministic).",
-        RUN,
-        "int",
+        panel=RUN,
+        kind="int",
+        check=Bound(1, THREADS_MAX, integer=True),
         runtime=True,
-    ),
-    _O(
-        "workers",
-        ("--workers", "-j"),
-        "Data loading processes (default: 0 for shapes, else up to 8).",
-        RUN,
-        "int",
+    )  # CPU threads; None: torch's default, or 1 on a busy machine
+    workers: int | None = option(
+        None,
+        "--workers",
+        "-j",
+        help="Data loading processes (default: 0 for shapes, else up to 8).",
+        panel=RUN,
+        kind="int",
+        check=COUNT,
         runtime=True,
-    ),
-    _O(
-        "tensorboard",
-        ("--tensorboard/--no-tensorboard",),
-        "TensorBoard event files (default: when installed).",
-        RUN,
-        "bool",
+    )
+    tensorboard: bool | None = option(
+        None,
+        "--tensorboard/--no-tensorboard",
+        help="TensorBoard event files (default: when installed).",
+        panel=RUN,
+        kind="bool",
+        check=checks.flag,
         runtime=True,
-    ),
-    _O(
-        "log_interval",
-        ("--log-interval",),
-        "In a log file (stderr not a terminal): a progress line every N batches (loss, acc, "
+    )
+    log_interval: int | None = option(
+        None,
+        "--log-interval",
+        help="In a log file (stderr not a terminal): a progress line every N batches (loss, acc, "
         "lr, images/s, eta); default: at least every 30 s. TensorBoard's per-step scalars too.",
-        RUN,
-        "int",
+        panel=RUN,
+        kind="int",
+        check=POSITIVE,
         runtime=True,
-    ),
-    _O(
-        "checkpoint_hist",
-        ("--checkpoint-hist",),
-        "Also keep the N best epochs as `epoch-<N>.pt` (besides last.pt and best.pt); 0: none.",
-        RUN,
-        "int",
-    ),
-    _O(
-        "run_dir",
-        ("--run-dir",),
-        "Run folder. Default: `runs/<arch>-<dataset>-<time>/`.",
-        RUN,
-        "dir",
-    ),
-)
+    )  # batches between progress lines; None: every 30 s
+    checkpoint_hist: int = option(
+        0,
+        "--checkpoint-hist",
+        help="Also keep the N best epochs as `epoch-<N>.pt` (besides last.pt and best.pt); 0: "
+        "none.",
+        panel=RUN,
+        kind="int",
+        check=COUNT,
+    )
+    run_dir: str | None = option(
+        None,
+        "--run-dir",
+        help="Run folder. Default: `runs/<arch>-<dataset>-<time>/`.",
+        panel=RUN,
+        kind="dir",
+        check=checks.path,
+    )
+    eval_split: str = option("eval", check=checks.choice("eval"))
 
-#: keys that may change when a run is resumed (they do not change what is learned)
+    # the model's options (afictl/model_options.py), given as --reduction etc.
+    model_kwargs: dict = option({}, check=checks.options_dict)
+
+
+def _field_spec(f: Any) -> OptionSpec:
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    return replace(f.metadata["option"], field=f.name, default=default)
+
+
+def _model_spec(o: ModelOption) -> OptionSpec:
+    """A model option as an option of ``afictl train`` (its value goes to ``model_kwargs``)."""
+    return OptionSpec(
+        o.name,
+        (o.flag, *([o.short] if o.short else [])),
+        o.help + (" AFI models only." if o.afi else ""),
+        MODEL,
+        "str" if o.kind == "stages" else o.kind,
+        o.check,
+        metavar=o.metavar,
+        show_default=o.default is not None,
+        default=o.default,
+        model=True,
+    )
+
+
+_FIELD_SPECS = [_field_spec(f) for f in fields(TrainOptions)]
+_NONE_MEANS_UNSET = {s.field for s in _FIELD_SPECS if s.default is None} | set(MODEL_OPTIONS)
+#: the options of ``afictl train`` in --help's order: the fields with flags, and after --arch
+#: the model options
+TRAIN_OPTIONS: tuple[OptionSpec, ...] = (
+    _FIELD_SPECS[0],
+    *map(_model_spec, MODEL_OPTIONS.values()),
+    *(s for s in _FIELD_SPECS[1:] if s.flags),
+)
+#: what a run uses for an option that no recipe, config file or flag sets
+DEFAULTS: dict[str, Any] = {s.field: s.default for s in _FIELD_SPECS if s.default is not MISSING}
+#: options that may change on --resume
 RUNTIME_KEYS = frozenset(o.field for o in TRAIN_OPTIONS if o.runtime)
+#: each option's check as declared (the older spellings of CONFIG_ALIASES included)
+DECLARED_CHECKS: dict[str, Callable[[Any], Any]] = {
+    s.field: s.check for s in (*_FIELD_SPECS, *TRAIN_OPTIONS)
+}
+DECLARED_CHECKS.update({alias: DECLARED_CHECKS[name] for alias, name in CONFIG_ALIASES.items()})
+#: the checks as values arrive: None means not given where the default is None, and for the
+#: model options (the model's default then)
+OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
+    name: checks.optional(c) if name in _NONE_MEANS_UNSET else c
+    for name, c in DECLARED_CHECKS.items()
+}
 
 
 def option_for(field: str) -> OptionSpec:
-    """The spec of TrainConfig field ``field``."""
-    return next(o for o in TRAIN_OPTIONS if o.field == field)
+    """The spec of option ``field`` (a TrainOptions field or a model option)."""
+    return next(o for o in (*TRAIN_OPTIONS, *_FIELD_SPECS) if o.field == field)
 
 
 def long_flags(spec: OptionSpec) -> list[str]:
@@ -480,16 +674,16 @@ def long_flags(spec: OptionSpec) -> list[str]:
 
 
 def _config_keys() -> dict[str, str]:
-    keys = dict(CONFIG_ALIASES)
-    for spec in TRAIN_OPTIONS:
+    keys = dict(CONFIG_ALIASES) | dict(LEGACY_NAMES)
+    for spec in (*TRAIN_OPTIONS, *_FIELD_SPECS):
         for name in (spec.field, *long_flags(spec)):
             key = name.replace("-", "_")
-            if keys.setdefault(key, spec.field) != spec.field:  # a table error, not a user's
+            if keys.setdefault(key, spec.field) != spec.field:  # a declaration error
                 raise ValueError(f"config key {key!r} would mean {keys[key]} and {spec.field}")
     return keys
 
 
-#: every name a config file may give an option (``-`` read as ``_``) -> its TrainConfig field:
-#: the field (``dataset``), each long flag (``data``, ``batch_size``, ``wd``) and the older
-#: spellings of :data:`CONFIG_ALIASES`
+#: every name a config file may give an option (``-`` read as ``_``) -> its field or model
+#: option: the name (``dataset``), each long flag (``data``, ``batch_size``, ``wd``) and the
+#: older spellings of :data:`CONFIG_ALIASES` and :data:`~afictl.model_options.LEGACY_NAMES`
 CONFIG_KEYS: dict[str, str] = _config_keys()

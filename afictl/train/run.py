@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,24 +45,15 @@ from ..fileio import atomic_write
 from ..models import get_model_info
 from . import distributed as D
 from .build import build_datasets, build_parts, runtime_config
-from .checkpointing import TrainCheckpoint, repair_best
+from .checkpointing import TrainCheckpoint, repair_best, validate_resume
 from .config import RUNTIME_KEYS, TrainConfig
-from .engine import (
-    EpochOutcome,
-    EpochState,
-    NonFiniteLossError,
-    TrainParts,
-    evaluate,
-    group_lrs,
-    train_epoch,
-)
+from .engine import NonFiniteLossError, TrainParts, evaluate, group_lrs, train_epoch
 from .lock import RunLock
 from .metrics import MetricsLog, Sums, metric_columns, require_tensorboard
 from .progress import TrainProgress
-from .resume_check import validate_resume
-from .state import StopFlag, cpu_threads, deterministic_mode, get_rng_state, seed_all
+from .state import RunProgress, StopFlag, cpu_threads, deterministic_mode, get_rng_state, seed_all
 
-__all__ = ["RunState", "TrainResult", "default_run_dir", "load_resume", "plural", "train"]
+__all__ = ["TrainResult", "default_run_dir", "load_resume", "plural", "train"]
 
 #: Debugging aid for DDP: every rank writes its final weights to ``$AFICTL_RANK_DUMP/rank<R>.pt``.
 RANK_DUMP_ENV = "AFICTL_RANK_DUMP"
@@ -151,10 +142,10 @@ def load_resume(
             f"cannot change {', '.join(sorted(fixed))} when resuming (the run's settings are in "
             f"{run_dir / 'config.json'}); only {', '.join(sorted(RUNTIME_KEYS))} may change"
         )
-    if overrides.get("epochs") is not None and overrides["epochs"] < int(ckpt["epoch"]):
+    done = int(ckpt["epoch"])
+    if overrides.get("epochs") is not None and overrides["epochs"] < done:
         raise UserError(
-            f"{path} has {plural(int(ckpt['epoch']), 'epoch')} done already; --epochs must be "
-            "at least that"
+            f"{path} has {plural(done, 'epoch')} done already; --epochs must be at least that"
         )
     runtime = {k: v for k, v in overrides.items() if v is not None and k in RUNTIME_KEYS}
     return replace(cfg, **runtime, run_dir=str(path.parent)), ckpt
@@ -234,42 +225,13 @@ def batch_text(cfg: TrainConfig) -> str:
 
 
 @dataclass
-class RunState:
-    """Where a run stands: epochs and batches done, the best so far, the history of rows, and
-    the running sums of an interrupted epoch."""
-
-    epoch: int = 0
-    step: int = 0
-    best: float = -1.0
-    best_epoch: int = 0
-    history: list = field(default_factory=list)
-    partial: Sums = field(default_factory=Sums)
-    partial_seconds: float = 0.0
-    interrupted: str | None = None
-
-    @classmethod
-    def of(cls, resume: TrainCheckpoint | None, ctx: D.DistContext) -> RunState:
-        if resume is None:
-            return cls()
-        return cls(
-            epoch=resume.epoch,
-            step=resume.step,
-            best=resume.best_top1,
-            best_epoch=resume.best_epoch or 0,
-            history=list(resume.metrics),
-            partial=resume.sums_for(ctx.rank, ctx.world),  # this rank's own sums, not rank 0's
-            partial_seconds=float(resume.partial_seconds),
-        )
-
-
-@dataclass
 class _Run:
     """One run in progress: its config, parts, state and files; one method per phase."""
 
     cfg: TrainConfig
     ctx: D.DistContext
     parts: TrainParts
-    state: RunState
+    state: RunProgress
     run_dir: Path
     classes: list
     params: int
@@ -287,28 +249,22 @@ class _Run:
         if self.lock is not None:
             self.lock.check()
 
-    def checkpoint(self, steps: int, sums: list, seconds: float, rngs: list) -> TrainCheckpoint:
-        """This moment of the run, as last.pt holds it."""
-        cfg, s = self.cfg, self.state
+    def checkpoint(self, sums: list, rngs: list) -> TrainCheckpoint:
+        """This moment of the run, as last.pt holds it (``sums``: every rank's running sums)."""
+        cfg = self.cfg
         return TrainCheckpoint(
             arch=cfg.arch,
             num_classes=cfg.num_classes,
             model_kwargs=cfg.model_kwargs,
             model=self.parts.module.state_dict(),
-            epoch=s.epoch,
-            step=steps,
             optimizer=self.parts.optimizer.state_dict(),
             scheduler=self.parts.scheduler.state_dict(),
             scaler=self.parts.scaler.state_dict(),
-            rng=rngs,
             config=cfg.to_dict(),
-            class_names=self.classes,
-            metrics=s.history,
-            best_top1=s.best,
-            best_epoch=s.best_epoch,  # what best.pt holds once this checkpoint's epoch is saved
-            partial=[sum(col) for col in zip(*sums, strict=True)],  # every rank's sums added
+            progress=self.state,
             partial_ranks=sums,  # each rank's own (restored per rank on as many processes)
-            partial_seconds=seconds,
+            rng=rngs,
+            class_names=self.classes,
             input_size=cfg.input_size,
             home_dataset=get_model_info(cfg.arch).home_dataset,
             model_ema=self.parts.ema.state_dict() if self.parts.ema is not None else None,
@@ -325,7 +281,7 @@ class _Run:
         _write_json(self.run_dir / "config.json", cfg.to_dict())
         columns = metric_columns(ema=cfg.model_ema, backbone=cfg.backbone_lr_mult != 1.0)
         self.log_file = MetricsLog(self.run_dir, cfg.tensorboard, columns)
-        self.log_file.rewrite(self.state.history)
+        self.log_file.rewrite(self.state.metrics)
         if cfg.checkpoint_hist:
             from .history import CheckpointHistory
 
@@ -373,18 +329,12 @@ class _Run:
                 f"epoch {s.epoch + 1}/{cfg.epochs}", parts.batches_per_epoch, s.step
             )
             out = train_epoch(
-                parts,
-                cfg,
-                self.ctx,
-                EpochState(s.step, s.partial, s.partial_seconds),
-                stop=stop,
-                progress=self.progress,
-                warn=self.log,
+                parts, cfg, self.ctx, s, stop=stop, progress=self.progress, warn=self.log
             )
             if out.nonfinite:
                 self.fail_nonfinite()
-            if out.stopped:
-                self.save_interrupted(out)
+            if out.interrupted:
+                self.save_interrupted()
                 return
             self.finish_epoch(out)
             if s.epoch < cfg.epochs and D.any_rank(bool(stop), self.ctx.device):
@@ -408,19 +358,19 @@ class _Run:
             f"{kept}; try a lower --lr or --amp none"
         )
 
-    def save_interrupted(self, out: EpochOutcome) -> None:
+    def save_interrupted(self) -> None:
         """last.pt in the middle of an epoch (every rank's RNG and running sums)."""
+        s = self.state
         rngs = _gather(self.ctx, get_rng_state(self.ctx.device))
-        sums = _gather(self.ctx, out.sums.as_list())
+        sums = _gather(self.ctx, s.sums.as_list())
         if self.ctx.is_main:
-            data = self.checkpoint(out.steps, sums, out.seconds, rngs)
+            data = self.checkpoint(sums, rngs)
             self.guard()
             save_checkpoint(self.run_dir / "last.pt", data.to_dict())
         D.barrier()
-        self.state.interrupted = out.stopped
         self.log(
-            f"interrupted by {out.stopped} in epoch {self.state.epoch + 1} after step "
-            f"{out.steps}/{self.parts.batches_per_epoch}; checkpoint written to "
+            f"interrupted by {s.interrupted} in epoch {s.epoch + 1} after step "
+            f"{s.step}/{self.parts.batches_per_epoch}; checkpoint written to "
             f"{self.run_dir / 'last.pt'}; continue with: afictl train --resume {self.run_dir}"
         )
 
@@ -454,30 +404,32 @@ class _Run:
             row["skipped_eval"] = row.get("skipped_eval", 0.0) + ev.skipped * (suffix == "")
         return row
 
-    def finish_epoch(self, out: EpochOutcome) -> None:
-        """Metrics of the epoch, evaluation, then last.pt, best.pt and the history's files."""
+    def finish_epoch(self, out: RunProgress) -> None:
+        """Metrics of the epoch ``out`` (the progress train_epoch returned), evaluation, then
+        last.pt, best.pt and the history's files."""
         cfg, s = self.cfg, self.state
         train_sums = Sums.from_list(D.all_reduce_sum(out.sums.as_list(), self.ctx.device))
+        seconds = out.seconds
         D.sync_buffers(self.parts.module)  # every rank evaluates the model rank 0 saves
         eval_start = time.perf_counter()
         ev = self.evaluate()
         s.epoch += 1
-        s.step, s.partial, s.partial_seconds = 0, Sums(), 0.0
+        s.step, s.sums, s.seconds = 0, Sums(), 0.0
         row = {
             "epoch": s.epoch,
             **group_lrs(self.parts.optimizer),
             "train_loss": train_sums.mean_loss(),
             "train_top1": train_sums.pct("top1"),
             **{k: v for k, v in ev.items() if k != "skipped_eval"},
-            "images_per_sec": train_sums.n / max(out.seconds, 1e-9),
-            "train_time_s": out.seconds,
+            "images_per_sec": train_sums.n / max(seconds, 1e-9),
+            "train_time_s": seconds,
             "eval_time_s": time.perf_counter() - eval_start,
             "skipped_images": int(train_sums.skipped + ev["skipped_eval"]),
         }
-        s.history.append(row)
+        s.metrics.append(row)
         score = row["eval_top1_ema" if cfg.best_of == "ema" else "eval_top1"]
-        improved = score > s.best
-        s.best, s.best_epoch = max(s.best, score), s.epoch if improved else s.best_epoch
+        improved = score > s.best_top1
+        s.best_top1, s.best_epoch = max(s.best_top1, score), s.epoch if improved else s.best_epoch
         self.save_epoch(row, score, improved)
         self.log(self.summary(row, improved))
 
@@ -485,7 +437,7 @@ class _Run:
         rngs = _gather(self.ctx, get_rng_state(self.ctx.device))
         if self.ctx.is_main:
             world = self.ctx.world
-            data = self.checkpoint(0, [Sums().as_list()] * world, 0.0, rngs)
+            data = self.checkpoint([Sums().as_list()] * world, rngs)
             if self.hist is not None:  # last.pt records the history as it will be
                 data.checkpoint_hist = self.hist.state_dict_after(self.state.epoch, score)
             # last.pt first: metrics, best.pt and the history follow it; a kill before best.pt
@@ -527,7 +479,7 @@ class _Run:
 
     def result(self) -> TrainResult:
         s = self.state
-        last = s.history[-1] if s.history else {}
+        last = s.metrics[-1] if s.metrics else {}
         nan = float("nan")
         return TrainResult(
             arch=self.cfg.arch,
@@ -536,7 +488,7 @@ class _Run:
             eval_top1=float(last.get("eval_top1", nan)),
             eval_top5=float(last.get("eval_top5", nan)),
             eval_loss=float(last.get("eval_loss", nan)),
-            best_top1=s.best if s.best >= 0 else nan,
+            best_top1=s.best_top1 if s.best_top1 >= 0 else nan,
             train_loss=float(last.get("train_loss", nan)),
             images_per_sec=float(last.get("images_per_sec", nan)),
             params=self.params,
@@ -601,7 +553,8 @@ def _train(
     parts, params = build_parts(cfg, ctx, datasets, resume)
     run_dir, lock = _open_run_dir(cfg, ctx, resume is not None, overwrite, held)
     cfg = replace(cfg, run_dir=str(run_dir))
-    run = _Run(cfg, ctx, parts, RunState.of(resume, ctx), run_dir, classes, params, lock=lock)
+    state = resume.progress_for(ctx.rank, ctx.world) if resume is not None else RunProgress()
+    run = _Run(cfg, ctx, parts, state, run_dir, classes, params, lock=lock)
     run.open_files(resume)
     total = cfg.epochs * parts.batches_per_epoch
     done = min(total, run.state.epoch * parts.batches_per_epoch + run.state.step)

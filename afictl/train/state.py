@@ -1,4 +1,5 @@
-"""Seeding, RNG state capture/restore, and the stop flag set by SIGINT/SIGTERM.
+"""Where a run stands (:class:`RunProgress`), seeding, RNG state capture/restore, and the stop
+flag set by SIGINT/SIGTERM.
 
 RNG states are stored as tensors and plain ints so that checkpoints load with
 ``torch.load(weights_only=True)``. Each process saves the CUDA generator of its own device only
@@ -15,16 +16,19 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError
+from .metrics import Sums
 
 __all__ = [
     "CUDA_KEYS",
     "DeviceLayoutError",
+    "RunProgress",
     "StopFlag",
     "cuda_state_problem",
     "cpu_threads",
@@ -33,6 +37,24 @@ __all__ = [
     "seed_all",
     "set_rng_state",
 ]
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands: epochs and batches done, this process's running sums of the epoch in
+    progress, the best so far and every epoch's row. :func:`~afictl.train.engine.train_epoch`
+    advances it, the run keeps it, the checkpoint holds it
+    (:class:`~afictl.train.checkpointing.TrainCheckpoint`)."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches into the next epoch (an interruption mid-epoch)
+    sums: Sums = field(default_factory=Sums)
+    seconds: float = 0.0  # training time of the epoch in progress
+    best_top1: float = -1.0
+    best_epoch: int = 0  # what best.pt holds (once the current epoch is saved)
+    metrics: list = field(default_factory=list)  # every epoch's row
+    interrupted: str | None = None  # the signal that stopped the run (not stored)
+    nonfinite: bool = False  # the loss became NaN/inf (not stored)
 
 
 def seed_all(seed: int) -> None:
