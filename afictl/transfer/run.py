@@ -91,8 +91,8 @@ def _new_config(
     input_size: int,
     overrides: dict[str, Any],
 ):
-    """The ``office-home`` recipe's config of a new pair, with the pretrained network's AFI
-    options."""
+    """The ``office-home`` recipe's config of a new pair, with the pretrained network's model
+    options (read, under their current names, by :func:`load_checkpoint`)."""
     options = {
         "arch": pre["arch"],
         "dataset": "imagefolder",
@@ -101,14 +101,9 @@ def _new_config(
         "input_size": input_size,
         "pretrained": str(checkpoint),
         "run_dir": str(run_dir),
+        "model_kwargs": dict(pre.get("model_kwargs") or {}),
         **overrides,
     }
-    kw = pre.get("model_kwargs") or {}
-    if "afi_stages" in kw:
-        options["afi_stages"] = kw["afi_stages"]
-    for key in ("reduction", "r"):  # "r": checkpoints written before the rename
-        if key in kw:
-            options["reduction"] = kw[key]
     return resolve_config(options)
 
 
