@@ -154,9 +154,15 @@ def model_option_parameter(o: ModelOption, panel: str = MODEL_PANEL) -> inspect.
     )
 
 
-def model_option_flags(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``command`` with a flag per model option (afictl/model_options.py) after its own
-    options; those given reach it, checked, as one dict ``model_options``."""
+def model_option_flags(
+    command: Callable[..., Any] | None = None, *, only: tuple[str, ...] | None = None
+) -> Any:
+    """``command`` with a flag per model option (afictl/model_options.py; ``only``: those
+    named) after its own options; those given reach it, checked, as one dict
+    ``model_options``. Used bare (``@model_option_flags``) or with ``only``."""
+    if command is None:
+        return functools.partial(model_option_flags, only=only)
+    options = [o for o in MODEL_OPTIONS.values() if only is None or o.name in only]
     hints = typing.get_type_hints(command, include_extras=True)  # the command's own names
     own = [
         p.replace(annotation=hints[n], kind=inspect.Parameter.KEYWORD_ONLY)
@@ -166,11 +172,11 @@ def model_option_flags(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(**values: Any) -> Any:
-        given = {k: values.pop(k) for k in MODEL_OPTIONS}
+        given = {o.name: values.pop(o.name) for o in options}
         model_options = {k: check_option(k, v) for k, v in given.items() if v is not None}
         return command(**values, model_options=model_options)
 
-    params = own + [model_option_parameter(o) for o in MODEL_OPTIONS.values()]
+    params = own + [model_option_parameter(o) for o in options]
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     del wrapper.__wrapped__  # typer reads the new signature, not the command's own

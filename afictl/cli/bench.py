@@ -127,7 +127,8 @@ def bench_cli(
     over repeats of baseline-time / AFI-time, so > 1 means the AFI model is faster. A
     baseline name is paired with its AFI counterpart. Default: afi_resnet110, both modes.
     --amp bf16 autocasts to bfloat16 (CPU or CUDA); fp16 to float16 with gradient scaling
-    (CUDA only).
+    (CUDA only). The model options build the AFI model of each pair (e.g. --memory-efficient);
+    the baseline keeps its defaults.
     """
     from ..profiling.bench import MODES, resolve_device
     from ..render import render

@@ -180,7 +180,8 @@ def flops_cli(
     weighted sum that Eq. 10 leaves out; `flops_exact` is torch's FlopCounterMode (2 FLOPs
     per multiply-accumulate) at the same batch. Counts of the registry's models at their
     default options come from a file shipped with afictl (`--no-cache`: count live); other
-    options are counted live.
+    options are counted live. The model options (--afi-stages, --reduction, ...) apply to the
+    AFI models given with --arch; their baselines are counted at their defaults.
     """
     arch = arch or []
     kwargs = _model_kwargs(arch, model_options or {})
