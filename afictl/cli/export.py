@@ -251,9 +251,8 @@ def export_cli(
 ) -> None:
     """Export a model to ONNX or .pt2 (dynamic batch, verified) or its weights to .safetensors.
 
-    The model is --arch NAME with random weights (eval mode; built with the model options
-    given) or a checkpoint (-c: a run's .pt, a plain state dict with --arch, or a .safetensors
-    file; its own options). ONNX uses the
+    The model is --arch NAME with random weights and the model options given, or a checkpoint
+    (-c: a run's .pt, a plain state dict with --arch, or a .safetensors file). ONNX uses the
     torch.export-based exporter (onnxscript; weights inside the file) and is run back with
     ONNX Runtime; .pt2 is torch.export.save, run back with torch.export.load. Before the file
     replaces --export-file it runs at batches 1 and B+1 (B: --batch-size), which differ from the
