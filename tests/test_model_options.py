@@ -16,7 +16,13 @@ from afictl.model_options import (
     canonical_options,
     fold_model_options,
 )
-from afictl.models import check_model_options, create_meta_model, get_model_info, list_models
+from afictl.models import (
+    check_model_options,
+    create_meta_model,
+    get_model_info,
+    list_models,
+    options_of,
+)
 from afictl.models.shufflenetv2 import WIDTHS
 from afictl.train.config import TrainConfig, resolve_config
 
@@ -139,7 +145,7 @@ def test_flops_bench_and_export_take_the_declared_flags(capsys, tmp_path):
     code, out, _ = run(capsys, "flops", "-a", "afi_resnet20", "-f", "json")
     assert small["params"] != json.loads(out)[0]["params"]
     code, _, err = run(capsys, "flops", "-a", "resnet20", "-r", "8")
-    assert "AFI models only" in one_line_exit_2(code, err)
+    assert "--reduction: none of resnet20 takes it" in one_line_exit_2(code, err)
     code, out, err = run(
         capsys,
         "bench",
@@ -176,3 +182,18 @@ def test_flops_bench_and_export_take_the_declared_flags(capsys, tmp_path):
     assert code == 0, err
     config = json.loads((tmp_path / "m.config.json").read_text())
     assert config["model_kwargs"] == {"reduction": 8}
+
+
+def test_a_pair_shares_the_options_both_take(capsys):
+    """--width builds both ShuffleNetV2s of a pair (they differ only by AFI); --reduction only
+    the AFI one."""
+    code, out, err = run(capsys, "flops", "-a", "afi_shufflenetv2", "--width", "0.5", "-f", "json")
+    assert code == 0, err
+    row = json.loads(out)[0]
+    half = create_meta_model("shufflenetv2", width=0.5)
+    assert row["baseline_params"] == sum(p.numel() for p in half.parameters())
+    assert options_of("shufflenetv2", {"width": 0.5, "reduction": 8}) == {"width": 0.5}
+    assert options_of("afi_shufflenetv2", {"width": 0.5, "reduction": 8}) == {
+        "width": 0.5,
+        "reduction": 8,
+    }

@@ -71,22 +71,23 @@ def _progress(total: int, what: str) -> Iterator[Callable[[str], None]]:
 
 
 def _model_kwargs(arch: list[str], options: dict[str, Any]) -> dict:
-    """The model options given, checked against each AFI model (their baselines are counted
-    at their defaults)."""
-    from ..models import check_model_options, get_model_info
+    """The model options given, checked against each model of ``arch`` that takes them (an AFI
+    model's baseline gets those it shares: afictl.models.options_of)."""
+    from ..models import check_model_options, get_model_info, options_of
 
     infos = [get_model_info(name) for name in arch]  # unknown names fail before any counting
-    if options and any(not i.is_afi for i in infos):
-        flags = ", ".join(MODEL_OPTIONS[k].flag for k in options)
-        raise UserError(f"{flags}: flops takes model options for AFI models only")
-    for info in infos:
-        options = check_model_options(info.name, options)
+    unused = [k for k in options if not any(k in i.options for i in infos)]
+    if unused and arch:
+        flags = ", ".join(MODEL_OPTIONS[k].flag for k in unused)
+        raise UserError(f"{flags}: none of {', '.join(arch)} takes it")
+    for name in arch:
+        check_model_options(name, options_of(name, options))
     return options
 
 
 def _stage_rows(arch: list[str], as_table2: bool, kwargs: dict, **sizes) -> list:
     """Per-stage rows (Table 2 beside the paper's when asked or when no --arch was given)."""
-    from ..models import get_model_info
+    from ..models import options_of
     from ..profiling.compare import paper_table
     from ..profiling.flops import stage_report
 
@@ -94,7 +95,7 @@ def _stage_rows(arch: list[str], as_table2: bool, kwargs: dict, **sizes) -> list
     rows = []
     with _progress(len(names), "counting stages") as advance:
         for a in names:
-            rows += stage_report(a, **sizes, **(kwargs if get_model_info(a).is_afi else {}))
+            rows += stage_report(a, **sizes, **options_of(a, kwargs))
             advance(a)
     return paper_table(2, rows) if as_table2 or not arch else rows
 
@@ -180,8 +181,8 @@ def flops_cli(
     weighted sum that Eq. 10 leaves out; `flops_exact` is torch's FlopCounterMode (2 FLOPs
     per multiply-accumulate) at the same batch. Counts of the registry's models at their
     default options come from a file shipped with afictl (`--no-cache`: count live); other
-    options are counted live. The model options (--afi-stages, --reduction, ...) apply to the
-    AFI models given with --arch; their baselines are counted at their defaults.
+    options are counted live. The model options (--afi-stages, --reduction, --width, ...)
+    build each model given with --arch that takes them; a baseline shares the non-AFI ones.
     """
     arch = arch or []
     kwargs = _model_kwargs(arch, model_options or {})

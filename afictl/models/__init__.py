@@ -25,6 +25,7 @@ from .registry import (
     create_model,
     get_model_info,
     list_models,
+    options_of,
     pretrained_cfg,
     register_model,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "feature_take_indices",
     "get_model_info",
     "list_models",
+    "options_of",
     "pretrained_cfg",
     "register_model",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "create_model",
     "get_model_info",
     "list_models",
+    "options_of",
     "pretrained_cfg",
     "register_model",
 ]
@@ -220,6 +221,14 @@ def check_model_options(
             f"afi_stages {bad[0]} out of range: {name} has stages 1..{info.num_stages}"
         )
     return out
+
+
+def options_of(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` that model ``name`` takes: given to an AFI model and its
+    baseline, the baseline gets those they share (``width``, ``dropout``), so that the pair
+    differs only by AFI."""
+    takes = get_model_info(name).options
+    return {k: v for k, v in options.items() if k in takes}
 
 
 def _with_drop_rate(info: ModelInfo, kwargs: dict[str, Any], drop_rate: float | None) -> dict:

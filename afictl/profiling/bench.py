@@ -42,7 +42,7 @@ from torch import nn
 
 from ..allocator import configure_allocator
 from ..errors import UserError
-from ..models import counterpart, create_model, get_model_info
+from ..models import counterpart, create_model, get_model_info, options_of
 from ..train.state import deterministic_mode  # training's cuDNN settings, declared once
 from ..validate import BENCH_BATCH, check_option, check_value
 from .memory import resolve_device  # the same --device rules in memory and bench
@@ -216,11 +216,11 @@ def _pair(
     batch_size: int,
     size: int,
 ) -> tuple[dict[str, nn.Module], torch.Tensor, torch.Tensor]:
-    """Both models of a pair on ``device`` (the AFI one with ``model_options``), and one input
-    batch with its targets."""
-    afi_kwargs = model_options
+    """Both models of a pair on ``device`` (each with the ``model_options`` it takes:
+    :func:`~afictl.models.options_of`), and one input batch with its targets."""
     models = {}
-    for name, kwargs in ((afi_name, afi_kwargs), (base_name, {})):
+    for name in (afi_name, base_name):
+        kwargs = options_of(name, model_options)
         model = create_model(name, num_classes=num_classes, **kwargs).to(device)  # options checked
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -20,7 +20,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from ..models import create_meta_model, get_model_info
+from ..models import create_meta_model, get_model_info, options_of
 from . import flops_cache
 from .counting import FLOP_COUNTER, THOP, count_params, flop_counter_count, thop_count, whole
 
@@ -112,15 +112,14 @@ def _pct(value: float, ref: float) -> float:
 
 
 def models_to_count(archs: list[str], **model_kwargs) -> list[tuple[str, dict]]:
-    """(arch, options) of every model ``flops_report(archs)`` counts, each once: AFI models
-    with ``model_kwargs``, their baselines (shared by several rows) with none."""
+    """(arch, options) of every model ``flops_report(archs)`` counts, each once: each model
+    and its baseline with the options of ``model_kwargs`` it takes (:func:`options_of`)."""
     todo: dict[str, tuple[str, dict]] = {}
     for arch in archs:
         info = get_model_info(arch)
-        kwargs = model_kwargs if info.is_afi else {}
-        todo.setdefault(_model_id(arch, kwargs), (arch, kwargs))
-        if info.baseline:
-            todo.setdefault(_model_id(info.baseline, {}), (info.baseline, {}))
+        for name in (arch, info.baseline) if info.baseline else (arch,):
+            kwargs = options_of(name, model_kwargs)
+            todo.setdefault(_model_id(name, kwargs), (name, kwargs))
     return list(todo.values())
 
 
@@ -157,9 +156,9 @@ def flops_report(
     rows = []
     for arch in archs:
         info = get_model_info(arch)
-        row = copy.copy(counted[_model_id(arch, model_kwargs if info.is_afi else {})])
+        row = copy.copy(counted[_model_id(arch, options_of(arch, model_kwargs))])
         if info.baseline:
-            base = counted[_model_id(info.baseline, {})]
+            base = counted[_model_id(info.baseline, options_of(info.baseline, model_kwargs))]
             row.baseline = info.baseline
             row.baseline_params = base.params
             row.baseline_flops = base.flops
