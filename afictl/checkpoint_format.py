@@ -72,10 +72,10 @@ def checkpoint_options(where: str, arch: str, kw: Any) -> dict[str, Any]:
     returns them (legacy names mapped); one line naming the file and the option otherwise."""
     if not isinstance(kw, dict):
         raise CheckpointError(f"{where}: model_kwargs must be a dict, not {type(kw).__name__}")
-    info, kw = get_model_info(arch), canonical_options(kw)
-    for key, value in kw.items():
-        try:
-            check_model_options(arch, {key: value})
+    info, checked = get_model_info(arch), {}
+    for key, value in canonical_options(kw).items():
+        try:  # one option at a time: the error names it
+            checked |= check_model_options(arch, {key: value}, legacy=False)
         except ModelOptionError as exc:  # in the words checkpoint errors have always used
             option, got, why = info.options.get(key), f"got {value!r:.60}", str(exc)
             if option is None:
@@ -86,7 +86,7 @@ def checkpoint_options(where: str, arch: str, kw: Any) -> dict[str, Any]:
             elif isinstance(option.check, Bound) and option.check.integer:
                 why = f"{key} must be an integer in {option.check.lo}..{option.check.hi}, {got}"
             raise CheckpointError(f"{where}: model_kwargs {why}") from None
-    return check_model_options(arch, kw)
+    return checked
 
 
 def check_weights(where: str, arch: str, n: int, kw: dict, state: dict) -> torch.nn.Module:

@@ -30,6 +30,7 @@ __all__ = [
     "InputSizeOpt",
     "ModelArchOpt",
     "NumClassesOpt",
+    "OPTION_TYPES",
     "OutputOpt",
     "WEIGHTS_HELP",
     "absolute_path",
@@ -138,7 +139,17 @@ def absolute_path(option: str, path: Path | None) -> str | None:
     return str(Path(check_option(option, str(path))).expanduser().absolute())
 
 
-_KINDS: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "stages": str}
+#: the Python type a declared option's kind (afictl/model_options.py, afictl/train/options.py)
+#: is read as on the command line
+OPTION_TYPES: dict[str, Any] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "stages": str,
+    "path": Path,
+    "dir": Path,
+}
 MODEL_PANEL = "Model options"
 
 
@@ -148,7 +159,7 @@ def model_option_parameter(o: ModelOption, panel: str = MODEL_PANEL) -> inspect.
     extra = {"metavar": o.metavar} if o.metavar else {}
     flags = (o.flag, o.short) if o.short else (o.flag,)
     info = typer.Option(*flags, help=o.help, rich_help_panel=panel, **extra)
-    annotation = Annotated[_KINDS[o.kind] | None, info]
+    annotation = Annotated[OPTION_TYPES[o.kind] | None, info]
     return inspect.Parameter(
         o.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
     )

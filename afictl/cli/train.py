@@ -18,16 +18,8 @@ import typer
 from ..model_options import MODEL_OPTIONS
 from ..render import Format, check_writable, human, render, write_text
 from ..train.options import RECIPE, RUN, TRAIN_OPTIONS, OptionSpec
-from ._util import FormatOpt, OutputOpt, absolute_path
+from ._util import OPTION_TYPES, FormatOpt, OutputOpt, absolute_path
 
-_TYPES: dict[str, Any] = {
-    "int": int,
-    "float": float,
-    "str": str,
-    "bool": bool,
-    "path": Path,
-    "dir": Path,
-}
 _PATHS = ("data_root", "pretrained")  # made absolute: the run records where they were
 
 
@@ -39,7 +31,7 @@ def _option(spec: OptionSpec) -> inspect.Parameter:
     # the default is None (not given: the recipe or the config decides), so state the value
     shown = f" [default: {spec.shown_default}]" if spec.shown_default else ""
     info = typer.Option(*spec.flags, help=spec.help + shown, rich_help_panel=spec.panel, **extra)
-    annotation = Annotated[_TYPES[spec.kind] | None, info]
+    annotation = Annotated[OPTION_TYPES[spec.kind] | None, info]
     return inspect.Parameter(
         spec.field, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
     )

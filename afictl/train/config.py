@@ -118,8 +118,14 @@ class TrainConfig(TrainOptions):
         a field was renamed, e.g. ``lr_schedule``, or before the model options moved into
         ``model_kwargs``); unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
-        d = fold_model_options({CONFIG_ALIASES.get(k, k): v for k, v in d.items()})
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in current_names(d).items() if k in names})
+
+
+def current_names(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (flags, a config file, a stored config) under the fields' current names: the
+    older spellings of :data:`~afictl.train.options.CONFIG_ALIASES` renamed, the model options
+    moved into ``model_kwargs`` (:func:`~afictl.model_options.fold_model_options`)."""
+    return fold_model_options({CONFIG_ALIASES.get(k, k): v for k, v in values.items()})
 
 
 def parse_milestones(items: list | str | None, epochs: int) -> list[float]:
@@ -384,10 +390,8 @@ def _given(
     merged: dict[str, Any] = {"model_kwargs": {}}
     sources: dict[str, str] = {}
     for values, source in layers:
-        values = fold_model_options({CONFIG_ALIASES.get(k, k): v for k, v in values.items()})
+        values = current_names(values)  # model_kwargs: a dict, checked by check_options
         kw = values.pop("model_kwargs", None) or {}
-        if not isinstance(kw, dict):
-            raise UserError(f"{source}: model_kwargs must map option names to values")
         merged["model_kwargs"].update(kw)
         sources.update(dict.fromkeys(kw, source))
         for key, value in values.items():
